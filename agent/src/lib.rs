@@ -1,0 +1,1 @@
+//! The procwatch agent: scans a /proc root and reports per-container findings.

@@ -1,0 +1,174 @@
+//! `ProcessWatch.spec`: which pods to watch, how to attach to them, what to collect and how much
+//! of it to keep in the status.
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{Interval, status::ProcessWatchStatus};
+
+/// Selects pods of its namespace, attaches the procwatch agent to them and reports, per
+/// container, what runs there.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "procwatch.dev",
+    version = "v1alpha1",
+    kind = "ProcessWatch",
+    plural = "processwatches",
+    doc = "Selects pods of its namespace, attaches the procwatch agent and reports what runs in each container.",
+    shortname = "pw",
+    namespaced,
+    status = "ProcessWatchStatus",
+    printcolumn = r#"{"name":"Selected","type":"integer","jsonPath":".status.selectedPods"}"#,
+    printcolumn = r#"{"name":"Attached","type":"integer","jsonPath":".status.attachedPods"}"#,
+    printcolumn = r#"{"name":"Reporting","type":"integer","jsonPath":".status.reportingPods"}"#,
+    printcolumn = r#"{"name":"Processes","type":"integer","jsonPath":".status.processes"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessWatchSpec {
+    /// Pods of this namespace to watch.
+    pub selector: LabelSelector,
+    /// Container names to report; empty reports every container but the agent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<String>,
+    /// Sampling period, from 1s to 1h.
+    #[serde(default)]
+    #[schemars(default = "default_interval_text")]
+    pub interval: Interval,
+    #[serde(default)]
+    pub attach: Attach,
+    #[serde(default)]
+    pub collect: Collect,
+    #[serde(default)]
+    pub report: ReportLimits,
+    #[serde(default)]
+    pub agent: AgentSettings,
+}
+
+fn default_interval_text() -> String {
+    Interval::DEFAULT.to_string()
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Attach {
+    #[serde(default)]
+    pub mode: AttachMode,
+    #[serde(default)]
+    pub existing_pods: ExistingPods,
+}
+
+/// How the agent joins a pod.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum AttachMode {
+    /// Injected at pod creation by the admission webhook.
+    #[default]
+    Sidecar,
+    /// Added as an ephemeral container to running pods, without a restart.
+    Ephemeral,
+}
+
+/// What happens to pods that were created before the watch and so have no agent.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ExistingPods {
+    /// List them in `status.needsRestart`.
+    #[default]
+    Report,
+    /// Evict them one at a time through the Eviction API, so PodDisruptionBudgets hold.
+    Evict,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Collect {
+    #[serde(default)]
+    pub environment: EnvironmentPolicy,
+    /// Count and kinds of open descriptors.
+    #[serde(default = "yes")]
+    pub open_files: bool,
+    /// Listening TCP/UDP and unix sockets, with a path reachable from the pod.
+    #[serde(default = "yes")]
+    pub sockets: bool,
+    /// Distinct file-backed executable mappings.
+    #[serde(default)]
+    pub libraries: bool,
+    /// Absolute paths to fingerprint inside each container: size, mode, sha256, never content.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(regex(pattern = "^/"), length(max = 4096)))]
+    pub files: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for Collect {
+    fn default() -> Self {
+        Collect {
+            environment: EnvironmentPolicy::default(),
+            open_files: true,
+            sockets: true,
+            libraries: false,
+            files: Vec::new(),
+        }
+    }
+}
+
+/// How much of each process's environment is reported.
+#[derive(
+    Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
+)]
+pub enum EnvironmentPolicy {
+    /// Nothing.
+    None,
+    /// Variable names only.
+    #[default]
+    Names,
+    /// Names and values, with the values of secret-looking names masked.
+    Redacted,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportLimits {
+    /// Processes listed per container, busiest first.
+    #[serde(default = "default_max_processes")]
+    #[schemars(range(min = 1, max = 200))]
+    pub max_processes: u32,
+    /// Pods listed with full detail; the summary always covers every pod.
+    #[serde(default = "default_max_pods")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_pods: u32,
+}
+
+fn default_max_processes() -> u32 {
+    20
+}
+
+fn default_max_pods() -> u32 {
+    10
+}
+
+impl Default for ReportLimits {
+    fn default() -> Self {
+        ReportLimits {
+            max_processes: default_max_processes(),
+            max_pods: default_max_pods(),
+        }
+    }
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentSettings {
+    /// Add CAP_SYS_PTRACE, needed to read environ, fd, maps and root of processes of other users.
+    #[serde(default)]
+    pub ptrace: bool,
+    /// Resources of the agent container; small requests and limits when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
