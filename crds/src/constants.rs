@@ -25,7 +25,8 @@ pub mod env {
     pub const POD_NAMESPACE: &str = "POD_NAMESPACE";
     pub const POD_UID: &str = "POD_UID";
     pub const REPORT_URL: &str = "PROCWATCH_REPORT_URL";
-    pub const CA_FILE: &str = "PROCWATCH_CA_FILE";
+    /// PEM of the CA that signed the operator's serving certificate (public, not a secret).
+    pub const CA_PEM: &str = "PROCWATCH_CA_PEM";
     pub const TOKEN_FILE: &str = "PROCWATCH_TOKEN_FILE";
     pub const INTERVAL: &str = "PROCWATCH_INTERVAL";
 }
