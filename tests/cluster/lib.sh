@@ -1,0 +1,57 @@
+# shellcheck shell=bash
+# shellcheck disable=SC2034 # the variables are used by the scripts that source this file
+# Shared settings of the tests/cluster scripts. Sourced, not executed.
+
+K8S_VERSION=1.20.2
+# Binaries are cached outside the clone, keyed by the Kubernetes version, so only the first
+# run on a machine pays for the build.
+CACHE_ROOT=${PROCWATCH_CACHE:-/var/cache/procwatch}
+CACHE_DIR=$CACHE_ROOT/k8s-$K8S_VERSION
+BIN_DIR=$CACHE_DIR/bin
+IMAGE_DIR=$CACHE_DIR/images
+# Every piece of state of a running cluster lives under this one directory.
+WORK_DIR=${PROCWATCH_CLUSTER_DIR:-/var/tmp/procwatch-cluster}
+CLUSTER_SCRIPTS=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+# The binaries a complete cache holds.
+K8S_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
+CACHE_FILES=("${K8S_BINARIES[@]}" pause cni/loopback cni/procwatch-lo)
+
+log() { printf '%s [cluster] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# containerd of the running cluster (images are imported through it).
+CONTAINERD_SOCK=$WORK_DIR/run/containerd/containerd.sock
+ctr_k8s() { ctr --address "$CONTAINERD_SOCK" --namespace k8s.io "$@"; }
+containerd_running() {
+  [ -S "$CONTAINERD_SOCK" ] && ctr --address "$CONTAINERD_SOCK" version >/dev/null 2>&1
+}
+
+# Loopback ports of the control plane (fixed: one test cluster per machine).
+ETCD_PORT=12379
+ETCD_PEER_PORT=12380
+APISERVER_PORT=${PROCWATCH_APISERVER_PORT:-6443}
+KUBECONFIG_PATH=$WORK_DIR/admin.kubeconfig
+# Daemons in start order; down stops them in the order of the testbed notes.
+PID_DIR=$WORK_DIR/pids
+LOG_DIR=$WORK_DIR/logs
+# Top-level cgroup names the node creates in every hierarchy: "kubepods" with cgroupsPerQOS,
+# "k8s.io" (containerd's default parent) without.
+CGROUP_NAMES=(kubepods k8s.io)
+# The sysctls the kubelet sets at start (pkg/kubelet/cm: setupKernelTunables); saved by up,
+# restored by down.
+KUBELET_SYSCTLS=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops
+  kernel.keys.root_maxkeys kernel.keys.root_maxbytes)
+
+kubectl_() { "$BIN_DIR/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
+
+# pid_alive NAME: the daemon recorded in $PID_DIR/NAME.pid still runs (and is the same process:
+# the recorded start time must match, so a recycled PID is never mistaken for ours).
+pid_of() { [ -f "$PID_DIR/$1.pid" ] && cut -d' ' -f1 "$PID_DIR/$1.pid"; }
+proc_start() { awk '{ print $22 }' "/proc/$1/stat" 2>/dev/null; }
+pid_alive() {
+  local pid start
+  [ -f "$PID_DIR/$1.pid" ] || return 1
+  read -r pid start <"$PID_DIR/$1.pid"
+  [ -n "$pid" ] && [ -d "/proc/$pid" ] && [ "$(proc_start "$pid")" = "$start" ]
+}
