@@ -1,0 +1,50 @@
+//! `/proc/<pid>/maps`: the distinct files mapped executable (the program and its libraries).
+
+use std::collections::BTreeSet;
+
+/// Adds to `libraries` the path of every file-backed mapping with execute permission.
+/// Pseudo-mappings (`[vdso]`, anonymous memory) are skipped; ` (deleted)` is dropped so an
+/// upgraded library still names its path.
+pub fn collect_executable_mappings(text: &[u8], libraries: &mut BTreeSet<String>) {
+    for line in String::from_utf8_lossy(text).lines() {
+        // address perms offset dev inode pathname — the path may contain spaces.
+        let mut fields = line.splitn(6, ' ');
+        let perms = fields.nth(1).unwrap_or("");
+        let path = fields.nth(3).unwrap_or("").trim_start();
+        if perms.as_bytes().get(2) != Some(&b'x') || !path.starts_with('/') {
+            continue;
+        }
+        let path = path.strip_suffix(" (deleted)").unwrap_or(path);
+        if !libraries.contains(path) {
+            libraries.insert(path.to_string());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn executable_file_mappings_only() {
+        let maps = b"55d0c0a00000-55d0c0a2c000 r--p 00000000 08:01 131 /usr/sbin/nginx\n\
+55d0c0a2c000-55d0c0b10000 r-xp 0002c000 08:01 131 /usr/sbin/nginx\n\
+7f1c2a000000-7f1c2a028000 r-xp 00028000 08:01 200 /usr/lib/x86_64-linux-gnu/libc.so.6\n\
+7f1c2b000000-7f1c2b100000 r-xp 00000000 08:01 201 /usr/lib/x86_64-linux-gnu/libssl.so.3 (deleted)\n\
+7f1c2c000000-7f1c2c001000 r-xp 00000000 08:01 202 /opt/my app/lib plugin.so\n\
+7f1c2d000000-7f1c2d021000 rw-p 00000000 00:00 0 \n\
+7ffd1a3f0000-7ffd1a3f2000 r-xp 00000000 00:00 0                          [vdso]\n\
+7f1c2e000000-7f1c2e001000 rw-p 00000000 08:01 203 /usr/lib/locale/C.utf8/LC_CTYPE\n";
+        let mut libraries = BTreeSet::new();
+        collect_executable_mappings(maps, &mut libraries);
+        assert_eq!(
+            libraries.into_iter().collect::<Vec<_>>(),
+            [
+                "/opt/my app/lib plugin.so",
+                "/usr/lib/x86_64-linux-gnu/libc.so.6",
+                "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+                "/usr/sbin/nginx"
+            ]
+        );
+    }
+}

@@ -1,0 +1,789 @@
+//! The scanner: one pass over a proc root turned into per-container findings.
+//!
+//! A scan reads `stat`, `cgroup` and the mount namespace of every process (cheap: enough to
+//! attribute and rank them), then reads the details (status, command line, descriptors,
+//! environment, exe, cwd, user) only of the processes it will list: the busiest
+//! `max_processes` of each container. A process that exits meanwhile is skipped and counted;
+//! a file the agent may not read becomes a line in the container's `unreadable`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::io;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use procwatch_crds::report::{CollectRequest, ContainerIdentity};
+use procwatch_crds::{
+    ContainerReport, EnvironmentPolicy, FileFingerprint, ListeningSocket, ProcessInfo,
+    SocketProtocol,
+};
+
+use crate::attribution::{self, Group, ProcessIdentity};
+use crate::fingerprint::{FingerprintError, fingerprint};
+use crate::parse::{cmdline, environ, fd, maps, net, passwd, stat, status};
+use crate::procfs_read::{self, ProcRoot, ProcRootError, ReadFailure};
+
+/// What to collect, from the operator's `collect` settings or the snapshot's flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanOptions {
+    pub environment: EnvironmentPolicy,
+    pub open_files: bool,
+    pub sockets: bool,
+    pub libraries: bool,
+    /// Absolute paths to fingerprint inside each container.
+    pub files: Vec<String>,
+    /// Processes listed per container, busiest first; `usize::MAX` lists all.
+    pub max_processes: usize,
+}
+
+impl Default for ScanOptions {
+    fn default() -> Self {
+        ScanOptions::from(&CollectRequest::default())
+    }
+}
+
+impl From<&CollectRequest> for ScanOptions {
+    fn from(collect: &CollectRequest) -> Self {
+        ScanOptions {
+            environment: collect.environment,
+            open_files: collect.open_files,
+            sockets: collect.sockets,
+            libraries: collect.libraries,
+            files: collect.files.clone(),
+            max_processes: collect.max_processes as usize,
+        }
+    }
+}
+
+/// The findings of one scan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scan {
+    pub containers: Vec<ContainerReport>,
+    /// Processes that exited while being read.
+    pub vanished: u32,
+    pub scanned_at: Time,
+}
+
+/// At most this many libraries per container.
+pub const MAX_LIBRARIES: usize = 256;
+/// At most this many pids are named in one `unreadable` line.
+const MAX_PIDS_PER_NOTE: usize = 8;
+const STATUS_LIMIT: usize = 16 * 1024;
+const ENVIRON_LIMIT: usize = 64 * 1024;
+const MAPS_LIMIT: usize = 4 * 1024 * 1024;
+const NET_TABLE_LIMIT: usize = 16 * 1024 * 1024;
+
+/// Scans one proc root, keeping the previous scan's CPU times to compute CPU millicores.
+#[derive(Debug)]
+pub struct Scanner {
+    root: ProcRoot,
+    boot_time: u64,
+    ticks_per_second: u64,
+    page_size: u64,
+    /// Whether "permission denied" means the agent lacks CAP_SYS_PTRACE.
+    lacks_ptrace: bool,
+    previous: Option<CpuSample>,
+}
+
+#[derive(Debug)]
+struct CpuSample {
+    at: Instant,
+    /// (pid, start ticks) → CPU ticks used so far; the start time tells a reused pid apart.
+    ticks: HashMap<(i32, u64), u64>,
+}
+
+/// The cheap facts of every process, read in the first pass.
+struct Candidate {
+    stat: stat::PidStat,
+    identity: ProcessIdentity,
+    cpu_millicores: u64,
+}
+
+/// The process exited while its details were read.
+struct Vanished;
+
+impl Scanner {
+    /// Opens a proc root, failing clearly when it is not one.
+    pub fn new(proc_root: impl Into<PathBuf>) -> Result<Self, ProcRootError> {
+        let root = ProcRoot::open(proc_root)?;
+        let boot_time = stat::parse_boot_time(&root.read_root_file("stat")?).map_err(|source| {
+            ProcRootError::Parse {
+                path: root.path().join("stat"),
+                source,
+            }
+        })?;
+        let own_capabilities = std::fs::read(root.path().join("self/status"))
+            .ok()
+            .and_then(|text| status::parse_pid_status(&text).effective_capabilities);
+        let lacks_ptrace =
+            own_capabilities.is_some_and(|caps| caps & (1 << status::CAP_SYS_PTRACE_BIT) == 0);
+        Ok(Scanner {
+            root,
+            boot_time,
+            ticks_per_second: procfs_read::clock_ticks_per_second(),
+            page_size: procfs_read::page_size(),
+            lacks_ptrace,
+            previous: None,
+        })
+    }
+
+    pub fn proc_root(&self) -> &ProcRoot {
+        &self.root
+    }
+
+    /// Records every process's CPU time so the next scan can report CPU millicores, without
+    /// reading anything else.
+    pub fn sample_cpu(&mut self) -> Result<(), ProcRootError> {
+        let mut buffer = Vec::with_capacity(1024);
+        let mut ticks = HashMap::new();
+        for pid in self.root.pids()? {
+            if self.root.read_into(pid, "stat", &mut buffer, 4096).is_ok()
+                && let Ok(stat) = stat::parse_pid_stat(&buffer)
+            {
+                ticks.insert((pid, stat.start_ticks), stat.utime_ticks + stat.stime_ticks);
+            }
+        }
+        self.previous = Some(CpuSample {
+            at: Instant::now(),
+            ticks,
+        });
+        Ok(())
+    }
+
+    /// One scan. `pod` is the pod's container statuses when running in a pod (names the groups
+    /// and leaves the agent's own container out), `None` on a plain host.
+    pub fn scan(
+        &mut self,
+        options: &ScanOptions,
+        pod: Option<&[ContainerIdentity]>,
+    ) -> Result<Scan, ProcRootError> {
+        let scanned_at = Time(Timestamp::now());
+        let mut vanished = 0u32;
+        let candidates = self.read_candidates(&mut vanished)?;
+        let identities: Vec<ProcessIdentity> =
+            candidates.iter().map(|c| c.identity.clone()).collect();
+        let groups = attribution::attribute(&identities, pod, self.root.self_pid());
+        drop(identities);
+
+        let mut context = ScanContext {
+            scanner: self,
+            options,
+            buffer: Vec::with_capacity(8192),
+            users: HashMap::new(),
+        };
+        let mut reports: Vec<GroupReport> = groups
+            .into_iter()
+            .map(|group| context.report_group(group, &candidates, &mut vanished))
+            .collect();
+        if options.sockets {
+            context.attach_listeners(&mut reports, &candidates);
+        }
+        Ok(Scan {
+            containers: reports.into_iter().map(GroupReport::finish).collect(),
+            vanished,
+            scanned_at,
+        })
+    }
+
+    /// First pass: stat, cgroup and mount namespace of every process; records the CPU sample.
+    fn read_candidates(&mut self, vanished: &mut u32) -> Result<Vec<Candidate>, ProcRootError> {
+        let now = Instant::now();
+        let mut ticks = HashMap::new();
+        let mut buffer = Vec::with_capacity(4096);
+        let mut candidates = Vec::new();
+        for pid in self.root.pids()? {
+            match self.read_candidate(pid, &mut buffer) {
+                Ok(Some(candidate)) => {
+                    let used = candidate.stat.utime_ticks + candidate.stat.stime_ticks;
+                    ticks.insert((pid, candidate.stat.start_ticks), used);
+                    candidates.push(candidate);
+                }
+                Ok(None) => {}
+                Err(Vanished) => *vanished += 1,
+            }
+        }
+        if let Some(previous) = &self.previous {
+            let elapsed_ms = now.duration_since(previous.at).as_millis() as u64;
+            for candidate in &mut candidates {
+                let key = (candidate.stat.pid, candidate.stat.start_ticks);
+                if let (Some(before), Some(&now_ticks)) =
+                    (previous.ticks.get(&key), ticks.get(&key))
+                {
+                    let used_ms = now_ticks.saturating_sub(*before) * 1000 / self.ticks_per_second;
+                    candidate.cpu_millicores =
+                        (used_ms * 1000).checked_div(elapsed_ms).unwrap_or(0);
+                }
+            }
+        }
+        self.previous = Some(CpuSample { at: now, ticks });
+        Ok(candidates)
+    }
+
+    /// `Ok(None)` for a process the agent cannot see at all (an unreadable or malformed stat).
+    fn read_candidate(
+        &self,
+        pid: i32,
+        buffer: &mut Vec<u8>,
+    ) -> Result<Option<Candidate>, Vanished> {
+        match self.root.read_into(pid, "stat", buffer, 4096) {
+            Ok(()) => {}
+            Err(ReadFailure::Gone) => return Err(Vanished),
+            Err(_) => return Ok(None),
+        }
+        let Ok(stat) = stat::parse_pid_stat(buffer) else {
+            return Ok(None);
+        };
+        let container = match self.root.read_into(pid, "cgroup", buffer, 64 * 1024) {
+            Ok(()) => attribution::container_from_cgroup(buffer),
+            Err(ReadFailure::Gone) => return Err(Vanished),
+            Err(_) => None,
+        };
+        let mount_namespace = match self.root.namespace_inode(pid, "ns/mnt") {
+            Ok(inode) => Some(inode),
+            Err(ReadFailure::Gone) if !self.root.is_alive(pid) => return Err(Vanished),
+            Err(_) => None,
+        };
+        Ok(Some(Candidate {
+            identity: ProcessIdentity {
+                pid,
+                command: stat.comm.clone(),
+                container,
+                mount_namespace,
+            },
+            stat,
+            cpu_millicores: 0,
+        }))
+    }
+
+    fn denied_reason(&self) -> &'static str {
+        if self.lacks_ptrace {
+            "permission denied (agent has no CAP_SYS_PTRACE)"
+        } else {
+            "permission denied"
+        }
+    }
+
+    fn reason(&self, failure: &ReadFailure) -> String {
+        match failure {
+            ReadFailure::Denied => self.denied_reason().to_string(),
+            ReadFailure::Gone => "gone".to_string(),
+            ReadFailure::Other(error) => error.to_string(),
+        }
+    }
+}
+
+/// A container's report being built, with what socket attribution needs.
+struct GroupReport {
+    report: ContainerReport,
+    /// Members in candidate indexes; the first `detailed` of `ranked` have full details.
+    ranked: Vec<usize>,
+    detailed: usize,
+    /// Socket inodes held by the detailed processes: inode → lowest pid.
+    socket_owners: HashMap<u64, i32>,
+    /// Network namespaces (or, when unreadable, pids) to read the socket tables through.
+    net_sources: Vec<i32>,
+    notes: Notes,
+}
+
+impl GroupReport {
+    fn finish(mut self) -> ContainerReport {
+        self.report.unreadable = self.notes.render();
+        self.report
+    }
+}
+
+/// `unreadable` lines, collected per (what, reason) so one line names many pids.
+#[derive(Default)]
+struct Notes(BTreeMap<(String, String), Vec<i32>>);
+
+impl Notes {
+    fn add(&mut self, what: &str, pid: i32, reason: String) {
+        self.0
+            .entry((what.to_string(), reason))
+            .or_default()
+            .push(pid);
+    }
+
+    fn add_line(&mut self, line: String) {
+        self.0.entry((line, String::new())).or_default();
+    }
+
+    fn render(self) -> Vec<String> {
+        self.0
+            .into_iter()
+            .map(|((what, reason), pids)| match pids.as_slice() {
+                [] => what,
+                [pid] => format!("{what} of pid {pid}: {reason}"),
+                _ => {
+                    let mut named: Vec<String> = pids
+                        .iter()
+                        .take(MAX_PIDS_PER_NOTE)
+                        .map(i32::to_string)
+                        .collect();
+                    if pids.len() > MAX_PIDS_PER_NOTE {
+                        named.push(format!("and {} more", pids.len() - MAX_PIDS_PER_NOTE));
+                    }
+                    format!("{what} of pids {}: {reason}", named.join(", "))
+                }
+            })
+            .collect()
+    }
+}
+
+struct ScanContext<'a> {
+    scanner: &'a Scanner,
+    options: &'a ScanOptions,
+    buffer: Vec<u8>,
+    /// Users of each mount namespace's /etc/passwd; `None` when it could not be read.
+    users: HashMap<u64, Option<HashMap<u32, String>>>,
+}
+
+impl ScanContext<'_> {
+    fn report_group(
+        &mut self,
+        group: Group,
+        candidates: &[Candidate],
+        vanished: &mut u32,
+    ) -> GroupReport {
+        let mut ranked = group.members;
+        ranked.sort_by(|&a, &b| {
+            let (a, b) = (&candidates[a], &candidates[b]);
+            (b.cpu_millicores, b.stat.rss_pages, a.stat.pid).cmp(&(
+                a.cpu_millicores,
+                a.stat.rss_pages,
+                b.stat.pid,
+            ))
+        });
+        let mut report = GroupReport {
+            report: ContainerReport {
+                name: group.name,
+                container_id: group.container_id,
+                ..ContainerReport::default()
+            },
+            ranked: Vec::with_capacity(ranked.len()),
+            detailed: 0,
+            socket_owners: HashMap::new(),
+            net_sources: Vec::new(),
+            notes: Notes::default(),
+        };
+        let mut seen_net_namespaces = HashSet::new();
+        let mut detailed = Vec::new();
+        let mut rest = Vec::new();
+        for index in ranked {
+            if detailed.len() == self.options.max_processes {
+                rest.push(index);
+                continue;
+            }
+            let candidate = &candidates[index];
+            match self.process_details(candidate, &mut report) {
+                Ok(process) => {
+                    if self.options.sockets {
+                        self.note_net_source(
+                            candidate.stat.pid,
+                            &mut seen_net_namespaces,
+                            &mut report,
+                        );
+                    }
+                    report.report.processes.push(process);
+                    detailed.push(index);
+                }
+                Err(Vanished) => *vanished += 1,
+            }
+        }
+        report.detailed = detailed.len();
+        report.ranked = detailed;
+        report.ranked.extend(rest);
+        report.report.process_count = report.ranked.len() as u32;
+        report.report.truncated |= report.ranked.len() > report.detailed;
+        if self.options.libraries {
+            self.collect_libraries(&mut report, candidates);
+        }
+        if !self.options.files.is_empty() {
+            self.fingerprint_files(&mut report);
+        }
+        report
+    }
+
+    /// Every fact of one process. Fails only when the process is gone.
+    fn process_details(
+        &mut self,
+        candidate: &Candidate,
+        group: &mut GroupReport,
+    ) -> Result<ProcessInfo, Vanished> {
+        let root = &self.scanner.root;
+        let stat = &candidate.stat;
+        let pid = stat.pid;
+        let gone =
+            |failure: &ReadFailure| matches!(failure, ReadFailure::Gone) && !root.is_alive(pid);
+
+        let status = match root.read_into(pid, "status", &mut self.buffer, STATUS_LIMIT) {
+            Ok(()) => status::parse_pid_status(&self.buffer),
+            Err(ReadFailure::Gone) => return Err(Vanished),
+            Err(failure) => {
+                group
+                    .notes
+                    .add("status", pid, self.scanner.reason(&failure));
+                status::PidStatus::default()
+            }
+        };
+        let args = match root.read_into(
+            pid,
+            "cmdline",
+            &mut self.buffer,
+            cmdline::MAX_ARGS_BYTES + 1,
+        ) {
+            Ok(()) => cmdline::parse_cmdline(&self.buffer),
+            Err(ReadFailure::Gone) => return Err(Vanished),
+            Err(failure) => {
+                group
+                    .notes
+                    .add("cmdline", pid, self.scanner.reason(&failure));
+                String::new()
+            }
+        };
+        let ticks = self.scanner.ticks_per_second;
+        let mut process = ProcessInfo {
+            pid,
+            ppid: stat.ppid,
+            uid: status.effective_uid.unwrap_or_default(),
+            user: None,
+            command: stat.comm.clone(),
+            args,
+            state: stat.state,
+            threads: stat.threads,
+            cpu_millicores: candidate.cpu_millicores,
+            cpu_time_millis: (stat.utime_ticks + stat.stime_ticks) * 1000 / ticks,
+            memory_bytes: stat.rss_pages * self.scanner.page_size,
+            started_at: Timestamp::from_millisecond(
+                (self.scanner.boot_time * 1000 + stat.start_ticks * 1000 / ticks) as i64,
+            )
+            .ok()
+            .map(Time),
+            capabilities: status
+                .effective_capabilities
+                .map(status::capability_names)
+                .unwrap_or_default(),
+            seccomp: status.seccomp,
+            no_new_privs: status.no_new_privs.unwrap_or(false),
+            ..ProcessInfo::default()
+        };
+        if status.effective_uid.is_none() {
+            group
+                .notes
+                .add("uid", pid, "no Uid line in status".to_string());
+        }
+
+        if self.options.open_files || self.options.sockets {
+            let mut count = 0u32;
+            let mut kinds: BTreeMap<String, u32> = BTreeMap::new();
+            let owners = &mut group.socket_owners;
+            let listed = root.for_each_fd_target(pid, |target| {
+                count += 1;
+                let kind = fd::classify_fd_target(target);
+                *kinds.entry(kind.name().to_string()).or_default() += 1;
+                if let Some(inode) = fd::socket_inode(target) {
+                    owners
+                        .entry(inode)
+                        .and_modify(|owner| *owner = (*owner).min(pid))
+                        .or_insert(pid);
+                }
+            });
+            match listed {
+                Ok(()) if self.options.open_files => {
+                    process.open_files = Some(count);
+                    process.open_file_kinds = kinds;
+                }
+                Ok(()) => {}
+                Err(failure) if gone(&failure) => return Err(Vanished),
+                // A zombie has no descriptors left.
+                Err(ReadFailure::Gone) => {}
+                Err(failure) => group
+                    .notes
+                    .add("open files", pid, self.scanner.reason(&failure)),
+            }
+        }
+
+        if self.options.environment != EnvironmentPolicy::None {
+            match root.read_into(pid, "environ", &mut self.buffer, ENVIRON_LIMIT) {
+                Ok(()) => {
+                    let environment =
+                        environ::parse_environ(&self.buffer, self.options.environment);
+                    group.report.truncated |= environment.truncated;
+                    process.environment = environment.entries;
+                }
+                Err(failure) if gone(&failure) => return Err(Vanished),
+                Err(ReadFailure::Gone) => {}
+                Err(failure) => group
+                    .notes
+                    .add("environ", pid, self.scanner.reason(&failure)),
+            }
+        }
+
+        for (name, field) in [("exe", &mut process.exe), ("cwd", &mut process.cwd)] {
+            match root.read_link(pid, name) {
+                Ok(target) => *field = Some(target.to_string_lossy().into_owned()),
+                Err(failure) if gone(&failure) => return Err(Vanished),
+                // Kernel threads and zombies have neither.
+                Err(ReadFailure::Gone) => {}
+                Err(failure) => group.notes.add(name, pid, self.scanner.reason(&failure)),
+            }
+        }
+
+        process.user = self.user_name(candidate, process.uid, group);
+        Ok(process)
+    }
+
+    /// The user name from the process's own /etc/passwd, read once per mount namespace.
+    fn user_name(
+        &mut self,
+        candidate: &Candidate,
+        uid: u32,
+        group: &mut GroupReport,
+    ) -> Option<String> {
+        let namespace = candidate.identity.mount_namespace?;
+        let pid = candidate.stat.pid;
+        if !self.users.contains_key(&namespace) {
+            let users = match self.read_in_root(pid, "/etc/passwd") {
+                Ok(text) => Some(passwd::parse_passwd(&text)),
+                Err(reason) => {
+                    group.notes.add("/etc/passwd", pid, reason);
+                    None
+                }
+            };
+            self.users.insert(namespace, users);
+        }
+        self.users[&namespace].as_ref()?.get(&uid).cloned()
+    }
+
+    fn read_in_root(&self, pid: i32, path: &str) -> Result<Vec<u8>, String> {
+        use std::io::Read;
+        let mut file = self
+            .scanner
+            .root
+            .open_in_root(pid, path)
+            .map_err(|f| self.file_reason(&f))?;
+        let mut text = Vec::new();
+        (&mut file)
+            .take(1024 * 1024)
+            .read_to_end(&mut text)
+            .map_err(|error| error.to_string())?;
+        Ok(text)
+    }
+
+    fn file_reason(&self, failure: &ReadFailure) -> String {
+        match failure {
+            ReadFailure::Gone => "not found".to_string(),
+            failure => self.scanner.reason(failure),
+        }
+    }
+
+    /// Remembers a pid to read the socket tables through, once per network namespace.
+    fn note_net_source(&self, pid: i32, seen: &mut HashSet<Option<u64>>, group: &mut GroupReport) {
+        let namespace = self.scanner.root.namespace_inode(pid, "ns/net").ok();
+        // Unknown namespaces (no ptrace access) are read through the group's first process.
+        if seen.insert(namespace) {
+            group.net_sources.push(pid);
+        }
+    }
+
+    fn collect_libraries(&mut self, group: &mut GroupReport, candidates: &[Candidate]) {
+        let mut libraries = BTreeSet::new();
+        for &index in &group.ranked {
+            let pid = candidates[index].stat.pid;
+            match self
+                .scanner
+                .root
+                .read_into(pid, "maps", &mut self.buffer, MAPS_LIMIT)
+            {
+                Ok(()) => maps::collect_executable_mappings(&self.buffer, &mut libraries),
+                Err(ReadFailure::Gone) => {}
+                Err(failure) => group.notes.add("maps", pid, self.scanner.reason(&failure)),
+            }
+        }
+        group.report.truncated |= libraries.len() > MAX_LIBRARIES;
+        group.report.libraries = libraries.into_iter().take(MAX_LIBRARIES).collect();
+    }
+
+    /// Fingerprints the requested files through the root of the first process that lets us.
+    fn fingerprint_files(&mut self, group: &mut GroupReport) {
+        let pids: Vec<i32> = group.report.processes.iter().map(|p| p.pid).collect();
+        for path in &self.options.files {
+            let mut last_reason = None;
+            let mut printed: Option<FileFingerprint> = None;
+            for &pid in &pids {
+                match self.scanner.root.open_in_root(pid, path) {
+                    Ok(file) => {
+                        match fingerprint(path, file) {
+                            Ok(print) => printed = Some(print),
+                            Err(FingerprintError::NotRegular) => {
+                                last_reason = Some("not a regular file".to_string())
+                            }
+                            Err(FingerprintError::Io(error)) => {
+                                last_reason = Some(error.to_string())
+                            }
+                        }
+                        break;
+                    }
+                    // Another process of the container may still be readable.
+                    Err(ReadFailure::Denied) => {
+                        last_reason = Some(self.scanner.denied_reason().to_string())
+                    }
+                    Err(failure) => {
+                        last_reason = Some(self.file_reason(&failure));
+                        break;
+                    }
+                }
+            }
+            match (printed, last_reason) {
+                (Some(print), _) => group.report.files.push(print),
+                (None, Some(reason)) => group.notes.add_line(format!("file {path}: {reason}")),
+                (None, None) => group
+                    .notes
+                    .add_line(format!("file {path}: no process to read it through")),
+            }
+        }
+    }
+
+    /// Reads the listening sockets of every network namespace the groups live in and gives
+    /// each to the group whose process holds it.
+    fn attach_listeners(&mut self, groups: &mut [GroupReport], candidates: &[Candidate]) {
+        let root = &self.scanner.root;
+        let mut listeners: HashMap<u64, ListeningSocket> = HashMap::new();
+        let mut tables_read = HashSet::new();
+        for group in groups.iter_mut() {
+            for &pid in &group.net_sources {
+                let namespace = root.namespace_inode(pid, "ns/net").ok();
+                if namespace.is_some() && !tables_read.insert(namespace) {
+                    continue;
+                }
+                if let Err(failure) = self.read_socket_tables(pid, &mut listeners) {
+                    group
+                        .notes
+                        .add("sockets", pid, self.scanner.reason(&failure));
+                }
+            }
+        }
+        if listeners.is_empty() {
+            return;
+        }
+        let mut owners: HashMap<u64, i32> = HashMap::new();
+        for group in groups.iter() {
+            for (&inode, &pid) in &group.socket_owners {
+                owners
+                    .entry(inode)
+                    .and_modify(|owner| *owner = (*owner).min(pid))
+                    .or_insert(pid);
+            }
+        }
+        // Listeners held only by processes beyond max_processes: look at those too, until
+        // every listener has its owner.
+        let mut unowned: HashSet<u64> = listeners
+            .keys()
+            .filter(|inode| !owners.contains_key(inode))
+            .copied()
+            .collect();
+        'groups: for group in groups.iter() {
+            for &index in &group.ranked[group.detailed..] {
+                if unowned.is_empty() {
+                    break 'groups;
+                }
+                let pid = candidates[index].stat.pid;
+                let _ = root.for_each_fd_target(pid, |target| {
+                    if let Some(inode) = fd::socket_inode(target)
+                        && unowned.remove(&inode)
+                    {
+                        owners.insert(inode, pid);
+                    }
+                });
+            }
+        }
+        let group_of_pid: HashMap<i32, usize> = groups
+            .iter()
+            .enumerate()
+            .flat_map(|(group, report)| {
+                report
+                    .ranked
+                    .iter()
+                    .map(move |&index| (candidates[index].stat.pid, group))
+            })
+            .collect();
+        for (inode, mut listener) in listeners {
+            let Some(&pid) = owners.get(&inode) else {
+                continue;
+            };
+            let Some(&group) = group_of_pid.get(&pid) else {
+                continue;
+            };
+            listener.pid = Some(pid);
+            if let Some(path) = listener
+                .path
+                .as_deref()
+                .filter(|path| path.starts_with('/'))
+            {
+                listener.reachable_at = Some(root.path_in_root(pid, path));
+            }
+            groups[group].report.listening.push(listener);
+        }
+        for group in groups {
+            group.report.listening.sort();
+        }
+    }
+
+    fn read_socket_tables(
+        &mut self,
+        pid: i32,
+        listeners: &mut HashMap<u64, ListeningSocket>,
+    ) -> Result<(), ReadFailure> {
+        let root = &self.scanner.root;
+        for (table, protocol) in [
+            ("net/tcp", SocketProtocol::Tcp),
+            ("net/tcp6", SocketProtocol::Tcp),
+            ("net/udp", SocketProtocol::Udp),
+            ("net/udp6", SocketProtocol::Udp),
+        ] {
+            match root.read_into(pid, table, &mut self.buffer, NET_TABLE_LIMIT) {
+                Ok(()) => {}
+                // A kernel without IPv6 has no tcp6.
+                Err(ReadFailure::Gone) if root.is_alive(pid) => continue,
+                Err(failure) => return Err(failure),
+            }
+            for listener in net::parse_inet_listeners(&self.buffer, protocol) {
+                listeners.insert(
+                    listener.inode,
+                    ListeningSocket {
+                        protocol,
+                        address: Some(listener.address.to_string()),
+                        path: None,
+                        reachable_at: None,
+                        pid: None,
+                    },
+                );
+            }
+        }
+        match root.read_into(pid, "net/unix", &mut self.buffer, NET_TABLE_LIMIT) {
+            Ok(()) => {}
+            Err(ReadFailure::Gone) if root.is_alive(pid) => return Ok(()),
+            Err(failure) => return Err(failure),
+        }
+        for listener in net::parse_unix_listeners(&self.buffer) {
+            listeners.insert(
+                listener.inode,
+                ListeningSocket {
+                    protocol: SocketProtocol::Unix,
+                    address: None,
+                    path: Some(listener.path),
+                    reachable_at: None,
+                    pid: None,
+                },
+            );
+        }
+        Ok(())
+    }
+}
+
+impl From<io::Error> for Vanished {
+    fn from(_: io::Error) -> Self {
+        Vanished
+    }
+}
