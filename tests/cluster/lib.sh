@@ -43,15 +43,24 @@ CGROUP_NAMES=(kubepods k8s.io)
 KUBELET_SYSCTLS=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops
   kernel.keys.root_maxkeys kernel.keys.root_maxbytes)
 
+# Directories outside the work dir that containerd, the shims, libcni and the kubelet create at
+# fixed paths. up records which did not exist before; down removes those once they are empty.
+HOST_DIRS=(/run/containerd /run/containerd/s /var/lib/cni /var/lib/cni/results /var/log/pods)
+
 kubectl_() { "$BIN_DIR/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
 
 # pid_alive NAME: the daemon recorded in $PID_DIR/NAME.pid still runs (and is the same process:
 # the recorded start time must match, so a recycled PID is never mistaken for ours).
 pid_of() { [ -f "$PID_DIR/$1.pid" ] && cut -d' ' -f1 "$PID_DIR/$1.pid"; }
-proc_start() { awk '{ print $22 }' "/proc/$1/stat" 2>/dev/null; }
+# Fields of /proc/PID/stat after "(comm) " (comm may hold spaces): 1 = state, 20 = start time.
+proc_stat() { sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null; }
+proc_start() { proc_stat "$1" | cut -d' ' -f20; }
 pid_alive() {
-  local pid start
+  local pid start stat
   [ -f "$PID_DIR/$1.pid" ] || return 1
   read -r pid start <"$PID_DIR/$1.pid"
-  [ -n "$pid" ] && [ -d "/proc/$pid" ] && [ "$(proc_start "$pid")" = "$start" ]
+  [ -n "$pid" ] || return 1
+  stat=$(proc_stat "$pid") || return 1
+  # A zombie has exited; PID 1 of this machine reaps orphans only every few seconds.
+  [ -n "$stat" ] && [ "${stat%% *}" != Z ] && [ "$(cut -d' ' -f20 <<<"$stat")" = "$start" ]
 }

@@ -1,0 +1,107 @@
+//! Polling with a deadline that says what it saw last.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// One observation of a condition being waited for.
+#[derive(Debug)]
+pub enum Wait<T> {
+    /// The condition holds; `wait_for` returns this value.
+    Done(T),
+    /// Not yet; the text describes what was seen (shown if the wait times out).
+    NotYet(String),
+}
+
+impl<T> Wait<T> {
+    /// `NotYet` with anything printable as the description of what was seen.
+    pub fn not_yet(seen: impl Display) -> Self {
+        Wait::NotYet(seen.to_string())
+    }
+}
+
+/// Polls `check` until it returns `Wait::Done`, at most `timeout` long.
+///
+/// An `Err` from `check` counts as "not yet" (API servers and pods have transient failures);
+/// on timeout the error names `desc`, the time waited and the last observation or error.
+pub async fn wait_for<T, F, Fut>(desc: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Wait<T>>>,
+{
+    let start = Instant::now();
+    let mut delay = Duration::from_millis(100);
+    let mut last_seen = String::from("(nothing yet)");
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let remaining = timeout.saturating_sub(start.elapsed());
+        // A hanging check must not outlive the deadline either.
+        match tokio::time::timeout(remaining.max(Duration::from_millis(1)), check()).await {
+            Ok(Ok(Wait::Done(value))) => {
+                tracing::debug!(desc, elapsed = ?start.elapsed(), "condition met");
+                return Ok(value);
+            }
+            Ok(Ok(Wait::NotYet(seen))) => last_seen = seen,
+            Ok(Err(err)) => last_seen = format!("error: {err:#}"),
+            Err(_) => {
+                last_seen = format!("check still running at the deadline; before: {last_seen}")
+            }
+        }
+        if start.elapsed() >= timeout {
+            anyhow::bail!(
+                "timed out after {:.1}s ({attempts} checks) waiting for {desc}; last seen: {last_seen}",
+                start.elapsed().as_secs_f64()
+            );
+        }
+        tokio::time::sleep(delay.min(timeout.saturating_sub(start.elapsed()))).await;
+        delay = (delay * 2).min(Duration::from_secs(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn returns_the_value_once_done() {
+        let mut n = 0;
+        let v = wait_for("n to reach 3", Duration::from_secs(5), || {
+            n += 1;
+            let n = n;
+            async move {
+                Ok(if n >= 3 {
+                    Wait::Done(n)
+                } else {
+                    Wait::not_yet(format!("n={n}"))
+                })
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(v, 3);
+    }
+
+    #[tokio::test]
+    async fn timeout_names_the_last_observation() {
+        let err = wait_for::<(), _, _>("the impossible", Duration::from_millis(300), || async {
+            Ok(Wait::not_yet("phase=Pending"))
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("the impossible"), "{err}");
+        assert!(err.contains("last seen: phase=Pending"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn errors_are_retried_and_reported() {
+        let err = wait_for::<(), _, _>("a flaky thing", Duration::from_millis(300), || async {
+            Err(anyhow::anyhow!("connection refused"))
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("error: connection refused"), "{err}");
+    }
+}
