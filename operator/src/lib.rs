@@ -2,3 +2,4 @@
 //! report endpoint agents post their findings to.
 
 pub mod selector;
+pub mod admission;

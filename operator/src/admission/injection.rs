@@ -1,0 +1,375 @@
+//! The agent container and its token volume, as the webhook adds them to a pod (and the
+//! controller adds them as an ephemeral container where it can).
+//!
+//! Least privilege, and why each setting is what it is:
+//! - No capability by default and uid/gid 65534 (nobody): the agent reads `/proc/<pid>/stat`,
+//!   `status` and `cmdline` of every process, which any user may; `environ`, `fd`, `maps` and
+//!   `root` of a process need ptrace access, which the kernel grants to the same uid or to
+//!   CAP_SYS_PTRACE. What the agent cannot read it reports per field.
+//! - With `agent.ptrace: true` the agent gets CAP_SYS_PTRACE and runs as uid 0. Kubernetes
+//!   runtimes do not raise ambient capabilities, so a capability added to a non-root container
+//!   stays in the bounding set and never becomes effective; only uid 0 makes it usable. Every
+//!   other capability is still dropped, so this root cannot override file permissions
+//!   (no CAP_DAC_OVERRIDE), change owners or bind privileged ports.
+//! - Always: no privilege escalation (setuid binaries cannot regain what was dropped), a
+//!   read-only root filesystem (the agent writes nothing), the runtime's default seccomp
+//!   profile (a field every server since 1.19 accepts).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, EnvVar, EnvVarSource, ObjectFieldSelector, ProjectedVolumeSource,
+    ResourceRequirements, SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume,
+    VolumeMount, VolumeProjection,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use procwatch_crds::ProcessWatch;
+use procwatch_crds::constants::{
+    AGENT_CONTAINER_NAME, TOKEN_AUDIENCE, TOKEN_FILE, TOKEN_MOUNT_PATH, env,
+};
+
+use super::InjectionSettings;
+use super::quantity;
+
+/// Name of the projected token volume; mounted only into the agent.
+pub const TOKEN_VOLUME_NAME: &str = "procwatch-token";
+/// uid and gid the agent runs as when it needs no capability.
+pub const NOBODY: i64 = 65534;
+/// The API server refuses projected tokens that expire sooner than this.
+pub const MIN_TOKEN_EXPIRATION_SECONDS: i64 = 600;
+
+const DEFAULT_REQUESTS: [(&str, &str); 2] = [("cpu", "10m"), ("memory", "16Mi")];
+const DEFAULT_LIMITS: [(&str, &str); 2] = [("cpu", "100m"), ("memory", "32Mi")];
+
+/// The agent container for a pod selected by `watches` (at least one).
+pub fn agent_container(settings: &InjectionSettings, watches: &[&ProcessWatch]) -> Container {
+    let ptrace = watches.iter().any(|w| w.spec.agent.ptrace);
+    Container {
+        name: AGENT_CONTAINER_NAME.to_string(),
+        image: Some(settings.agent_image.clone()),
+        image_pull_policy: Some(settings.image_pull_policy.clone()),
+        args: Some(vec!["run".to_string()]),
+        env: Some(agent_env(settings, watches)),
+        resources: Some(agent_resources(watches)),
+        security_context: Some(security_context(ptrace)),
+        volume_mounts: Some(vec![VolumeMount {
+            name: TOKEN_VOLUME_NAME.to_string(),
+            mount_path: TOKEN_MOUNT_PATH.to_string(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        }]),
+        // Its last log lines explain a crash in `kubectl describe pod`.
+        termination_message_policy: Some("FallbackToLogsOnError".to_string()),
+        ..Container::default()
+    }
+}
+
+/// The projected service-account token the agent authenticates with. It is independent of
+/// `automountServiceAccountToken`, and its audience makes it worthless to the API server.
+pub fn token_volume(settings: &InjectionSettings) -> Volume {
+    Volume {
+        name: TOKEN_VOLUME_NAME.to_string(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![VolumeProjection {
+                service_account_token: Some(ServiceAccountTokenProjection {
+                    audience: Some(TOKEN_AUDIENCE.to_string()),
+                    expiration_seconds: Some(settings.token_expiration_seconds),
+                    path: token_file_name().to_string(),
+                }),
+                ..VolumeProjection::default()
+            }]),
+            ..ProjectedVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+/// Whether `volume` is the token volume this webhook adds (so a pod that has it keeps it).
+pub fn is_token_volume(volume: &Volume) -> bool {
+    let token_sources = volume
+        .projected
+        .as_ref()
+        .and_then(|p| p.sources.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.service_account_token.as_ref());
+    volume.name == TOKEN_VOLUME_NAME
+        && token_sources
+            .into_iter()
+            .any(|t| t.audience.as_deref() == Some(TOKEN_AUDIENCE) && t.path == token_file_name())
+}
+
+/// The token's file name inside the mount, derived from the shared constants so the agent's
+/// `PROCWATCH_TOKEN_FILE` and the projection cannot disagree.
+fn token_file_name() -> &'static str {
+    TOKEN_FILE
+        .strip_prefix(TOKEN_MOUNT_PATH)
+        .map(|rest| rest.trim_start_matches('/'))
+        .unwrap_or("token")
+}
+
+fn agent_env(settings: &InjectionSettings, watches: &[&ProcessWatch]) -> Vec<EnvVar> {
+    let field = |name: &str, path: &str| EnvVar {
+        name: name.to_string(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.to_string(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    };
+    let value = |name: &str, value: String| EnvVar {
+        name: name.to_string(),
+        value: Some(value),
+        ..EnvVar::default()
+    };
+    // One agent serves every watch of the pod, so it samples as often as the most eager one.
+    let interval = watches
+        .iter()
+        .map(|w| w.spec.interval)
+        .min()
+        .unwrap_or_default();
+    vec![
+        field(env::POD_NAME, "metadata.name"),
+        field(env::POD_NAMESPACE, "metadata.namespace"),
+        field(env::POD_UID, "metadata.uid"),
+        value(env::REPORT_URL, settings.report_url.clone()),
+        value(env::CA_PEM, settings.ca_pem.clone()),
+        value(env::TOKEN_FILE, TOKEN_FILE.to_string()),
+        value(env::INTERVAL, interval.to_string()),
+    ]
+}
+
+/// The largest request and the largest limit of every resource any watch names; the small
+/// defaults when no watch sets resources. A limit is raised to its request where merging
+/// would otherwise leave it below (the API server refuses such a container). A quantity that
+/// does not parse is left out, with a warning: the API server would refuse the whole pod.
+fn agent_resources(watches: &[&ProcessWatch]) -> ResourceRequirements {
+    let asked: Vec<&ResourceRequirements> = watches
+        .iter()
+        .filter_map(|w| w.spec.agent.resources.as_ref())
+        .collect();
+    if asked.is_empty() {
+        let quantities = |pairs: [(&str, &str); 2]| {
+            pairs
+                .iter()
+                .map(|(name, q)| (name.to_string(), Quantity(q.to_string())))
+                .collect()
+        };
+        return ResourceRequirements {
+            requests: Some(quantities(DEFAULT_REQUESTS)),
+            limits: Some(quantities(DEFAULT_LIMITS)),
+            ..ResourceRequirements::default()
+        };
+    }
+    let requests = largest(asked.iter().filter_map(|r| r.requests.as_ref()));
+    let mut limits = largest(asked.iter().filter_map(|r| r.limits.as_ref()));
+    for (name, (request_value, request)) in &requests {
+        if let Some((limit_value, limit)) = limits.get_mut(name)
+            && *limit_value < *request_value
+        {
+            *limit_value = *request_value;
+            *limit = request.clone();
+        }
+    }
+    let strip = |map: BTreeMap<String, (f64, Quantity)>| {
+        (!map.is_empty()).then(|| map.into_iter().map(|(k, (_, q))| (k, q)).collect())
+    };
+    ResourceRequirements {
+        requests: strip(requests),
+        limits: strip(limits),
+        ..ResourceRequirements::default()
+    }
+}
+
+fn largest<'a>(
+    maps: impl Iterator<Item = &'a BTreeMap<String, Quantity>>,
+) -> BTreeMap<String, (f64, Quantity)> {
+    let mut out: BTreeMap<String, (f64, Quantity)> = BTreeMap::new();
+    for (name, quantity) in maps.flatten() {
+        let value = match quantity::value(&quantity.0) {
+            Ok(value) => value,
+            Err(error) => {
+                tracing::warn!(resource = %name, %error, "agent resource left out");
+                continue;
+            }
+        };
+        let bigger = out.get(name).is_none_or(|(known, _)| value > *known);
+        if bigger {
+            out.insert(name.clone(), (value, quantity.clone()));
+        }
+    }
+    out
+}
+
+fn security_context(ptrace: bool) -> SecurityContext {
+    let (user, non_root, add) = if ptrace {
+        (0, false, Some(vec!["SYS_PTRACE".to_string()]))
+    } else {
+        (NOBODY, true, None)
+    };
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        privileged: Some(false),
+        run_as_non_root: Some(non_root),
+        run_as_user: Some(user),
+        run_as_group: Some(if ptrace { 0 } else { NOBODY }),
+        capabilities: Some(Capabilities {
+            add,
+            drop: Some(vec!["ALL".to_string()]),
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_string(),
+            ..SeccompProfile::default()
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admission::test_support::{settings, watch};
+
+    fn env_value<'a>(container: &'a Container, name: &str) -> Option<&'a EnvVar> {
+        container.env.iter().flatten().find(|e| e.name == name)
+    }
+
+    #[test]
+    fn token_file_is_inside_the_mount() {
+        assert_eq!(
+            format!("{TOKEN_MOUNT_PATH}/{}", token_file_name()),
+            TOKEN_FILE
+        );
+        assert!(is_token_volume(&token_volume(&settings(false))));
+    }
+
+    #[test]
+    fn environment_has_downward_api_and_operator_coordinates() {
+        let w = watch("a", &[("app", "x")]);
+        let c = agent_container(&settings(false), &[&w]);
+        for (name, path) in [
+            (env::POD_NAME, "metadata.name"),
+            (env::POD_NAMESPACE, "metadata.namespace"),
+            (env::POD_UID, "metadata.uid"),
+        ] {
+            let var = env_value(&c, name).unwrap();
+            let field = var.value_from.as_ref().unwrap().field_ref.as_ref().unwrap();
+            assert_eq!(field.field_path, path);
+        }
+        let plain = |name| env_value(&c, name).unwrap().value.clone().unwrap();
+        assert_eq!(plain(env::REPORT_URL), "https://127.0.0.1:9443/report/v1");
+        assert!(plain(env::CA_PEM).starts_with("-----BEGIN CERTIFICATE-----"));
+        assert_eq!(plain(env::TOKEN_FILE), TOKEN_FILE);
+        assert_eq!(plain(env::INTERVAL), "15s");
+        assert_eq!(c.args, Some(vec!["run".to_string()]));
+        assert_eq!(c.image_pull_policy.as_deref(), Some("Never"));
+    }
+
+    #[test]
+    fn least_privilege_without_ptrace() {
+        let w = watch("a", &[("app", "x")]);
+        let sc = agent_container(&settings(false), &[&w])
+            .security_context
+            .unwrap();
+        assert_eq!(sc.run_as_user, Some(NOBODY));
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        let caps = sc.capabilities.unwrap();
+        assert_eq!(caps.drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(caps.add, None);
+    }
+
+    #[test]
+    fn ptrace_adds_only_sys_ptrace_and_root() {
+        let plain = watch("a", &[("app", "x")]);
+        let mut tracing = watch("b", &[("app", "x")]);
+        tracing.spec.agent.ptrace = true;
+        let sc = agent_container(&settings(false), &[&plain, &tracing])
+            .security_context
+            .unwrap();
+        assert_eq!(sc.run_as_user, Some(0));
+        assert_eq!(sc.run_as_non_root, Some(false));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        let caps = sc.capabilities.unwrap();
+        assert_eq!(caps.add, Some(vec!["SYS_PTRACE".to_string()]));
+        assert_eq!(caps.drop, Some(vec!["ALL".to_string()]));
+    }
+
+    fn resources(requests: &[(&str, &str)], limits: &[(&str, &str)]) -> ResourceRequirements {
+        let map = |pairs: &[(&str, &str)]| {
+            (!pairs.is_empty()).then(|| {
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
+                    .collect()
+            })
+        };
+        ResourceRequirements {
+            requests: map(requests),
+            limits: map(limits),
+            ..ResourceRequirements::default()
+        }
+    }
+
+    #[test]
+    fn default_resources_when_no_watch_asks() {
+        let w = watch("a", &[]);
+        let r = agent_container(&settings(false), &[&w]).resources.unwrap();
+        assert_eq!(
+            r,
+            resources(
+                &[("cpu", "10m"), ("memory", "16Mi")],
+                &[("cpu", "100m"), ("memory", "32Mi")]
+            )
+        );
+    }
+
+    #[test]
+    fn resources_are_the_largest_asked_and_limits_cover_requests() {
+        let mut a = watch("a", &[]);
+        a.spec.agent.resources = Some(resources(
+            &[("cpu", "50m"), ("memory", "64Mi")],
+            &[("cpu", "0.2"), ("memory", "128Mi")],
+        ));
+        let mut b = watch("b", &[]);
+        b.spec.agent.resources = Some(resources(&[("cpu", "300m")], &[("memory", "100M")]));
+        let c = watch("c", &[]);
+        let r = agent_container(&settings(false), &[&a, &b, &c])
+            .resources
+            .unwrap();
+        // cpu: request 300m beats 50m, so the 0.2 limit is raised to 300m.
+        assert_eq!(
+            r,
+            resources(
+                &[("cpu", "300m"), ("memory", "64Mi")],
+                &[("cpu", "300m"), ("memory", "128Mi")]
+            )
+        );
+    }
+
+    #[test]
+    fn misspelt_quantity_is_left_out() {
+        let mut a = watch("a", &[]);
+        a.spec.agent.resources = Some(resources(&[("cpu", "lots"), ("memory", "20Mi")], &[]));
+        let r = agent_container(&settings(false), &[&a]).resources.unwrap();
+        assert_eq!(r, resources(&[("memory", "20Mi")], &[]));
+    }
+
+    #[test]
+    fn interval_is_the_smallest_of_the_watches() {
+        let mut a = watch("a", &[]);
+        a.spec.interval = "1m".parse().unwrap();
+        let mut b = watch("b", &[]);
+        b.spec.interval = "5s".parse().unwrap();
+        let c = agent_container(&settings(false), &[&a, &b]);
+        assert_eq!(
+            env_value(&c, env::INTERVAL).unwrap().value.as_deref(),
+            Some("5s")
+        );
+    }
+}

@@ -1,0 +1,581 @@
+//! The mutating admission webhook: on Pod CREATE, a pod selected by a ProcessWatch of its
+//! namespace gets `shareProcessNamespace: true` and the procwatch agent.
+//!
+//! It fails open: every answer allows the pod. An internal error means the pod runs without
+//! the agent (logged and counted), never that a workload is blocked.
+
+mod injection;
+mod patch;
+mod quantity;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::version::Info;
+use kube::core::DynamicObject;
+use kube::core::admission::{
+    AdmissionRequest, AdmissionResponse, AdmissionReview, META_API_VERSION_V1, META_KIND, Operation,
+};
+use kube::runtime::reflector::Store;
+use procwatch_crds::constants::AGENT_CONTAINER_NAME;
+use procwatch_crds::{AttachMode, ProcessWatch};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+use crate::selector;
+
+pub use injection::{
+    MIN_TOKEN_EXPIRATION_SECONDS, NOBODY, TOKEN_VOLUME_NAME, agent_container, token_volume,
+};
+pub use patch::{Decision, InjectionError, Outcome, decide};
+
+/// Path the API server posts AdmissionReviews to.
+pub const MUTATE_PATH: &str = "/mutate";
+/// How long a review waits for the first list of ProcessWatches after the operator starts;
+/// well under the webhook's 5 s timeout.
+const STORE_READY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Large enough for any pod etcd can hold (1.5 MiB) wrapped in a review.
+const MAX_REVIEW_BYTES: usize = 3 * 1024 * 1024;
+
+/// How the agent is injected; fixed for the operator's lifetime.
+#[derive(Clone, Debug)]
+pub struct InjectionSettings {
+    pub agent_image: String,
+    /// `IfNotPresent` normally; tests with locally imported images use `Never`.
+    pub image_pull_policy: String,
+    /// Full URL of the report endpoint, e.g. `https://127.0.0.1:9443/report/v1`.
+    pub report_url: String,
+    /// PEM of the CA that signed the serving certificate, given to the agent to trust.
+    pub ca_pem: String,
+    /// The API server runs native sidecars (1.29+): the agent is an init container with
+    /// `restartPolicy: Always`, else a plain container.
+    pub native_sidecars: bool,
+    /// Lifetime of the projected token; the kubelet refreshes it at 80%. At least 600.
+    pub token_expiration_seconds: i64,
+}
+
+impl InjectionSettings {
+    /// Checks what the API server would otherwise refuse in every injected pod.
+    pub fn validate(&self) -> Result<(), InjectionError> {
+        if self.token_expiration_seconds < MIN_TOKEN_EXPIRATION_SECONDS {
+            return Err(InjectionError::TokenExpirationTooShort(
+                self.token_expiration_seconds,
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone)]
+pub struct AdmissionState {
+    pub watches: Store<ProcessWatch>,
+    pub settings: Arc<InjectionSettings>,
+    pub metrics: Arc<AdmissionMetrics>,
+}
+
+/// The webhook's routes: `POST /mutate`, AdmissionReview v1 in and out.
+pub fn router(state: AdmissionState) -> Router {
+    Router::new()
+        .route(MUTATE_PATH, post(mutate))
+        .layer(DefaultBodyLimit::max(MAX_REVIEW_BYTES))
+        .with_state(state)
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: Outcome,
+}
+
+impl EncodeLabelValue for Outcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+/// `procwatch_admissions_total{outcome}`.
+#[derive(Debug)]
+pub struct AdmissionMetrics {
+    admissions: Family<OutcomeLabels, Counter>,
+}
+
+impl AdmissionMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let admissions = Family::<OutcomeLabels, Counter>::default();
+        // Every outcome shows from the start, so rates work before the first error.
+        for outcome in Outcome::ALL {
+            let _ = admissions.get_or_create(&OutcomeLabels { outcome });
+        }
+        registry.register(
+            "procwatch_admissions",
+            "Pod admission reviews answered by the webhook, by outcome",
+            admissions.clone(),
+        );
+        AdmissionMetrics { admissions }
+    }
+
+    pub fn count(&self, outcome: Outcome) {
+        self.admissions
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    pub fn get(&self, outcome: Outcome) -> u64 {
+        self.admissions
+            .get_or_create(&OutcomeLabels { outcome })
+            .get()
+    }
+}
+
+/// Whether the API server runs native sidecars (init containers with `restartPolicy:
+/// Always`), on by default since 1.29. Reads `major`/`minor` (`"30+"` on some providers) and
+/// falls back to `gitVersion` (`v1.20.2`).
+pub fn supports_native_sidecars(version: &Info) -> bool {
+    let leading_number = |text: &str| -> Option<u32> {
+        let digits: String = text.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    };
+    let from_fields = leading_number(&version.major).zip(leading_number(&version.minor));
+    let from_git = || {
+        let mut parts = version.git_version.trim_start_matches('v').split('.');
+        leading_number(parts.next()?).zip(leading_number(parts.next()?))
+    };
+    from_fields
+        .or_else(from_git)
+        .is_some_and(|(major, minor)| major > 1 || (major == 1 && minor >= 29))
+}
+
+/// Whether the pod runs the agent, as a container or a (sidecar) init container.
+pub fn pod_has_agent(pod: &Pod) -> bool {
+    pod.spec.as_ref().is_some_and(|spec| {
+        spec.containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+            .any(|c| c.name == AGENT_CONTAINER_NAME)
+    })
+}
+
+/// The watches of `namespace` whose selector matches `labels`, sorted by name. A watch with
+/// a malformed selector selects nothing and is logged (the controller reports it in status).
+pub fn watches_selecting<'a>(
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+    watches: impl IntoIterator<Item = &'a ProcessWatch>,
+) -> Vec<&'a ProcessWatch> {
+    let mut selected: Vec<&ProcessWatch> = watches
+        .into_iter()
+        .filter(|w| w.metadata.namespace.as_deref() == Some(namespace))
+        .filter(|w| match selector::matches(&w.spec.selector, labels) {
+            Ok(matched) => matched,
+            Err(error) => {
+                tracing::warn!(
+                    namespace,
+                    watch = w.metadata.name.as_deref().unwrap_or_default(),
+                    %error,
+                    "watch has an invalid selector; it selects no pod"
+                );
+                false
+            }
+        })
+        .collect();
+    selected.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    selected
+}
+
+/// The selecting watches that want the agent injected at creation: sidecar mode, not being
+/// deleted. Ephemeral-mode watches attach to running pods instead.
+fn injecting(watches: Vec<&ProcessWatch>) -> Vec<&ProcessWatch> {
+    watches
+        .into_iter()
+        .filter(|w| w.spec.attach.mode == AttachMode::Sidecar)
+        .filter(|w| w.metadata.deletion_timestamp.is_none())
+        .collect()
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ReviewError {
+    #[error("the review carries no object")]
+    MissingObject,
+    #[error("the review has no namespace")]
+    MissingNamespace,
+    #[error("the object is not a valid Pod: {0}")]
+    NotAPod(#[source] serde_json::Error),
+    #[error("ProcessWatches not yet listed after {0:?}")]
+    StoreNotReady(Duration),
+    #[error(transparent)]
+    Injection(#[from] InjectionError),
+    #[error("cannot encode the patch: {0}")]
+    Patch(#[from] kube::core::admission::SerializePatchError),
+}
+
+async fn mutate(State(state): State<AdmissionState>, body: Bytes) -> Response {
+    let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(&body) {
+        Ok(review) => review,
+        Err(error) => return bad_request(format!("malformed AdmissionReview: {error}")),
+    };
+    if review.types.kind != META_KIND || review.types.api_version != META_API_VERSION_V1 {
+        return bad_request(format!(
+            "expected kind {META_KIND} of {META_API_VERSION_V1}, got {} of {}",
+            review.types.kind, review.types.api_version
+        ));
+    }
+    let request: Result<AdmissionRequest<DynamicObject>, _> = review.try_into();
+    let Ok(request) = request else {
+        return bad_request("AdmissionReview has no request".to_string());
+    };
+    let (outcome, response) = answer(&state, &request).await;
+    state.metrics.count(outcome);
+    axum::Json(with_base64_patch(response)).into_response()
+}
+
+/// The review as JSON, with the patch as the base64 string the API documents. kube
+/// serialises `Vec<u8>` as an array of numbers, which Go decoders happen to accept but the
+/// AdmissionReview contract does not promise.
+fn with_base64_patch(response: AdmissionResponse) -> serde_json::Value {
+    let patch = response.patch.clone();
+    let mut review = serde_json::json!(response.into_review());
+    if let Some(patch) = patch {
+        review["response"]["patch"] = serde_json::json!(k8s_openapi::ByteString(patch));
+    }
+    review
+}
+
+fn bad_request(message: String) -> Response {
+    tracing::warn!(%message, "refused admission review");
+    (StatusCode::BAD_REQUEST, message).into_response()
+}
+
+/// Always allows; adds the patch when there is one.
+async fn answer(
+    state: &AdmissionState,
+    request: &AdmissionRequest<DynamicObject>,
+) -> (Outcome, AdmissionResponse) {
+    let allow = AdmissionResponse::from(request);
+    let is_pod = request.kind.group.is_empty() && request.kind.kind == "Pod";
+    if !is_pod || request.operation != Operation::Create || request.sub_resource.is_some() {
+        return (Outcome::Ignored, allow);
+    }
+    let namespace = request.namespace.as_deref().unwrap_or_default();
+    let result = review_pod(state, request).await.and_then(|decision| {
+        let outcome = decision.outcome;
+        let response = if decision.patch.0.is_empty() {
+            allow.clone()
+        } else {
+            allow.clone().with_patch(decision.patch)?
+        };
+        Ok((outcome, response))
+    });
+    match result {
+        Ok((outcome, response)) => {
+            tracing::debug!(namespace, uid = %request.uid, outcome = outcome.as_str(), "pod admitted");
+            (outcome, response)
+        }
+        Err(error) => {
+            tracing::error!(namespace, uid = %request.uid, %error, "pod admitted without the agent");
+            (Outcome::Error, allow)
+        }
+    }
+}
+
+async fn review_pod(
+    state: &AdmissionState,
+    request: &AdmissionRequest<DynamicObject>,
+) -> Result<Decision, ReviewError> {
+    let object = request.object.as_ref().ok_or(ReviewError::MissingObject)?;
+    let pod: Pod = serde_json::to_value(object)
+        .and_then(serde_json::from_value)
+        .map_err(ReviewError::NotAPod)?;
+    // On CREATE the pod's own namespace is often still empty; the request's is authoritative.
+    let namespace = request
+        .namespace
+        .as_deref()
+        .or(pod.metadata.namespace.as_deref())
+        .filter(|ns| !ns.is_empty())
+        .ok_or(ReviewError::MissingNamespace)?;
+    tokio::time::timeout(STORE_READY_TIMEOUT, state.watches.wait_until_ready())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or(ReviewError::StoreNotReady(STORE_READY_TIMEOUT))?;
+    let all = state.watches.state();
+    let labels = patch::pod_labels(&pod);
+    let watches = injecting(watches_selecting(
+        namespace,
+        &labels,
+        all.iter().map(Arc::as_ref),
+    ));
+    let decision = decide(&pod, &watches, &state.settings)?;
+    if decision.outcome == Outcome::Injected {
+        let name = pod
+            .metadata
+            .name
+            .as_deref()
+            .or(pod.metadata.generate_name.as_deref())
+            .unwrap_or_default();
+        let watches: Vec<_> = watches
+            .iter()
+            .filter_map(|w| w.metadata.name.as_deref())
+            .collect();
+        tracing::info!(namespace, pod = name, ?watches, "agent injected");
+    }
+    Ok(decision)
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+    use kube::api::ObjectMeta;
+    use procwatch_crds::ProcessWatchSpec;
+
+    pub const FAKE_CA_PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+
+    pub fn settings(native_sidecars: bool) -> InjectionSettings {
+        InjectionSettings {
+            agent_image: "procwatch-agent:test".to_string(),
+            image_pull_policy: "Never".to_string(),
+            report_url: "https://127.0.0.1:9443/report/v1".to_string(),
+            ca_pem: FAKE_CA_PEM.to_string(),
+            native_sidecars,
+            token_expiration_seconds: 3600,
+        }
+    }
+
+    /// A watch in namespace `shop` selecting `match_labels`.
+    pub fn watch(name: &str, match_labels: &[(&str, &str)]) -> ProcessWatch {
+        let spec: ProcessWatchSpec = serde_json::from_value(serde_json::json!({
+            "selector": {"matchLabels": match_labels.iter().cloned().collect::<BTreeMap<_, _>>()}
+        }))
+        .unwrap();
+        ProcessWatch {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                namespace: Some("shop".to_string()),
+                ..ObjectMeta::default()
+            },
+            spec,
+            status: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::{settings, watch};
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use kube::runtime::reflector::{store, store::Writer};
+    use kube::runtime::watcher::Event;
+    use serde_json::{Value, json};
+    use tower::ServiceExt;
+
+    fn version(major: &str, minor: &str, git: &str) -> Info {
+        Info {
+            major: major.to_string(),
+            minor: minor.to_string(),
+            git_version: git.to_string(),
+            ..Info::default()
+        }
+    }
+
+    #[test]
+    fn native_sidecars_from_1_29() {
+        assert!(!supports_native_sidecars(&version("1", "20", "v1.20.2")));
+        assert!(!supports_native_sidecars(&version("1", "28", "v1.28.3")));
+        assert!(supports_native_sidecars(&version("1", "29", "v1.29.0")));
+        assert!(supports_native_sidecars(&version(
+            "1",
+            "30+",
+            "v1.30.2-eks-1"
+        )));
+        assert!(supports_native_sidecars(&version("", "", "v1.31.1")));
+        assert!(!supports_native_sidecars(&version("", "", "v1.27.0+k3s1")));
+        assert!(!supports_native_sidecars(&version("", "", "")));
+    }
+
+    #[test]
+    fn selection_is_per_namespace_sorted_and_skips_bad_selectors() {
+        let b = watch("b", &[("app", "nginx")]);
+        let a = watch("a", &[]);
+        let other_app = watch("c", &[("app", "redis")]);
+        let mut elsewhere = watch("d", &[]);
+        elsewhere.metadata.namespace = Some("other".to_string());
+        let mut broken = watch("e", &[]);
+        broken.spec.selector.match_expressions = Some(vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement {
+                key: "app".to_string(),
+                operator: "Equals".to_string(),
+                values: None,
+            },
+        ]);
+        let labels = BTreeMap::from([("app".to_string(), "nginx".to_string())]);
+        let selected =
+            watches_selecting("shop", &labels, [&b, &a, &other_app, &elsewhere, &broken]);
+        let names: Vec<_> = selected
+            .iter()
+            .map(|w| w.metadata.name.as_deref().unwrap())
+            .collect();
+        assert_eq!(names, ["a", "b"]);
+    }
+
+    #[test]
+    fn only_sidecar_watches_inject() {
+        let sidecar = watch("a", &[]);
+        let mut ephemeral = watch("b", &[]);
+        ephemeral.spec.attach.mode = AttachMode::Ephemeral;
+        let names: Vec<_> = injecting(vec![&sidecar, &ephemeral])
+            .iter()
+            .map(|w| w.metadata.name.clone().unwrap())
+            .collect();
+        assert_eq!(names, ["a"]);
+    }
+
+    /// The state and the writer feeding its store (dropping it unready fails the wait).
+    fn state(watches: Vec<ProcessWatch>, ready: bool) -> (AdmissionState, Writer<ProcessWatch>) {
+        let (reader, mut writer) = store::<ProcessWatch>();
+        writer.apply_watcher_event(&Event::Init);
+        for w in watches {
+            writer.apply_watcher_event(&Event::InitApply(w));
+        }
+        if ready {
+            writer.apply_watcher_event(&Event::InitDone);
+        }
+        let state = AdmissionState {
+            watches: reader,
+            settings: Arc::new(settings(false)),
+            metrics: Arc::new(AdmissionMetrics::register(&mut Registry::default())),
+        };
+        (state, writer)
+    }
+
+    fn review(labels: Value, operation: &str) -> Value {
+        json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+                "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+                "namespace": "shop",
+                "operation": operation,
+                "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+                "object": {
+                    "apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"generateName": "web-7c9d8-", "labels": labels},
+                    "spec": {"containers": [{"name": "nginx", "image": "nginx:1.25"}]}
+                },
+                "oldObject": null,
+                "dryRun": false,
+                "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"}
+            }
+        })
+    }
+
+    async fn post(state: &AdmissionState, body: String) -> (StatusCode, Vec<u8>) {
+        let request = Request::post(MUTATE_PATH)
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .unwrap();
+        let response = router(state.clone()).oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, bytes.to_vec())
+    }
+
+    #[tokio::test]
+    async fn selected_pod_gets_a_json_patch_through_the_router() {
+        let (state, _writer) = state(vec![watch("web", &[("app", "nginx")])], true);
+        let body = review(json!({"app": "nginx"}), "CREATE");
+        let (status, bytes) = post(&state, body.to_string()).await;
+        assert_eq!(status, StatusCode::OK);
+        let answer: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(answer["kind"], "AdmissionReview");
+        let response = &answer["response"];
+        assert_eq!(response["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
+        assert_eq!(response["allowed"], true);
+        assert_eq!(response["patchType"], "JSONPatch");
+        // The patch is base64 JSON; apply it to the pod as the API server would.
+        let encoded: Vec<u8> = serde_json::from_value(json!({"b": response["patch"]}))
+            .map(|v: BTreeMap<String, k8s_openapi::ByteString>| v["b"].0.clone())
+            .unwrap();
+        let patch: json_patch::Patch = serde_json::from_slice(&encoded).unwrap();
+        let mut pod = body["request"]["object"].clone();
+        json_patch::patch(&mut pod, &patch).unwrap();
+        let pod: Pod = serde_json::from_value(pod).unwrap();
+        assert!(pod_has_agent(&pod));
+        assert_eq!(pod.spec.unwrap().share_process_namespace, Some(true));
+        assert_eq!(state.metrics.get(Outcome::Injected), 1);
+    }
+
+    #[tokio::test]
+    async fn unselected_pod_is_allowed_without_patch() {
+        let (state, _writer) = state(vec![watch("web", &[("app", "nginx")])], true);
+        let (status, bytes) = post(
+            &state,
+            review(json!({"app": "redis"}), "CREATE").to_string(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let answer: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(answer["response"]["allowed"], true);
+        assert!(answer["response"].get("patch").is_none());
+        assert_eq!(state.metrics.get(Outcome::SkippedNotSelected), 1);
+    }
+
+    #[tokio::test]
+    async fn updates_are_ignored() {
+        let (state, _writer) = state(vec![watch("web", &[])], true);
+        let (_, bytes) = post(&state, review(json!({}), "UPDATE").to_string()).await;
+        let answer: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(answer["response"]["allowed"], true);
+        assert!(answer["response"].get("patch").is_none());
+        assert_eq!(state.metrics.get(Outcome::Ignored), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unlisted_watches_fail_open_and_count_an_error() {
+        let (state, _writer) = state(vec![watch("web", &[])], false);
+        let (status, bytes) = post(&state, review(json!({}), "CREATE").to_string()).await;
+        assert_eq!(status, StatusCode::OK);
+        let answer: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(answer["response"]["allowed"], true);
+        assert!(answer["response"].get("patch").is_none());
+        assert_eq!(state.metrics.get(Outcome::Error), 1);
+    }
+
+    #[tokio::test]
+    async fn malformed_reviews_are_bad_requests() {
+        let (state, _writer) = state(vec![], true);
+        let (status, message) = post(&state, "{not json".to_string()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(
+            String::from_utf8(message)
+                .unwrap()
+                .contains("malformed AdmissionReview")
+        );
+
+        let mut no_request = review(json!({}), "CREATE");
+        no_request.as_object_mut().unwrap().remove("request");
+        let (status, _) = post(&state, no_request.to_string()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+
+        let mut v1beta1 = review(json!({}), "CREATE");
+        v1beta1["apiVersion"] = json!("admission.k8s.io/v1beta1");
+        let (status, _) = post(&state, v1beta1.to_string()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+}
