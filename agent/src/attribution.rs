@@ -199,14 +199,26 @@ pub fn attribute(
     };
 
     // A mount namespace belongs to the container of any process in it that its cgroup names.
-    let mut namespace_owner: HashMap<u64, &ContainerId> = HashMap::new();
+    // A namespace two containers claim (a bind-mounted host namespace?) belongs to neither.
+    let mut claims: HashMap<u64, Option<&ContainerId>> = HashMap::new();
     for process in processes {
         if let (Some(container), Some(namespace)) = (&process.container, process.mount_namespace)
             && !is_infra(process, Some(container))
         {
-            namespace_owner.entry(namespace).or_insert(container);
+            claims
+                .entry(namespace)
+                .and_modify(|owner| {
+                    if *owner != Some(container) {
+                        *owner = None;
+                    }
+                })
+                .or_insert(Some(container));
         }
     }
+    let namespace_owner: HashMap<u64, &ContainerId> = claims
+        .into_iter()
+        .filter_map(|(namespace, owner)| Some((namespace, owner?)))
+        .collect();
     fn container_of<'p>(
         process: &'p ProcessIdentity,
         namespace_owner: &HashMap<u64, &'p ContainerId>,
@@ -538,17 +550,21 @@ mod tests {
             process(310, "pause", Some(SANDBOX), Some(50)),
             process(320, "nginx", Some(ID), Some(60)),
             process(330, "bash", None, None), // ns unreadable
+            process(350, "a", Some(ID), Some(90)),
+            process(351, "b", Some(OTHER), Some(90)),
+            process(352, "c", None, Some(90)), // two containers claim its namespace
             process(340, "procwatch-agent", None, Some(1)),
         ];
         let groups = attribute(&processes, None, Some(340));
         assert_eq!(
             summary(&groups, &processes),
             [
-                ("containerd-3f2a9c1b7e0d".to_string(), vec![320]),
-                ("host".to_string(), vec![1, 300, 330, 340])
+                ("containerd-3f2a9c1b7e0d".to_string(), vec![320, 350]),
+                ("containerd-aaaaaaaaaaaa".to_string(), vec![351]),
+                ("host".to_string(), vec![1, 300, 330, 352, 340])
             ]
         );
-        assert_eq!(groups[1].container_id, None);
+        assert_eq!(groups[2].container_id, None);
     }
 
     #[test]

@@ -546,8 +546,12 @@ impl ScanContext<'_> {
         if !self.users.contains_key(&namespace) {
             let users = match self.read_in_root(pid, "/etc/passwd") {
                 Ok(text) => Some(passwd::parse_passwd(&text)),
-                Err(reason) => {
-                    group.notes.add("/etc/passwd", pid, reason);
+                // Distroless images have no /etc/passwd: nothing was withheld.
+                Err(ReadFailure::Gone) => None,
+                Err(failure) => {
+                    group
+                        .notes
+                        .add("/etc/passwd", pid, self.scanner.reason(&failure));
                     None
                 }
             };
@@ -556,18 +560,11 @@ impl ScanContext<'_> {
         self.users[&namespace].as_ref()?.get(&uid).cloned()
     }
 
-    fn read_in_root(&self, pid: i32, path: &str) -> Result<Vec<u8>, String> {
+    fn read_in_root(&self, pid: i32, path: &str) -> Result<Vec<u8>, ReadFailure> {
         use std::io::Read;
-        let mut file = self
-            .scanner
-            .root
-            .open_in_root(pid, path)
-            .map_err(|f| self.file_reason(&f))?;
+        let file = self.scanner.root.open_in_root(pid, path)?;
         let mut text = Vec::new();
-        (&mut file)
-            .take(1024 * 1024)
-            .read_to_end(&mut text)
-            .map_err(|error| error.to_string())?;
+        file.take(1024 * 1024).read_to_end(&mut text)?;
         Ok(text)
     }
 
