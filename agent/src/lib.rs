@@ -12,6 +12,8 @@ pub mod attribution;
 pub mod fingerprint;
 pub mod parse;
 pub mod procfs_read;
+pub mod reporter;
 pub mod scan;
+pub mod table;
 
 pub use scan::{Scan, ScanOptions, Scanner};

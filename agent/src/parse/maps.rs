@@ -11,7 +11,11 @@ pub fn collect_executable_mappings(text: &[u8], libraries: &mut BTreeSet<String>
         let mut fields = line.splitn(6, ' ');
         let perms = fields.nth(1).unwrap_or("");
         let path = fields.nth(3).unwrap_or("").trim_start();
-        if perms.as_bytes().get(2) != Some(&b'x') || !path.starts_with('/') {
+        // `/memfd:name` is anonymous memory with a name, not a file.
+        if perms.as_bytes().get(2) != Some(&b'x')
+            || !path.starts_with('/')
+            || path.starts_with("/memfd:")
+        {
             continue;
         }
         let path = path.strip_suffix(" (deleted)").unwrap_or(path);
@@ -34,7 +38,8 @@ mod tests {
 7f1c2c000000-7f1c2c001000 r-xp 00000000 08:01 202 /opt/my app/lib plugin.so\n\
 7f1c2d000000-7f1c2d021000 rw-p 00000000 00:00 0 \n\
 7ffd1a3f0000-7ffd1a3f2000 r-xp 00000000 00:00 0                          [vdso]\n\
-7f1c2e000000-7f1c2e001000 rw-p 00000000 08:01 203 /usr/lib/locale/C.utf8/LC_CTYPE\n";
+7f1c2e000000-7f1c2e001000 rw-p 00000000 08:01 203 /usr/lib/locale/C.utf8/LC_CTYPE\n\
+7f1c2f000000-7f1c2f001000 r-xs 00000000 00:01 204 /memfd:sealed-91173221a7ea (deleted)\n";
         let mut libraries = BTreeSet::new();
         collect_executable_mappings(maps, &mut libraries);
         assert_eq!(

@@ -1,0 +1,400 @@
+//! `procwatch-agent run`: scan every interval and POST the findings to the operator.
+//!
+//! The agent holds no Kubernetes rights: it authenticates with its projected token (read
+//! afresh for every report, so rotation just works), trusts only the operator's CA, and learns
+//! everything else (interval, what to collect, the pod's container names) from the operator's
+//! answer. When the operator is away it retries with jittered exponential backoff, holding
+//! only the latest findings. When no watch selects the pod any more it goes quiet and checks
+//! back rarely; it never exits, because the kubelet would restart an exited container forever.
+
+use std::future::Future;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::rt::TokioIo;
+use procwatch_crds::report::{AgentReport, CollectRequest, ContainerIdentity, ReportResponse};
+use rustls::RootCertStore;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use crate::procfs_read::ProcRootError;
+use crate::scan::{Scan, ScanOptions, Scanner};
+
+/// No report exchange may take longer.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Retry delays grow from the first to the last, jittered.
+pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// How often an agent whose pod no watch selects asks again.
+pub const UNWATCHED_RECHECK: Duration = Duration::from_secs(300);
+/// The operator's answer is small; anything bigger is refused.
+const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+/// How much of an error response is logged.
+const MAX_MESSAGE_CHARS: usize = 512;
+
+/// Why the reporting client cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientSetupError {
+    #[error("report URL {url:?}: {reason}")]
+    Url { url: String, reason: String },
+    #[error("CA certificate: {0}")]
+    Ca(String),
+}
+
+/// Why one report was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("cannot read the token file {path}: {source}")]
+    Token { path: PathBuf, source: io::Error },
+    #[error("cannot reach the operator at {address}: {source}")]
+    Connect { address: String, source: io::Error },
+    #[error("HTTP exchange failed: {0}")]
+    Http(#[from] hyper::Error),
+    #[error("the operator answered {status}: {message}")]
+    Refused { status: StatusCode, message: String },
+    #[error("the operator's answer is unreadable: {0}")]
+    Response(String),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+impl SendError {
+    /// 401 or 403: the token was refused (expired, wrong audience, another pod's).
+    pub fn is_auth(&self) -> bool {
+        matches!(self, SendError::Refused { status, .. }
+            if *status == StatusCode::UNAUTHORIZED || *status == StatusCode::FORBIDDEN)
+    }
+}
+
+/// POSTs reports over HTTPS to one URL, trusting only one CA.
+#[derive(Clone)]
+pub struct ReportClient {
+    uri: Uri,
+    address: String,
+    server_name: ServerName<'static>,
+    tls: TlsConnector,
+    token_file: PathBuf,
+}
+
+impl ReportClient {
+    /// `url` is `https://host:port/report/v1`; `ca_pem` the PEM of the CA that signed the
+    /// operator's certificate.
+    pub fn new(
+        url: &str,
+        ca_pem: &str,
+        token_file: impl Into<PathBuf>,
+    ) -> Result<Self, ClientSetupError> {
+        let bad_url = |reason: &str| ClientSetupError::Url {
+            url: url.to_string(),
+            reason: reason.to_string(),
+        };
+        let uri: Uri = url.parse().map_err(|_| bad_url("not a URL"))?;
+        if uri.scheme_str() != Some("https") {
+            return Err(bad_url("must be https://"));
+        }
+        let host = uri.host().ok_or_else(|| bad_url("no host"))?;
+        // IPv6 literals come bracketed in URLs but not in certificates.
+        let bare_host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = uri.port_u16().unwrap_or(443);
+        let server_name = ServerName::try_from(bare_host.clone())
+            .map_err(|_| bad_url("host is not a valid server name"))?;
+
+        let mut roots = RootCertStore::empty();
+        for certificate in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            let certificate =
+                certificate.map_err(|error| ClientSetupError::Ca(format!("not PEM: {error}")))?;
+            roots
+                .add(certificate)
+                .map_err(|error| ClientSetupError::Ca(error.to_string()))?;
+        }
+        if roots.is_empty() {
+            return Err(ClientSetupError::Ca(
+                "no certificate in the PEM".to_string(),
+            ));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|error| ClientSetupError::Ca(error.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(ReportClient {
+            address: format!("{bare_host}:{port}"),
+            uri,
+            server_name,
+            tls: TlsConnector::from(Arc::new(config)),
+            token_file: token_file.into(),
+        })
+    }
+
+    /// Sends one report and returns the operator's answer.
+    pub async fn send(&self, report: &AgentReport) -> Result<ReportResponse, SendError> {
+        tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(report))
+            .await
+            .map_err(|_| SendError::Timeout(REQUEST_TIMEOUT))?
+    }
+
+    async fn exchange(&self, report: &AgentReport) -> Result<ReportResponse, SendError> {
+        // Read for every report: the kubelet rotates the projected token in place.
+        let token = tokio::fs::read_to_string(&self.token_file)
+            .await
+            .map_err(|source| SendError::Token {
+                path: self.token_file.clone(),
+                source,
+            })?;
+        let body =
+            serde_json::to_vec(report).map_err(|error| SendError::Response(error.to_string()))?;
+        let connect_error = |source| SendError::Connect {
+            address: self.address.clone(),
+            source,
+        };
+        let tcp = TcpStream::connect(&self.address)
+            .await
+            .map_err(connect_error)?;
+        let tls = self
+            .tls
+            .connect(self.server_name.clone(), tcp)
+            .await
+            .map_err(connect_error)?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+        let connection = tokio::spawn(connection);
+
+        let path = self.uri.path_and_query().map_or("/", |p| p.as_str());
+        let request = Request::post(path)
+            .header(
+                header::HOST,
+                self.uri.authority().map_or("", |a| a.as_str()),
+            )
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::AUTHORIZATION, format!("Bearer {}", token.trim()))
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|error| SendError::Response(error.to_string()))?;
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+            .collect()
+            .await
+            .map_err(|error| SendError::Response(error.to_string()))?
+            .to_bytes();
+        drop(sender);
+        connection.abort();
+
+        if !status.is_success() {
+            let message: String = String::from_utf8_lossy(&body)
+                .trim()
+                .chars()
+                .take(MAX_MESSAGE_CHARS)
+                .collect();
+            return Err(SendError::Refused { status, message });
+        }
+        serde_json::from_slice(&body).map_err(|error| SendError::Response(error.to_string()))
+    }
+}
+
+/// Jittered exponential backoff: each delay is drawn from the upper half of a base that
+/// doubles from `min` up to `max`, so many agents do not retry in step.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    base: Duration,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Backoff {
+            min,
+            max,
+            base: min,
+        }
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let base = self.base;
+        self.base = (base * 2).min(self.max);
+        let half = base / 2;
+        half + Duration::from_millis(fastrand::u64(0..=half.as_millis() as u64))
+    }
+
+    pub fn reset(&mut self) {
+        self.base = self.min;
+    }
+}
+
+/// Who the agent is and where it reports.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub proc_root: PathBuf,
+    pub pod_name: String,
+    pub pod_namespace: String,
+    pub pod_uid: String,
+    /// Until the operator says otherwise.
+    pub interval: Duration,
+}
+
+/// What the operator's last answer asked for.
+#[derive(Debug, Clone)]
+struct Instructions {
+    interval: Duration,
+    collect: CollectRequest,
+    containers: Vec<ContainerIdentity>,
+    watched: bool,
+}
+
+/// Scans and reports until `shutdown` completes. Fails only when the proc root cannot be
+/// scanned at all.
+pub async fn run(
+    config: RunConfig,
+    client: ReportClient,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ProcRootError> {
+    tokio::pin!(shutdown);
+    let mut scanner = Scanner::new(&config.proc_root)?;
+    scanner.sample_cpu()?;
+    let mut instructions = Instructions {
+        interval: config.interval,
+        collect: CollectRequest::default(),
+        containers: Vec::new(),
+        watched: true,
+    };
+    let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
+    // Only the latest findings are kept while the operator is away.
+    let mut pending: Option<(Instant, AgentReport)> = None;
+    // A short first wait so the first report already has CPU figures.
+    let mut delay = Duration::from_secs(1).min(config.interval);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = &mut shutdown => return Ok(()),
+        }
+        let stale = pending
+            .as_ref()
+            .is_none_or(|(scanned, _)| scanned.elapsed() >= instructions.interval);
+        if stale {
+            let options = ScanOptions::from(&instructions.collect);
+            let containers = instructions.containers.clone();
+            let (returned, scan) = tokio::task::spawn_blocking(move || {
+                let scan = scanner.scan(&options, Some(&containers));
+                (scanner, scan)
+            })
+            .await
+            .expect("the scan does not panic");
+            scanner = returned;
+            pending = Some((Instant::now(), agent_report(&config, scan?)));
+        }
+        let (_, report) = pending.as_ref().expect("a report was just made");
+        let outcome = tokio::select! {
+            outcome = client.send(report) => outcome,
+            _ = &mut shutdown => return Ok(()),
+        };
+        delay = match outcome {
+            Ok(response) => {
+                pending = None;
+                backoff.reset();
+                if instructions.watched && !response.watched {
+                    tracing::info!(
+                        "no ProcessWatch selects this pod any more: reporting paused, asking again every {}s",
+                        UNWATCHED_RECHECK.as_secs()
+                    );
+                } else if !instructions.watched && response.watched {
+                    tracing::info!("this pod is watched again: reporting resumed");
+                }
+                instructions = Instructions {
+                    interval: Duration::from_secs(response.interval_seconds.clamp(1, 3600)),
+                    collect: response.collect,
+                    containers: response.containers,
+                    watched: response.watched,
+                };
+                if instructions.watched {
+                    tracing::debug!(interval = ?instructions.interval, "report accepted");
+                    instructions.interval
+                } else {
+                    UNWATCHED_RECHECK
+                }
+            }
+            Err(error) => {
+                let retry = backoff.next_delay();
+                if error.is_auth() {
+                    tracing::warn!(retry_in = ?retry, "the operator refused the agent's token: {error}");
+                } else {
+                    tracing::warn!(retry_in = ?retry, "report not delivered: {error}");
+                }
+                retry
+            }
+        };
+    }
+}
+
+fn agent_report(config: &RunConfig, scan: Scan) -> AgentReport {
+    AgentReport {
+        pod_name: config.pod_name.clone(),
+        pod_namespace: config.pod_namespace.clone(),
+        pod_uid: config.pod_uid.clone(),
+        scanned_at: Some(scan.scanned_at),
+        containers: scan.containers,
+        vanished_processes: scan.vanished,
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_jittered_to_the_cap_and_resets() {
+        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(8));
+        for base in [1u64, 2, 4, 8, 8, 8] {
+            let delay = backoff.next_delay();
+            let base = Duration::from_secs(base);
+            assert!(
+                delay >= base / 2 && delay <= base,
+                "{delay:?} for base {base:?}"
+            );
+        }
+        backoff.reset();
+        assert!(backoff.next_delay() <= Duration::from_secs(1));
+    }
+
+    #[test]
+    fn client_setup_refuses_bad_urls_and_certificates() {
+        let error = |url: &str, ca: &str| {
+            ReportClient::new(url, ca, "/token")
+                .err()
+                .unwrap()
+                .to_string()
+        };
+        assert!(error("http://127.0.0.1:8443/report/v1", "x").contains("must be https://"));
+        assert!(error("not a url at all", "x").contains("not a URL"));
+        assert!(error("https://127.0.0.1:8443/report/v1", "").contains("no certificate"));
+        assert!(
+            error(
+                "https://127.0.0.1:8443/report/v1",
+                "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n"
+            )
+            .contains("CA certificate")
+        );
+    }
+
+    #[test]
+    fn auth_refusals_are_told_apart() {
+        let refused = |status| SendError::Refused {
+            status,
+            message: String::new(),
+        };
+        assert!(refused(StatusCode::UNAUTHORIZED).is_auth());
+        assert!(refused(StatusCode::FORBIDDEN).is_auth());
+        assert!(!refused(StatusCode::SERVICE_UNAVAILABLE).is_auth());
+    }
+}
