@@ -139,3 +139,5 @@ impl FakeProc {
         }
     }
 }
+
+pub mod containers;
