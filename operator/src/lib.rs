@@ -3,3 +3,4 @@
 
 pub mod selector;
 pub mod admission;
+pub mod tls;
