@@ -16,6 +16,7 @@ use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
+use procwatch_crds::constants::FIELD_MANAGER;
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -328,7 +329,10 @@ pub async fn sync_ca_bundle(
             tracing::debug!(webhook_configuration, "caBundle already current");
             return Ok(());
         }
-        let params = PatchParams::default();
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_string()),
+            ..PatchParams::default()
+        };
         match api
             .patch(webhook_configuration, &params, &Patch::Json::<()>(patch))
             .await

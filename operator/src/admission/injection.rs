@@ -31,6 +31,9 @@ use procwatch_crds::constants::{
 use super::InjectionSettings;
 use super::quantity;
 
+/// The agent binary, named explicitly so any image with it on `PATH` works, whatever its
+/// entrypoint (the project's test image holds the operator and the agent together).
+pub const AGENT_COMMAND: &str = "procwatch-agent";
 /// Name of the projected token volume; mounted only into the agent.
 pub const TOKEN_VOLUME_NAME: &str = "procwatch-token";
 /// uid and gid the agent runs as when it needs no capability.
@@ -48,6 +51,7 @@ pub fn agent_container(settings: &InjectionSettings, watches: &[&ProcessWatch]) 
         name: AGENT_CONTAINER_NAME.to_string(),
         image: Some(settings.agent_image.clone()),
         image_pull_policy: Some(settings.image_pull_policy.clone()),
+        command: Some(vec![AGENT_COMMAND.to_string()]),
         args: Some(vec!["run".to_string()]),
         env: Some(agent_env(settings, watches)),
         resources: Some(agent_resources(watches)),
@@ -265,6 +269,7 @@ mod tests {
         assert!(plain(env::CA_PEM).starts_with("-----BEGIN CERTIFICATE-----"));
         assert_eq!(plain(env::TOKEN_FILE), TOKEN_FILE);
         assert_eq!(plain(env::INTERVAL), "15s");
+        assert_eq!(c.command, Some(vec![AGENT_COMMAND.to_string()]));
         assert_eq!(c.args, Some(vec!["run".to_string()]));
         assert_eq!(c.image_pull_policy.as_deref(), Some("Never"));
     }

@@ -1,0 +1,334 @@
+//! The kustomize manifests under `config/` agree with the code: the CRD copy with the
+//! generated CRD, every field with the Kubernetes API (no misspelt field silently dropped),
+//! and the names that tie the Deployment, Service, RBAC and webhook configuration together.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use procwatch_crds::ProcessWatch;
+use procwatch_crds::constants::{INJECT_LABEL, REPORT_PATH};
+use procwatch_operator::admission::MUTATE_PATH;
+use procwatch_operator::selector;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn documents(relative: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(repo().join(relative)).unwrap();
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| serde_json::to_value(serde_yaml::Value::deserialize(doc).unwrap()).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// Parses `value` as `T` and checks that nothing was lost on the way: a misspelt or
+/// misplaced field would vanish from the round trip.
+fn strict<T: DeserializeOwned + Serialize>(value: &Value) -> T {
+    let typed: T =
+        serde_json::from_value(value.clone()).unwrap_or_else(|e| panic!("{e}: {value:#}"));
+    let back = serde_json::to_value(&typed).unwrap();
+    assert_eq!(&back, value, "fields the API does not know were dropped");
+    typed
+}
+
+fn one<T: DeserializeOwned + Serialize>(relative: &str) -> T {
+    let docs = documents(relative);
+    assert_eq!(docs.len(), 1, "{relative}");
+    strict(&docs[0])
+}
+
+struct Config {
+    namespace: Namespace,
+    deployment: Deployment,
+    service: Service,
+    account: ServiceAccount,
+    cluster_role: ClusterRole,
+    cluster_binding: ClusterRoleBinding,
+    role: Role,
+    binding: RoleBinding,
+    webhook: MutatingWebhookConfiguration,
+}
+
+fn config() -> Config {
+    Config {
+        namespace: one("config/manager/namespace.yaml"),
+        deployment: one("config/manager/deployment.yaml"),
+        service: one("config/manager/service.yaml"),
+        account: one("config/rbac/service_account.yaml"),
+        cluster_role: one("config/rbac/cluster_role.yaml"),
+        cluster_binding: one("config/rbac/cluster_role_binding.yaml"),
+        role: one("config/rbac/role.yaml"),
+        binding: one("config/rbac/role_binding.yaml"),
+        webhook: one("config/webhook/mutating_webhook_configuration.yaml"),
+    }
+}
+
+/// The operator's flags as `name -> values`.
+fn flags(deployment: &Deployment) -> BTreeMap<String, Vec<String>> {
+    let container = &deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0];
+    let mut flags: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for arg in container.args.iter().flatten() {
+        let (name, value) = arg.split_once('=').expect("flags are written --name=value");
+        flags
+            .entry(name.to_string())
+            .or_default()
+            .push(value.to_string());
+    }
+    flags
+}
+
+fn flag(flags: &BTreeMap<String, Vec<String>>, name: &str) -> String {
+    let values = &flags[name];
+    assert_eq!(values.len(), 1, "{name}");
+    values[0].clone()
+}
+
+fn names_for<'a>(
+    rules: &'a [PolicyRule],
+    resource: &str,
+    verb: &str,
+) -> Option<&'a Option<Vec<String>>> {
+    rules
+        .iter()
+        .find(|r| {
+            r.resources.iter().flatten().any(|x| x == resource) && r.verbs.iter().any(|v| v == verb)
+        })
+        .map(|r| &r.resource_names)
+}
+
+#[test]
+fn crd_copy_matches_the_generated_crd() {
+    let generated =
+        std::fs::read_to_string(repo().join("crds/procwatch.dev_processwatches.yaml")).unwrap();
+    let copy = std::fs::read_to_string(repo().join("config/crd/processwatches.yaml")).unwrap();
+    assert!(
+        generated == copy,
+        "config/crd/processwatches.yaml is stale: cp crds/procwatch.dev_processwatches.yaml config/crd/processwatches.yaml"
+    );
+}
+
+#[test]
+fn webhook_configuration_points_at_the_operator_and_fails_open() {
+    let c = config();
+    let webhooks = c.webhook.webhooks.as_ref().unwrap();
+    assert_eq!(webhooks.len(), 1);
+    let hook = &webhooks[0];
+    assert_eq!(hook.failure_policy.as_deref(), Some("Ignore"));
+    assert_eq!(hook.side_effects, "None");
+    assert_eq!(hook.admission_review_versions, ["v1"]);
+    assert_eq!(hook.reinvocation_policy.as_deref(), Some("IfNeeded"));
+    assert_eq!(hook.timeout_seconds, Some(5));
+    let rule = &hook.rules.as_ref().unwrap()[0];
+    assert_eq!(
+        rule.operations.as_deref(),
+        Some(&["CREATE".to_string()][..])
+    );
+    assert_eq!(rule.resources.as_deref(), Some(&["pods".to_string()][..]));
+    assert!(
+        hook.client_config.ca_bundle.is_none(),
+        "the operator owns caBundle"
+    );
+
+    let service = hook.client_config.service.as_ref().unwrap();
+    assert_eq!(service.path.as_deref(), Some(MUTATE_PATH));
+    assert_eq!(Some(&service.name), c.service.metadata.name.as_ref());
+    assert_eq!(Some(&service.namespace), c.namespace.metadata.name.as_ref());
+    let port = service.port.unwrap_or(443);
+    let service_port = c
+        .service
+        .spec
+        .as_ref()
+        .unwrap()
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.port == port)
+        .unwrap();
+    assert_eq!(
+        service_port.target_port,
+        Some(IntOrString::String("https".to_string()))
+    );
+
+    // Opted-out pods and the operator's namespace (labelled, for servers before 1.21).
+    let opt_out =
+        |selector: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>| {
+            let labels = BTreeMap::from([(INJECT_LABEL.to_string(), "false".to_string())]);
+            selector::matches(selector.as_ref().unwrap(), &labels).unwrap()
+        };
+    assert!(!opt_out(&hook.object_selector));
+    assert!(!opt_out(&hook.namespace_selector));
+    let ns_labels = c.namespace.metadata.labels.clone().unwrap();
+    assert!(!selector::matches(hook.namespace_selector.as_ref().unwrap(), &ns_labels).unwrap());
+    assert!(
+        selector::matches(hook.namespace_selector.as_ref().unwrap(), &BTreeMap::new()).unwrap()
+    );
+}
+
+#[test]
+fn deployment_flags_agree_with_service_rbac_and_webhook() {
+    let c = config();
+    let flags = flags(&c.deployment);
+    let pod = c
+        .deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .clone()
+        .unwrap();
+    let container = &pod.containers[0];
+    let port = |name: &str| {
+        container
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some(name))
+            .unwrap()
+            .container_port
+    };
+    assert!(flag(&flags, "--https-addr").ends_with(&format!(":{}", port("https"))));
+    assert!(flag(&flags, "--metrics-addr").ends_with(&format!(":{}", port("metrics"))));
+    assert_eq!(flag(&flags, "--namespace"), "$(POD_NAMESPACE)");
+    assert_eq!(
+        Some(&flag(&flags, "--webhook-configuration")),
+        c.webhook.metadata.name.as_ref()
+    );
+
+    // The report URL and the certificate's names both name the Service.
+    let svc = format!(
+        "{}.{}.svc",
+        c.service.metadata.name.as_deref().unwrap(),
+        c.namespace.metadata.name.as_deref().unwrap()
+    );
+    assert_eq!(
+        flag(&flags, "--report-url"),
+        format!("https://{svc}:443{REPORT_PATH}")
+    );
+    assert!(flags["--tls-dns-name"].contains(&svc));
+
+    // RBAC names exactly the objects the flags name.
+    let role_rules = c.role.rules.as_deref().unwrap();
+    assert_eq!(
+        names_for(role_rules, "secrets", "update"),
+        Some(&Some(vec![flag(&flags, "--tls-secret")]))
+    );
+    assert_eq!(
+        names_for(role_rules, "leases", "update"),
+        Some(&Some(vec![flag(&flags, "--leader-election-lease")]))
+    );
+    let cluster_rules = c.cluster_role.rules.as_deref().unwrap();
+    assert_eq!(
+        names_for(cluster_rules, "mutatingwebhookconfigurations", "patch"),
+        Some(&Some(vec![flag(&flags, "--webhook-configuration")]))
+    );
+    assert!(
+        names_for(cluster_rules, "secrets", "get").is_none(),
+        "secrets only through the Role"
+    );
+
+    // Both bindings give their role to the Deployment's service account.
+    let account = c.account.metadata.name.clone();
+    assert_eq!(pod.service_account_name, account);
+    for subjects in [&c.binding.subjects, &c.cluster_binding.subjects] {
+        let subject = &subjects.as_ref().unwrap()[0];
+        assert_eq!(
+            (subject.kind.as_str(), Some(&subject.name)),
+            ("ServiceAccount", account.as_ref())
+        );
+    }
+    assert_eq!(
+        c.binding.role_ref.name,
+        c.role.metadata.name.clone().unwrap()
+    );
+    assert_eq!(
+        c.cluster_binding.role_ref.name,
+        c.cluster_role.metadata.name.clone().unwrap()
+    );
+
+    let security = container.security_context.as_ref().unwrap();
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    assert_eq!(pod.security_context.unwrap().run_as_non_root, Some(true));
+}
+
+#[test]
+fn nginx_sample_selects_its_deployment() {
+    let docs = documents("config/samples/nginx.yaml");
+    let deployment: Deployment = strict(&docs[0]);
+    let watch: ProcessWatch = serde_json::from_value(docs[1].clone()).unwrap();
+    let labels = deployment
+        .spec
+        .unwrap()
+        .template
+        .metadata
+        .unwrap()
+        .labels
+        .unwrap();
+    assert!(selector::matches(&watch.spec.selector, &labels).unwrap());
+    assert_eq!(watch.spec.collect.files, ["/etc/nginx/nginx.conf"]);
+}
+
+/// Renders config/default with kubectl's built-in kustomize where kubectl is installed (the
+/// project's machines have it); elsewhere says so and checks nothing more.
+#[test]
+fn default_overlay_renders() {
+    let output = match Command::new("kubectl")
+        .args(["kustomize", "config/default"])
+        .current_dir(repo())
+        .output()
+    {
+        Ok(output) => output,
+        Err(error) => {
+            eprintln!("kubectl not runnable ({error}); kustomize rendering not checked");
+            return;
+        }
+    };
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rendered = String::from_utf8(output.stdout).unwrap();
+    let kinds: Vec<String> = serde_yaml::Deserializer::from_str(&rendered)
+        .map(|doc| {
+            let value = serde_yaml::Value::deserialize(doc).unwrap();
+            value["kind"].as_str().unwrap().to_string()
+        })
+        .collect();
+    for kind in [
+        "Namespace",
+        "CustomResourceDefinition",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "Deployment",
+        "Service",
+        "MutatingWebhookConfiguration",
+    ] {
+        assert!(
+            kinds.iter().any(|k| k == kind),
+            "{kind} missing from {kinds:?}"
+        );
+    }
+}
