@@ -1,0 +1,367 @@
+//! The `Attached`, `Reporting` and `Ready` conditions, with reasons and messages that tell a
+//! user what to do. `lastTransitionTime` changes only when a condition's status does.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use procwatch_crds::constants::{AGENT_CONTAINER_NAME, INJECT_LABEL};
+use procwatch_crds::{AttachMode, ExistingPods};
+
+use super::status::Facts;
+
+pub const READY: &str = "Ready";
+pub const ATTACHED: &str = "Attached";
+pub const REPORTING: &str = "Reporting";
+
+#[derive(Clone)]
+struct Verdict {
+    ok: bool,
+    reason: &'static str,
+    message: String,
+}
+
+/// The three conditions, sorted by type, carrying over transition times from `previous`.
+pub fn conditions(
+    facts: &Facts,
+    generation: Option<i64>,
+    previous: &[Condition],
+    now: &Time,
+) -> Vec<Condition> {
+    let attached = attached(facts);
+    let reporting = reporting(facts);
+    let ready = if let Some(invalid) = &facts.invalid_spec {
+        Verdict {
+            ok: false,
+            reason: "InvalidSpec",
+            message: format!("{invalid}; fix the spec"),
+        }
+    } else if !attached.ok {
+        attached.clone()
+    } else if !reporting.ok {
+        reporting.clone()
+    } else {
+        Verdict {
+            ok: true,
+            reason: "Ready",
+            message: format!(
+                "{} {} report {} {}",
+                facts.reporting,
+                plural(facts.reporting, "pod", "pods"),
+                facts.processes,
+                plural_u64(facts.processes, "process", "processes"),
+            ),
+        }
+    };
+    [(ATTACHED, attached), (READY, ready), (REPORTING, reporting)]
+        .into_iter()
+        .map(|(kind, verdict)| {
+            let status = if verdict.ok { "True" } else { "False" };
+            let last_transition_time = previous
+                .iter()
+                .find(|c| c.type_ == kind && c.status == status)
+                .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+            Condition {
+                type_: kind.to_string(),
+                status: status.to_string(),
+                reason: verdict.reason.to_string(),
+                message: verdict.message,
+                observed_generation: generation,
+                last_transition_time,
+            }
+        })
+        .collect()
+}
+
+fn plural(n: u32, one: &'static str, many: &'static str) -> &'static str {
+    if n == 1 { one } else { many }
+}
+
+fn plural_u64(n: u64, one: &'static str, many: &'static str) -> &'static str {
+    if n == 1 { one } else { many }
+}
+
+/// A few names, then how many more.
+fn some_names(names: &[String]) -> String {
+    const SHOWN: usize = 3;
+    let mut text = names
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        text.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
+    text
+}
+
+fn attached(facts: &Facts) -> Verdict {
+    if let Some(invalid) = &facts.invalid_spec {
+        return Verdict {
+            ok: false,
+            reason: "InvalidSpec",
+            message: format!("{invalid}; the watch selects no pod until it is fixed"),
+        };
+    }
+    if facts.selected == 0 {
+        return Verdict {
+            ok: false,
+            reason: "NoPodsSelected",
+            message: format!(
+                "spec.selector matches no running pod in namespace {}",
+                facts.namespace
+            ),
+        };
+    }
+    let opted_out = match facts.opted_out {
+        0 => String::new(),
+        n => format!(" ({n} opted out with the label {INJECT_LABEL}=false)"),
+    };
+    let missing = u32::try_from(facts.without_agent.len()).unwrap_or(u32::MAX);
+    if missing == 0 {
+        return Verdict {
+            ok: true,
+            reason: "AllPodsAttached",
+            message: format!(
+                "{} of {} selected pods run the agent{opted_out}",
+                facts.attached, facts.selected
+            ),
+        };
+    }
+    let head = format!(
+        "{missing} of {} selected pods have no agent ({})",
+        facts.selected,
+        some_names(&facts.without_agent)
+    );
+    if let Some(refused) = &facts.ephemeral_refused {
+        return Verdict {
+            ok: false,
+            reason: "EphemeralContainersUnsupported",
+            message: format!(
+                "{head}: the API server refuses ephemeral containers ({refused}); enable the \
+                 EphemeralContainers feature gate or use attach.mode: Sidecar"
+            ),
+        };
+    }
+    let (reason, advice) = match (facts.mode, facts.existing_pods) {
+        (AttachMode::Ephemeral, _) => (
+            "AddingAgent",
+            "the agent is being added to them as an ephemeral container".to_string(),
+        ),
+        (AttachMode::Sidecar, ExistingPods::Report) => (
+            "PodsNeedRestart",
+            "they were created before this watch or while the webhook was unavailable; delete \
+             them so their controller recreates them with the agent, or set \
+             attach.existingPods: Evict"
+                .to_string(),
+        ),
+        (AttachMode::Sidecar, ExistingPods::Evict) => {
+            let mut advice = facts
+                .eviction
+                .clone()
+                .unwrap_or_else(|| "they are evicted one at a time".to_string());
+            if !facts.bare.is_empty() {
+                advice.push_str(&format!(
+                    "; {} no controller and {} never evicted, delete {} yourself",
+                    if facts.bare.len() == 1 {
+                        format!("{} has", some_names(&facts.bare))
+                    } else {
+                        format!("{} have", some_names(&facts.bare))
+                    },
+                    if facts.bare.len() == 1 { "is" } else { "are" },
+                    if facts.bare.len() == 1 { "it" } else { "them" },
+                ));
+            }
+            ("EvictingPods", advice)
+        }
+    };
+    Verdict {
+        ok: false,
+        reason,
+        message: format!("{head}: {advice}{opted_out}"),
+    }
+}
+
+fn reporting(facts: &Facts) -> Verdict {
+    if facts.attached == 0 {
+        return Verdict {
+            ok: false,
+            reason: "NoAgents",
+            message: "no selected pod runs the agent yet".to_string(),
+        };
+    }
+    if facts.silent.is_empty() {
+        return Verdict {
+            ok: true,
+            reason: "AllAgentsReporting",
+            message: format!(
+                "{} of {} agents reported within the last {}s",
+                facts.reporting,
+                facts.attached,
+                facts.stale_after.as_secs()
+            ),
+        };
+    }
+    let example = &facts.silent[0];
+    Verdict {
+        ok: false,
+        reason: "AgentsNotReporting",
+        message: format!(
+            "{} of {} agents did not report within the last {}s ({}); a new pod's agent reports \
+             after its first scan, otherwise see kubectl logs -n {} {example} -c {AGENT_CONTAINER_NAME}",
+            facts.silent.len(),
+            facts.attached,
+            facts.stale_after.as_secs(),
+            some_names(&facts.silent),
+            facts.namespace,
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+    use std::time::Duration;
+
+    fn time(second: i64) -> Time {
+        Time(Timestamp::from_second(second).unwrap())
+    }
+
+    fn facts() -> Facts {
+        Facts {
+            namespace: "shop".into(),
+            selected: 3,
+            attached: 3,
+            reporting: 3,
+            processes: 27,
+            stale_after: Duration::from_secs(45),
+            ..Facts::default()
+        }
+    }
+
+    fn find<'a>(conditions: &'a [Condition], kind: &str) -> &'a Condition {
+        conditions.iter().find(|c| c.type_ == kind).unwrap()
+    }
+
+    #[test]
+    fn all_good_is_ready() {
+        let conditions = conditions(&facts(), Some(4), &[], &time(10));
+        let kinds: Vec<&str> = conditions.iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(kinds, [ATTACHED, READY, REPORTING]);
+        let ready = find(&conditions, READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("True", "Ready")
+        );
+        assert_eq!(ready.message, "3 pods report 27 processes");
+        assert_eq!(ready.observed_generation, Some(4));
+        assert!(conditions.iter().all(|c| c.status == "True"));
+    }
+
+    #[test]
+    fn old_pods_get_actionable_advice() {
+        let facts = Facts {
+            attached: 1,
+            reporting: 1,
+            without_agent: vec!["web-1".into(), "web-2".into()],
+            ..facts()
+        };
+        let conditions = conditions(&facts, Some(1), &[], &time(10));
+        let attached = find(&conditions, ATTACHED);
+        assert_eq!(attached.reason, "PodsNeedRestart");
+        assert!(
+            attached
+                .message
+                .starts_with("2 of 3 selected pods have no agent (web-1, web-2)")
+        );
+        assert!(attached.message.contains("attach.existingPods: Evict"));
+        let ready = find(&conditions, READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "PodsNeedRestart")
+        );
+    }
+
+    #[test]
+    fn eviction_progress_and_bare_pods_are_told() {
+        let facts = Facts {
+            existing_pods: ExistingPods::Evict,
+            without_agent: vec!["web-1".into(), "lonely".into()],
+            eviction: Some("evicted web-1, waiting for its replacement to be ready".into()),
+            bare: vec!["lonely".into()],
+            ..facts()
+        };
+        let conditions = conditions(&facts, None, &[], &time(1));
+        let attached = find(&conditions, ATTACHED);
+        assert_eq!(attached.reason, "EvictingPods");
+        assert!(attached.message.contains("waiting for its replacement"));
+        assert!(
+            attached
+                .message
+                .contains("lonely has no controller and is never evicted"),
+            "{}",
+            attached.message
+        );
+    }
+
+    #[test]
+    fn silent_agents_point_at_their_logs() {
+        let facts = Facts {
+            reporting: 2,
+            silent: vec!["web-3".into()],
+            ..facts()
+        };
+        let conditions = conditions(&facts, None, &[], &time(1));
+        let reporting = find(&conditions, REPORTING);
+        assert_eq!(reporting.reason, "AgentsNotReporting");
+        assert!(
+            reporting
+                .message
+                .contains("kubectl logs -n shop web-3 -c procwatch-agent")
+        );
+    }
+
+    #[test]
+    fn no_pods_and_invalid_specs() {
+        let none = Facts {
+            selected: 0,
+            attached: 0,
+            reporting: 0,
+            ..facts()
+        };
+        let conditions = conditions(&none, None, &[], &time(1));
+        assert_eq!(find(&conditions, READY).reason, "NoPodsSelected");
+        assert_eq!(find(&conditions, REPORTING).reason, "NoAgents");
+
+        let invalid = Facts {
+            invalid_spec: Some("spec.selector: bad".into()),
+            ..none
+        };
+        let conditions = super::conditions(&invalid, None, &[], &time(1));
+        assert_eq!(find(&conditions, READY).reason, "InvalidSpec");
+        assert_eq!(find(&conditions, ATTACHED).reason, "InvalidSpec");
+    }
+
+    #[test]
+    fn transition_time_is_kept_while_the_status_holds() {
+        let first = conditions(&facts(), None, &[], &time(10));
+        let again = conditions(
+            &Facts {
+                processes: 5,
+                ..facts()
+            },
+            None,
+            &first,
+            &time(20),
+        );
+        assert_eq!(find(&again, READY).last_transition_time, time(10));
+        assert_eq!(find(&again, READY).message, "3 pods report 5 processes");
+        let broken = Facts {
+            silent: vec!["a".into()],
+            reporting: 2,
+            ..facts()
+        };
+        let changed = conditions(&broken, None, &again, &time(30));
+        assert_eq!(find(&changed, READY).last_transition_time, time(30));
+        assert_eq!(find(&changed, ATTACHED).last_transition_time, time(10));
+    }
+}

@@ -1,0 +1,170 @@
+//! Kubernetes Events for what changed on a watch: a pod attached, a pod that needs a restart,
+//! an eviction, the watch becoming ready. Pod changes are found by comparing with what this
+//! process saw last; after a restart the first look only remembers, so a new leader does not
+//! repeat old news.
+
+use std::collections::BTreeSet;
+
+use kube::runtime::events::{Event, EventType};
+
+use super::conditions::READY;
+use procwatch_crds::ProcessWatchStatus;
+
+/// Which pods of a watch had the agent and which needed a restart, at the last reconcile.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Membership {
+    pub attached: BTreeSet<String>,
+    pub needs_restart: BTreeSet<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    PodAttached(String),
+    PodNeedsRestart(String),
+    PodEvicted(String),
+    EvictionBlocked { pod: String, why: String },
+    AgentAdded(String),
+    Ready(String),
+}
+
+/// Pods that newly have the agent or newly need a restart.
+pub fn pod_changes(before: Option<&Membership>, after: &Membership) -> Vec<Change> {
+    let Some(before) = before else {
+        return Vec::new();
+    };
+    let attached = after
+        .attached
+        .difference(&before.attached)
+        .map(|pod| Change::PodAttached(pod.clone()));
+    let needs_restart = after
+        .needs_restart
+        .difference(&before.needs_restart)
+        .map(|pod| Change::PodNeedsRestart(pod.clone()));
+    attached.chain(needs_restart).collect()
+}
+
+/// The watch became ready with this status write.
+pub fn became_ready(
+    before: Option<&ProcessWatchStatus>,
+    after: &ProcessWatchStatus,
+) -> Option<Change> {
+    let ready = |status: &ProcessWatchStatus| {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == READY)
+            .filter(|c| c.status == "True")
+            .map(|c| c.message.clone())
+    };
+    match (before.and_then(ready), ready(after)) {
+        (None, Some(message)) => Some(Change::Ready(message)),
+        _ => None,
+    }
+}
+
+impl Change {
+    pub fn event(&self) -> Event {
+        let (type_, reason, action, note) = match self {
+            Change::PodAttached(pod) => (
+                EventType::Normal,
+                "PodAttached",
+                "Attach",
+                format!("pod {pod} runs the agent"),
+            ),
+            Change::PodNeedsRestart(pod) => (
+                EventType::Warning,
+                "PodNeedsRestart",
+                "Attach",
+                format!("pod {pod} has no agent and gets one only when recreated"),
+            ),
+            Change::PodEvicted(pod) => (
+                EventType::Normal,
+                "PodEvicted",
+                "Evict",
+                format!("evicted pod {pod} so that its replacement runs the agent"),
+            ),
+            Change::EvictionBlocked { pod, why } => (
+                EventType::Warning,
+                "EvictionBlocked",
+                "Evict",
+                format!("eviction of pod {pod} refused for now, retrying: {why}"),
+            ),
+            Change::AgentAdded(pod) => (
+                EventType::Normal,
+                "AgentAdded",
+                "Attach",
+                format!("added the agent to pod {pod} as an ephemeral container"),
+            ),
+            Change::Ready(message) => (EventType::Normal, "Ready", "Reconcile", message.clone()),
+        };
+        Event {
+            type_,
+            reason: reason.to_string(),
+            note: Some(note),
+            action: action.to_string(),
+            secondary: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+    use k8s_openapi::jiff::Timestamp;
+
+    fn members(attached: &[&str], needs_restart: &[&str]) -> Membership {
+        Membership {
+            attached: attached.iter().map(|s| s.to_string()).collect(),
+            needs_restart: needs_restart.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn only_new_members_make_events() {
+        assert!(
+            pod_changes(None, &members(&["a"], &["b"])).is_empty(),
+            "first look only remembers"
+        );
+        let changes = pod_changes(
+            Some(&members(&["a"], &["b"])),
+            &members(&["a", "c"], &["b", "d"]),
+        );
+        assert_eq!(
+            changes,
+            [
+                Change::PodAttached("c".into()),
+                Change::PodNeedsRestart("d".into())
+            ]
+        );
+    }
+
+    fn with_ready(status: &str) -> ProcessWatchStatus {
+        ProcessWatchStatus {
+            conditions: vec![Condition {
+                type_: READY.into(),
+                status: status.into(),
+                reason: "Ready".into(),
+                message: "3 pods report 27 processes".into(),
+                observed_generation: None,
+                last_transition_time: Time(Timestamp::UNIX_EPOCH),
+            }],
+            ..ProcessWatchStatus::default()
+        }
+    }
+
+    #[test]
+    fn ready_once_when_it_turns_true() {
+        let ready = with_ready("True");
+        assert_eq!(
+            became_ready(Some(&with_ready("False")), &ready),
+            Some(Change::Ready("3 pods report 27 processes".into()))
+        );
+        assert_eq!(
+            became_ready(None, &ready).map(|c| c.event().reason),
+            Some("Ready".into())
+        );
+        assert_eq!(became_ready(Some(&ready), &ready), None);
+        assert_eq!(became_ready(Some(&ready), &with_ready("False")), None);
+    }
+}

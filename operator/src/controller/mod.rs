@@ -1,0 +1,401 @@
+//! The ProcessWatch controller. A reconcile reads the pod cache and the latest findings,
+//! builds the status ([`status`], [`conditions`], [`crate::budget`]), evicts the next old pod
+//! when asked ([`crate::eviction`]), publishes Events for what changed ([`events`]) and writes
+//! the status with server-side apply when it changed, at most about once per watch per
+//! second. Reconciles are requested by ProcessWatch changes, by pod changes and by report
+//! arrivals ([`triggers`]), and repeated every interval so silent agents are noticed.
+
+pub mod conditions;
+pub mod events;
+pub mod status;
+pub mod triggers;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller, Error as ControllerError};
+use kube::runtime::events::Recorder;
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use procwatch_crds::constants::FIELD_MANAGER;
+use procwatch_crds::{AttachMode, ExistingPods, ProcessWatch, ProcessWatchStatus};
+
+use crate::eviction::{self, Decision};
+use crate::lock;
+use crate::metrics::{EvictionResult, Metrics, Outcome, StatusWrite};
+use crate::report::store::FindingsStore;
+use events::{Change, Membership};
+use triggers::Triggers;
+
+/// Status writes per watch are at least this far apart; reports in between are coalesced.
+pub const MIN_WRITE_INTERVAL: Duration = Duration::from_secs(1);
+/// After our own write, the cached object may lag; what we wrote counts as current this long.
+const TRUST_OWN_WRITE: Duration = Duration::from_secs(10);
+/// While an eviction proceeds, look again this soon.
+const EVICTION_RECHECK: Duration = Duration::from_secs(5);
+/// A PodDisruptionBudget said no: ask again after this.
+const EVICTION_RETRY: Duration = Duration::from_secs(10);
+const MAX_ERROR_BACKOFF: Duration = Duration::from_secs(300);
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub status_budget_bytes: usize,
+    pub min_write_interval: Duration,
+}
+
+pub struct Context {
+    pub client: Client,
+    pub pods: Store<Pod>,
+    pub findings: FindingsStore,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    pub memory: Arc<Memory>,
+    pub settings: Settings,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot write the status of ProcessWatch {namespace}/{name}: {source}")]
+    WriteStatus {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("cannot evict pod {namespace}/{pod}: {source}")]
+    Evict {
+        namespace: String,
+        pod: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// What this process remembers per watch between reconciles; rebuilt from scratch by a new
+/// leader, so nothing here is needed for correctness, only to avoid needless writes and
+/// repeated events.
+#[derive(Default)]
+pub struct Memory(Mutex<HashMap<(String, String), WatchMemory>>);
+
+#[derive(Default)]
+struct WatchMemory {
+    uid: Option<String>,
+    written: Option<(ProcessWatchStatus, Instant)>,
+    members: Option<Membership>,
+    /// The pod evicted last, by uid, until the cache shows it leaving.
+    evicted: Option<String>,
+    failures: u32,
+}
+
+impl Memory {
+    fn with<R>(&self, watch: &ProcessWatch, f: impl FnOnce(&mut WatchMemory) -> R) -> R {
+        let key = (watch.namespace().unwrap_or_default(), watch.name_any());
+        let mut all = lock(&self.0);
+        let memory = all.entry(key).or_default();
+        // A watch deleted and created again under the same name starts afresh.
+        if memory.uid != watch.metadata.uid {
+            *memory = WatchMemory {
+                uid: watch.metadata.uid.clone(),
+                ..WatchMemory::default()
+            };
+        }
+        f(memory)
+    }
+
+    /// Drops what is remembered of a deleted watch.
+    pub fn forget(&self, namespace: &str, name: &str) {
+        lock(&self.0).remove(&(namespace.to_string(), name.to_string()));
+    }
+}
+
+/// Whether to write the status now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Write {
+    Unchanged,
+    /// Changed, but the last write was too recent: try again after this.
+    Defer(Duration),
+    Now,
+}
+
+fn normalized(status: &ProcessWatchStatus) -> ProcessWatchStatus {
+    let mut status = status.clone();
+    status.conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+    status
+}
+
+/// Skips a write when the status is what the object has, or what we wrote a moment ago (the
+/// cached object may not show it yet), and keeps writes `min_interval` apart.
+pub fn write_decision(
+    new: &ProcessWatchStatus,
+    current: Option<&ProcessWatchStatus>,
+    written: Option<&(ProcessWatchStatus, Instant)>,
+    min_interval: Duration,
+    now: Instant,
+) -> Write {
+    let new = normalized(new);
+    let recent = written.filter(|(_, at)| now.duration_since(*at) < TRUST_OWN_WRITE);
+    if current.map(normalized).as_ref() == Some(&new)
+        || recent.is_some_and(|(status, _)| normalized(status) == new)
+    {
+        return Write::Unchanged;
+    }
+    match written.map(|(_, at)| now.duration_since(*at)) {
+        Some(since) if since < min_interval => Write::Defer(min_interval - since),
+        _ => Write::Now,
+    }
+}
+
+/// How often a watch is looked at without any event: once per interval, so agents that fall
+/// silent are noticed, within bounds.
+fn requeue_after(watch: &ProcessWatch) -> Duration {
+    watch
+        .spec
+        .interval
+        .as_duration()
+        .clamp(Duration::from_secs(5), Duration::from_secs(300))
+}
+
+pub async fn reconcile(watch: Arc<ProcessWatch>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = apply(&watch, &ctx).await;
+    let outcome = if result.is_ok() {
+        ctx.memory.with(&watch, |m| m.failures = 0);
+        Outcome::Success
+    } else {
+        Outcome::Error
+    };
+    ctx.metrics.reconciled(outcome, started.elapsed());
+    result
+}
+
+/// Retries a failed reconcile with a per-watch exponential backoff (2s, 4s, … 5 min).
+pub fn error_policy(watch: Arc<ProcessWatch>, error: &Error, ctx: Arc<Context>) -> Action {
+    let failures = ctx.memory.with(&watch, |m| {
+        m.failures = m.failures.saturating_add(1);
+        m.failures
+    });
+    let backoff = Duration::from_secs(1 << failures.min(9)).min(MAX_ERROR_BACKOFF);
+    tracing::warn!(
+        namespace = watch.namespace().unwrap_or_default(),
+        watch = watch.name_any(),
+        %error,
+        retry_in = ?backoff,
+        "reconcile failed"
+    );
+    Action::requeue(backoff)
+}
+
+async fn apply(watch: &ProcessWatch, ctx: &Context) -> Result<Action, Error> {
+    let namespace = watch.namespace().unwrap_or_default();
+    let name = watch.name_any();
+    let now = Timestamp::now();
+    let pods: Vec<Arc<Pod>> = ctx
+        .pods
+        .state()
+        .into_iter()
+        .filter(|pod| pod.namespace().as_deref() == Some(namespace.as_str()))
+        .collect();
+    let selected = status::select(watch, &pods, |key| ctx.findings.get(key), now);
+    let mut built = status::build(watch, &selected);
+    let mut changes = Vec::new();
+    let mut requeue = requeue_after(watch);
+    let mut failure = None;
+
+    let evicting = watch.spec.attach.mode == AttachMode::Sidecar
+        && watch.spec.attach.existing_pods == ExistingPods::Evict
+        && built.facts.invalid_spec.is_none();
+    if evicting {
+        let evicted = ctx.memory.with(watch, |m| m.evicted.clone());
+        let plan = eviction::plan(
+            watch.meta().creation_timestamp.as_ref(),
+            &selected,
+            evicted.as_deref(),
+        );
+        built.facts.bare = plan.bare;
+        match plan.decision {
+            Decision::Done => ctx.memory.with(watch, |m| m.evicted = None),
+            Decision::Wait(why) => {
+                built.facts.eviction = Some(why);
+                requeue = requeue.min(EVICTION_RECHECK);
+            }
+            Decision::Evict { name: pod, uid } => {
+                let api = Api::<Pod>::namespaced(ctx.client.clone(), &namespace);
+                match eviction::evict(&api, &pod).await {
+                    Ok(eviction::Outcome::Evicted) => {
+                        tracing::info!(%namespace, watch = %name, %pod, "evicted a pod created before the watch");
+                        ctx.metrics.eviction(EvictionResult::Evicted);
+                        ctx.memory.with(watch, |m| m.evicted = Some(uid));
+                        built.facts.eviction = Some(format!(
+                            "evicted {pod}, waiting for its replacement to be ready"
+                        ));
+                        changes.push(Change::PodEvicted(pod));
+                        requeue = requeue.min(EVICTION_RECHECK);
+                    }
+                    Ok(eviction::Outcome::Blocked(why)) => {
+                        tracing::info!(%namespace, watch = %name, %pod, %why, "eviction refused for now");
+                        ctx.metrics.eviction(EvictionResult::Blocked);
+                        built.facts.eviction = Some(format!(
+                            "evicting {pod} is refused for now ({why}); retrying every {}s",
+                            EVICTION_RETRY.as_secs()
+                        ));
+                        changes.push(Change::EvictionBlocked { pod, why });
+                        requeue = requeue.min(EVICTION_RETRY);
+                    }
+                    Ok(eviction::Outcome::Gone) => requeue = requeue.min(EVICTION_RECHECK),
+                    Err(source) => {
+                        ctx.metrics.eviction(EvictionResult::Error);
+                        built.facts.eviction = Some(format!("evicting {pod} failed: {source}"));
+                        failure = Some(Error::Evict {
+                            namespace: namespace.clone(),
+                            pod,
+                            source,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    let mut new_status = built.status;
+    let previous = watch.status.as_ref();
+    new_status.conditions = conditions::conditions(
+        &built.facts,
+        watch.metadata.generation,
+        previous.map_or(&[], |s| s.conditions.as_slice()),
+        &status::whole_seconds(now),
+    );
+    let cuts = crate::budget::fit(&mut new_status, ctx.settings.status_budget_bytes);
+    if cuts.any() {
+        tracing::debug!(%namespace, watch = %name, ?cuts, "status cut to its byte budget");
+    }
+    if !cuts.fits {
+        tracing::warn!(%namespace, watch = %name, budget = ctx.settings.status_budget_bytes, "status exceeds its byte budget even without pod detail");
+    }
+    ctx.metrics
+        .set_containers(&namespace, &name, &built.figures);
+
+    let members = Membership {
+        attached: selected
+            .iter()
+            .filter(|p| p.attached && !p.terminating)
+            .map(|p| p.name())
+            .collect(),
+        needs_restart: built.facts.without_agent.iter().cloned().collect(),
+    };
+    let before = ctx
+        .memory
+        .with(watch, |m| m.members.replace(members.clone()));
+    changes.extend(events::pod_changes(before.as_ref(), &members));
+
+    let written = ctx.memory.with(watch, |m| m.written.clone());
+    match write_decision(
+        &new_status,
+        previous,
+        written.as_ref(),
+        ctx.settings.min_write_interval,
+        Instant::now(),
+    ) {
+        Write::Unchanged => ctx.metrics.status_write(StatusWrite::Unchanged),
+        Write::Defer(wait) => {
+            ctx.metrics.status_write(StatusWrite::Deferred);
+            requeue = requeue.min(wait);
+        }
+        Write::Now => {
+            let became_ready = events::became_ready(previous, &new_status);
+            write_status(ctx, watch, &new_status).await?;
+            ctx.memory
+                .with(watch, |m| m.written = Some((new_status, Instant::now())));
+            changes.extend(became_ready);
+        }
+    }
+    publish(ctx, watch, &changes).await;
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(Action::requeue(requeue)),
+    }
+}
+
+async fn write_status(
+    ctx: &Context,
+    watch: &ProcessWatch,
+    status: &ProcessWatchStatus,
+) -> Result<(), Error> {
+    let namespace = watch.namespace().unwrap_or_default();
+    let name = watch.name_any();
+    let api = Api::<ProcessWatch>::namespaced(ctx.client.clone(), &namespace);
+    let patch = Patch::Apply(serde_json::json!({
+        "apiVersion": ProcessWatch::api_version(&()),
+        "kind": ProcessWatch::kind(&()),
+        "status": status,
+    }));
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    match api.patch_status(&name, &params, &patch).await {
+        Ok(_) => {
+            ctx.metrics.status_write(StatusWrite::Applied);
+            tracing::debug!(%namespace, watch = %name, "status written");
+            Ok(())
+        }
+        Err(source) => {
+            ctx.metrics.status_write(StatusWrite::Error);
+            Err(Error::WriteStatus {
+                namespace,
+                name,
+                source,
+            })
+        }
+    }
+}
+
+/// Events are best effort: a failure is logged, never fails the reconcile.
+async fn publish(ctx: &Context, watch: &ProcessWatch, changes: &[Change]) {
+    let reference = watch.object_ref(&());
+    for change in changes {
+        if let Err(error) = ctx.recorder.publish(&change.event(), &reference).await {
+            tracing::warn!(
+                namespace = watch.namespace().unwrap_or_default(),
+                watch = watch.name_any(),
+                %error,
+                "cannot publish an event"
+            );
+        }
+    }
+}
+
+/// Runs the controller on every ProcessWatch until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    triggers: Triggers,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let watches = Api::<ProcessWatch>::all(ctx.client.clone());
+    Controller::new(watches, watcher::Config::default().any_semantic())
+        .reconcile_on(triggers.stream())
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((watch, _)) => {
+                    tracing::trace!(namespace = ?watch.namespace, watch = %watch.name, "reconciled")
+                }
+                // The watch of ProcessWatches failed (CRD missing, no RBAC, API down); the
+                // runtime retries with backoff.
+                Err(ControllerError::QueueError(error)) => {
+                    tracing::warn!(%error, "cannot watch ProcessWatches")
+                }
+                // Failures are logged by `error_policy`; a watch deleted before its turn is
+                // nothing to report.
+                Err(error) => tracing::debug!(%error, "reconcile not done"),
+            }
+        })
+        .await;
+}
+
+#[cfg(test)]
+mod tests;

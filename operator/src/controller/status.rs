@@ -1,0 +1,660 @@
+//! Pure status building: from a watch, the pods of its namespace and the latest findings per
+//! pod, the counts, `needsRestart`, the per-container summary over every reporting pod, and
+//! the detail of at most `report.maxPods` pods. Conditions are in [`super::conditions`], the
+//! byte budget in [`crate::budget`].
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use procwatch_crds::constants::{AGENT_CONTAINER_NAME, INJECT_LABEL};
+use procwatch_crds::{
+    AttachMode, Collect, ContainerReport, ContainerSummary, EnvironmentPolicy, ExistingPods,
+    FileVariants, PodReport, ProcessWatch, ProcessWatchStatus,
+};
+
+use crate::budget::busiest_first;
+use crate::metrics::{ContainerFigures, ContainerLabels};
+use crate::report::store::{PodFindings, PodKey};
+use crate::{admission, selector};
+
+/// At most this many pod names in `needsRestart`; the count is in the Attached condition.
+pub const NEEDS_RESTART_CAP: usize = 50;
+/// At most this many distinct commands per summary entry, so the summary stays small.
+pub const SUMMARY_COMMANDS_CAP: usize = 50;
+/// An agent counts as reporting when its last report is younger than three intervals, and
+/// never less than this, so one late report on a 1s interval does not flap the condition.
+const MIN_STALE_AFTER: Duration = Duration::from_secs(10);
+
+/// A pod the watch selects, with what the controller knows about it.
+#[derive(Clone, Debug)]
+pub struct SelectedPod {
+    pub pod: Arc<Pod>,
+    /// Runs the agent: injected at creation or added as an ephemeral container.
+    pub attached: bool,
+    /// Labelled `procwatch.dev/inject: "false"`: never gets the agent.
+    pub opted_out: bool,
+    /// Being deleted: not counted, but it holds back the next eviction.
+    pub terminating: bool,
+    /// Its latest findings, when they come from this very pod (uid) and are fresh.
+    pub findings: Option<Arc<PodFindings>>,
+}
+
+impl SelectedPod {
+    pub fn name(&self) -> String {
+        self.pod.name_any()
+    }
+
+    /// Selected, alive and not opted out, but without the agent.
+    pub fn needs_agent(&self) -> bool {
+        !self.terminating && !self.attached && !self.opted_out
+    }
+}
+
+/// How long after its last report an agent still counts as reporting.
+pub fn stale_after(watch: &ProcessWatch) -> Duration {
+    (watch.spec.interval.as_duration() * 3).max(MIN_STALE_AFTER)
+}
+
+/// Whether the pod runs the agent, as a container, a sidecar or an ephemeral container.
+pub fn pod_runs_agent(pod: &Pod) -> bool {
+    admission::pod_has_agent(pod)
+        || pod.spec.as_ref().is_some_and(|spec| {
+            spec.ephemeral_containers
+                .iter()
+                .flatten()
+                .any(|c| c.name == AGENT_CONTAINER_NAME)
+        })
+}
+
+/// Whether the watch selects the pod; a malformed selector selects nothing (the controller
+/// reports it as InvalidSpec).
+pub fn selects(watch: &ProcessWatch, pod: &Pod) -> bool {
+    watch.namespace() == pod.namespace()
+        && selector::matches(&watch.spec.selector, pod.labels()).unwrap_or(false)
+}
+
+/// The pods the watch selects among `pods`, skipping finished ones, with their fresh findings.
+pub fn select(
+    watch: &ProcessWatch,
+    pods: &[Arc<Pod>],
+    findings: impl Fn(&PodKey) -> Option<Arc<PodFindings>>,
+    now: Timestamp,
+) -> Vec<SelectedPod> {
+    let stale_after = stale_after(watch);
+    let mut selected: Vec<SelectedPod> = pods
+        .iter()
+        .filter(|pod| selects(watch, pod))
+        .filter(|pod| {
+            let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+            !matches!(phase, Some("Succeeded" | "Failed"))
+        })
+        .map(|pod| {
+            let key = PodKey::new(&pod.namespace().unwrap_or_default(), &pod.name_any());
+            let fresh = |f: &Arc<PodFindings>| {
+                Some(f.uid.as_str()) == pod.metadata.uid.as_deref()
+                    && now.duration_since(f.received_at).unsigned_abs() <= stale_after
+            };
+            SelectedPod {
+                pod: pod.clone(),
+                attached: pod_runs_agent(pod),
+                opted_out: pod.labels().get(INJECT_LABEL).is_some_and(|v| v == "false"),
+                terminating: pod.metadata.deletion_timestamp.is_some(),
+                findings: findings(&key).filter(fresh),
+            }
+        })
+        .collect();
+    selected.sort_by_key(SelectedPod::name);
+    selected
+}
+
+/// What the conditions are made from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Facts {
+    pub namespace: String,
+    pub mode: AttachMode,
+    pub existing_pods: ExistingPods,
+    /// A spec the API server accepted that the operator cannot use.
+    pub invalid_spec: Option<String>,
+    pub selected: u32,
+    pub attached: u32,
+    pub reporting: u32,
+    pub processes: u64,
+    /// Selected pods without the agent (not capped, unlike `needsRestart`).
+    pub without_agent: Vec<String>,
+    pub opted_out: u32,
+    /// Attached pods whose agent has not reported lately.
+    pub silent: Vec<String>,
+    pub stale_after: Duration,
+    /// Set by the eviction step: what it did or waits for.
+    pub eviction: Option<String>,
+    /// Pods without the agent that have no controller, so are never evicted.
+    pub bare: Vec<String>,
+    /// Set when the API server refuses ephemeral containers.
+    pub ephemeral_refused: Option<String>,
+}
+
+/// The status without conditions, the facts for them, and the per-container metrics.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Built {
+    pub status: ProcessWatchStatus,
+    pub facts: Facts,
+    pub figures: Vec<ContainerFigures>,
+}
+
+/// Builds the status of `watch` from its selected pods.
+pub fn build(watch: &ProcessWatch, selected: &[SelectedPod]) -> Built {
+    let spec = &watch.spec;
+    let namespace = watch.namespace().unwrap_or_default();
+    let invalid_spec = selector::validate(&spec.selector)
+        .err()
+        .map(|e| format!("spec.selector: {e}"));
+    let alive: Vec<&SelectedPod> = selected.iter().filter(|p| !p.terminating).collect();
+    let attached: Vec<&SelectedPod> = alive.iter().copied().filter(|p| p.attached).collect();
+    let reporting: Vec<(&SelectedPod, Vec<ContainerReport>)> = attached
+        .iter()
+        .filter_map(|p| {
+            let findings = p.findings.as_ref()?;
+            Some((*p, covered_containers(watch, &findings.containers)))
+        })
+        .collect();
+    let without_agent: Vec<String> = alive
+        .iter()
+        .filter(|p| p.needs_agent())
+        .map(|p| p.name())
+        .collect();
+
+    let figures = reporting
+        .iter()
+        .flat_map(|(pod, containers)| {
+            containers.iter().map(|c| ContainerFigures {
+                labels: ContainerLabels {
+                    namespace: namespace.clone(),
+                    watch: watch.name_any(),
+                    pod: pod.name(),
+                    container: c.name.clone(),
+                },
+                processes: u64::from(c.process_count),
+                cpu_millicores: c.processes.iter().map(|p| p.cpu_millicores).sum(),
+                memory_bytes: c.processes.iter().map(|p| p.memory_bytes).sum(),
+            })
+        })
+        .collect();
+    let max_pods = usize::try_from(spec.report.max_pods).unwrap_or(usize::MAX);
+    let status = ProcessWatchStatus {
+        observed_generation: watch.metadata.generation,
+        conditions: Vec::new(),
+        selected_pods: count(alive.len()),
+        attached_pods: count(attached.len()),
+        reporting_pods: count(reporting.len()),
+        processes: reporting
+            .iter()
+            .flat_map(|(_, containers)| containers)
+            .map(|c| u64::from(c.process_count))
+            .sum(),
+        needs_restart: without_agent
+            .iter()
+            .take(NEEDS_RESTART_CAP)
+            .cloned()
+            .collect(),
+        summary: summary(&reporting),
+        pods: reporting
+            .iter()
+            .take(max_pods)
+            .map(|(pod, containers)| pod_report(watch, pod, containers.clone()))
+            .collect(),
+    };
+    let facts = Facts {
+        namespace,
+        mode: spec.attach.mode,
+        existing_pods: spec.attach.existing_pods,
+        invalid_spec,
+        selected: status.selected_pods,
+        attached: status.attached_pods,
+        reporting: status.reporting_pods,
+        processes: status.processes,
+        without_agent,
+        opted_out: count(alive.iter().filter(|p| p.opted_out && !p.attached).count()),
+        silent: attached
+            .iter()
+            .filter(|p| p.findings.is_none())
+            .map(|p| p.name())
+            .collect(),
+        stale_after: stale_after(watch),
+        eviction: None,
+        bare: Vec::new(),
+        ephemeral_refused: None,
+    };
+    Built {
+        status,
+        facts,
+        figures,
+    }
+}
+
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// The containers this watch reports (`spec.containers`, never the agent), with only what it
+/// asked to collect: the agent collects the union of every watch selecting the pod, and one
+/// watch must not show another's environment values or files.
+fn covered_containers(
+    watch: &ProcessWatch,
+    containers: &[ContainerReport],
+) -> Vec<ContainerReport> {
+    let wanted = &watch.spec.containers;
+    containers
+        .iter()
+        .filter(|c| c.name != AGENT_CONTAINER_NAME)
+        .filter(|c| wanted.is_empty() || wanted.contains(&c.name))
+        .map(|c| project(c.clone(), &watch.spec.collect))
+        .collect()
+}
+
+fn project(mut container: ContainerReport, collect: &Collect) -> ContainerReport {
+    let mut pids = HashSet::new();
+    // `processes` is a list-map keyed by pid: a duplicate would make the whole apply fail.
+    container.processes.retain(|p| pids.insert(p.pid));
+    for process in &mut container.processes {
+        match collect.environment {
+            EnvironmentPolicy::None => process.environment.clear(),
+            EnvironmentPolicy::Names => {
+                for variable in &mut process.environment {
+                    if let Some((name, _)) = variable.split_once('=') {
+                        *variable = name.to_string();
+                    }
+                }
+            }
+            EnvironmentPolicy::Redacted => {}
+        }
+        if !collect.open_files {
+            process.open_files = None;
+            process.open_file_kinds.clear();
+        }
+    }
+    if !collect.sockets {
+        container.listening.clear();
+    }
+    if !collect.libraries {
+        container.libraries.clear();
+    }
+    container.files.retain(|f| collect.files.contains(&f.path));
+    container.processes.sort_by(busiest_first);
+    container
+}
+
+fn pod_report(
+    watch: &ProcessWatch,
+    pod: &SelectedPod,
+    mut containers: Vec<ContainerReport>,
+) -> PodReport {
+    let max_processes = usize::try_from(watch.spec.report.max_processes).unwrap_or(usize::MAX);
+    for container in &mut containers {
+        if container.processes.len() > max_processes {
+            container.processes.truncate(max_processes);
+            container.truncated = true;
+        }
+    }
+    PodReport {
+        name: pod.name(),
+        uid: pod.pod.metadata.uid.clone(),
+        node_name: pod.pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+        reported_at: pod.findings.as_ref().map(|f| whole_seconds(f.received_at)),
+        containers,
+    }
+}
+
+/// The API stores times to the second; a finer time would differ from what it reads back.
+pub fn whole_seconds(at: Timestamp) -> Time {
+    Time(Timestamp::from_second(at.as_second()).unwrap_or(at))
+}
+
+#[derive(Default)]
+struct Totals {
+    pods: u32,
+    processes: u64,
+    cpu_millicores: u64,
+    memory_bytes: u64,
+    commands: BTreeSet<String>,
+    files: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// One entry per container name over every reporting pod.
+fn summary(reporting: &[(&SelectedPod, Vec<ContainerReport>)]) -> Vec<ContainerSummary> {
+    let mut totals: BTreeMap<&str, Totals> = BTreeMap::new();
+    for container in reporting.iter().flat_map(|(_, containers)| containers) {
+        let entry = totals.entry(&container.name).or_default();
+        entry.pods += 1;
+        entry.processes += u64::from(container.process_count);
+        for process in &container.processes {
+            entry.cpu_millicores += process.cpu_millicores;
+            entry.memory_bytes += process.memory_bytes;
+            entry.commands.insert(process.command.clone());
+        }
+        for file in &container.files {
+            let hashes = entry.files.entry(file.path.clone()).or_default();
+            hashes.insert(file.sha256.clone());
+        }
+    }
+    totals
+        .into_iter()
+        .map(|(name, t)| ContainerSummary {
+            container: name.to_string(),
+            pods: t.pods,
+            processes: t.processes,
+            cpu_millicores: t.cpu_millicores,
+            memory_bytes: t.memory_bytes,
+            commands: t.commands.into_iter().take(SUMMARY_COMMANDS_CAP).collect(),
+            file_variants: t
+                .files
+                .into_iter()
+                .map(|(path, hashes)| FileVariants {
+                    path,
+                    variants: count(hashes.len()),
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{Container, PodSpec, PodStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+    use procwatch_crds::{FileFingerprint, ProcessInfo, ProcessWatchSpec, ReportLimits};
+
+    pub fn watch(name: &str) -> ProcessWatch {
+        let mut watch = ProcessWatch::new(
+            name,
+            ProcessWatchSpec {
+                selector: LabelSelector {
+                    match_labels: Some([("app".to_string(), "web".to_string())].into()),
+                    match_expressions: None,
+                },
+                containers: vec![],
+                interval: "10s".parse().unwrap(),
+                attach: Default::default(),
+                collect: Default::default(),
+                report: Default::default(),
+                agent: Default::default(),
+            },
+        );
+        watch.metadata.namespace = Some("shop".into());
+        watch.metadata.uid = Some(format!("uid-{name}"));
+        watch.metadata.generation = Some(2);
+        watch
+    }
+
+    pub fn pod(name: &str, app: &str, with_agent: bool) -> Pod {
+        let container = |name: &str| Container {
+            name: name.into(),
+            ..Container::default()
+        };
+        let mut containers = vec![container("nginx")];
+        if with_agent {
+            containers.push(container(AGENT_CONTAINER_NAME));
+        }
+        let mut pod = Pod {
+            spec: Some(PodSpec {
+                containers,
+                node_name: Some("node-1".into()),
+                ..PodSpec::default()
+            }),
+            status: Some(PodStatus {
+                phase: Some("Running".into()),
+                ..PodStatus::default()
+            }),
+            ..Pod::default()
+        };
+        pod.metadata.name = Some(name.into());
+        pod.metadata.namespace = Some("shop".into());
+        pod.metadata.uid = Some(format!("uid-{name}"));
+        pod.metadata.labels = Some([("app".to_string(), app.to_string())].into());
+        pod
+    }
+
+    pub fn process(pid: i32, command: &str, cpu: u64) -> ProcessInfo {
+        ProcessInfo {
+            pid,
+            command: command.into(),
+            cpu_millicores: cpu,
+            memory_bytes: 1000,
+            environment: vec!["PATH=/bin".into(), "SECRET=x".into()],
+            open_files: Some(3),
+            ..ProcessInfo::default()
+        }
+    }
+
+    pub fn findings(
+        pod: &str,
+        at: Timestamp,
+        containers: Vec<ContainerReport>,
+    ) -> (String, PodFindings) {
+        let findings = PodFindings {
+            uid: format!("uid-{pod}"),
+            received_at: at,
+            containers,
+        };
+        (pod.to_string(), findings)
+    }
+
+    pub fn nginx(processes: Vec<ProcessInfo>, sha: &str) -> ContainerReport {
+        ContainerReport {
+            name: "nginx".into(),
+            process_count: u32::try_from(processes.len()).unwrap(),
+            processes,
+            files: vec![FileFingerprint {
+                path: "/etc/nginx/nginx.conf".into(),
+                size: 1,
+                mode: "0644".into(),
+                sha256: sha.into(),
+            }],
+            libraries: vec!["/lib/libc.so.6".into()],
+            ..ContainerReport::default()
+        }
+    }
+
+    fn now() -> Timestamp {
+        Timestamp::from_second(1_700_000_000).unwrap()
+    }
+
+    fn selected(
+        watch: &ProcessWatch,
+        pods: Vec<Pod>,
+        reports: Vec<(String, PodFindings)>,
+    ) -> Vec<SelectedPod> {
+        let pods: Vec<Arc<Pod>> = pods.into_iter().map(Arc::new).collect();
+        let reports: BTreeMap<String, Arc<PodFindings>> = reports
+            .into_iter()
+            .map(|(name, f)| (name, Arc::new(f)))
+            .collect();
+        select(watch, &pods, |key| reports.get(&key.name).cloned(), now())
+    }
+
+    #[test]
+    fn counts_and_needs_restart() {
+        let watch = watch("w");
+        let mut finished = pod("done", "web", true);
+        finished.status.as_mut().unwrap().phase = Some("Succeeded".into());
+        let mut opted_out = pod("opted", "web", false);
+        opted_out
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert(INJECT_LABEL.into(), "false".into());
+        let pods = vec![
+            pod("a", "web", true),
+            pod("b", "web", true),
+            pod("c", "web", false),
+            pod("other", "db", false),
+            finished,
+            opted_out,
+        ];
+        let reports = vec![findings(
+            "a",
+            now(),
+            vec![nginx(vec![process(7, "nginx", 5)], "h1")],
+        )];
+        let built = build(&watch, &selected(&watch, pods, reports));
+        let status = &built.status;
+        assert_eq!(
+            (
+                status.selected_pods,
+                status.attached_pods,
+                status.reporting_pods,
+                status.processes
+            ),
+            (4, 2, 1, 1)
+        );
+        assert_eq!(status.needs_restart, ["c"]);
+        assert_eq!(built.facts.silent, ["b"]);
+        assert_eq!(built.facts.opted_out, 1);
+        assert_eq!(status.observed_generation, Some(2));
+    }
+
+    #[test]
+    fn stale_and_foreign_findings_do_not_count() {
+        let watch = watch("w");
+        let old = now() - k8s_openapi::jiff::SignedDuration::from_secs(31);
+        let mut recreated = findings("b", now(), vec![]);
+        recreated.1.uid = "uid-of-an-earlier-b".into();
+        let built = build(
+            &watch,
+            &selected(
+                &watch,
+                vec![pod("a", "web", true), pod("b", "web", true)],
+                vec![findings("a", old, vec![]), recreated],
+            ),
+        );
+        assert_eq!(built.status.reporting_pods, 0);
+        assert_eq!(built.facts.silent, ["a", "b"]);
+    }
+
+    #[test]
+    fn summary_covers_every_reporting_pod_and_pods_are_capped() {
+        let mut watch = watch("w");
+        watch.spec.report = ReportLimits {
+            max_processes: 1,
+            max_pods: 2,
+        };
+        watch.spec.collect.files = vec!["/etc/nginx/nginx.conf".into()];
+        let pods = (0..3).map(|i| pod(&format!("p{i}"), "web", true)).collect();
+        let reports = (0..3)
+            .map(|i| {
+                let processes = vec![process(1, "nginx", 1), process(2, "worker", 10)];
+                findings(
+                    &format!("p{i}"),
+                    now(),
+                    vec![nginx(processes, if i == 0 { "h1" } else { "h2" })],
+                )
+            })
+            .collect();
+        let built = build(&watch, &selected(&watch, pods, reports));
+        let status = built.status;
+        assert_eq!(
+            status.summary,
+            [ContainerSummary {
+                container: "nginx".into(),
+                pods: 3,
+                processes: 6,
+                cpu_millicores: 33,
+                memory_bytes: 6000,
+                commands: vec!["nginx".into(), "worker".into()],
+                file_variants: vec![FileVariants {
+                    path: "/etc/nginx/nginx.conf".into(),
+                    variants: 2
+                }],
+            }]
+        );
+        assert_eq!(status.pods.len(), 2);
+        let container = &status.pods[0].containers[0];
+        assert_eq!(container.processes.len(), 1);
+        assert_eq!(container.processes[0].command, "worker", "busiest first");
+        assert!(container.truncated);
+        assert_eq!(container.process_count, 2);
+        assert_eq!(built.figures.len(), 3, "metrics cover every reporting pod");
+        assert_eq!(status.pods[0].reported_at, Some(whole_seconds(now())));
+        assert_eq!(status.pods[0].node_name.as_deref(), Some("node-1"));
+    }
+
+    #[test]
+    fn only_what_the_watch_asked_for_is_shown() {
+        let mut watch = watch("w");
+        watch.spec.containers = vec!["nginx".into()];
+        let mut sidecar = nginx(vec![process(9, "envoy", 1)], "h");
+        sidecar.name = "envoy".into();
+        let mut agent = nginx(vec![process(3, "procwatch-agent", 1)], "h");
+        agent.name = AGENT_CONTAINER_NAME.into();
+        let duplicated = vec![process(7, "nginx", 1), process(7, "nginx", 1)];
+        let reports = vec![findings(
+            "a",
+            now(),
+            vec![nginx(duplicated, "h"), sidecar, agent],
+        )];
+        let built = build(
+            &watch,
+            &selected(&watch, vec![pod("a", "web", true)], reports),
+        );
+        let containers = &built.status.pods[0].containers;
+        assert_eq!(containers.len(), 1, "only spec.containers, never the agent");
+        let nginx = &containers[0];
+        assert_eq!(nginx.processes.len(), 1, "pids are unique");
+        assert_eq!(
+            nginx.processes[0].environment,
+            ["PATH", "SECRET"],
+            "names only"
+        );
+        assert!(nginx.libraries.is_empty(), "libraries were not asked for");
+        assert!(nginx.files.is_empty(), "no file was asked for");
+        assert_eq!(nginx.processes[0].open_files, Some(3));
+
+        watch.spec.collect.environment = EnvironmentPolicy::None;
+        watch.spec.collect.open_files = false;
+        let reports = vec![findings(
+            "a",
+            now(),
+            vec![super::tests::nginx(vec![process(7, "nginx", 1)], "h")],
+        )];
+        let built = build(
+            &watch,
+            &selected(&watch, vec![pod("a", "web", true)], reports),
+        );
+        let process = &built.status.pods[0].containers[0].processes[0];
+        assert!(process.environment.is_empty());
+        assert_eq!(process.open_files, None);
+    }
+
+    #[test]
+    fn invalid_selector_is_a_fact_not_a_failure() {
+        let mut watch = watch("w");
+        watch.spec.selector.match_expressions = Some(vec![LabelSelectorRequirement {
+            key: "app".into(),
+            operator: "Equals".into(),
+            values: Some(vec!["web".into()]),
+        }]);
+        let built = build(
+            &watch,
+            &selected(&watch, vec![pod("a", "web", true)], vec![]),
+        );
+        assert_eq!(built.status.selected_pods, 0);
+        assert!(built.facts.invalid_spec.unwrap().contains("Equals"));
+    }
+
+    #[test]
+    fn needs_restart_is_capped() {
+        let watch = watch("w");
+        let pods = (0..NEEDS_RESTART_CAP + 5)
+            .map(|i| pod(&format!("p{i:03}"), "web", false))
+            .collect();
+        let built = build(&watch, &selected(&watch, pods, vec![]));
+        assert_eq!(built.status.needs_restart.len(), NEEDS_RESTART_CAP);
+        assert_eq!(built.facts.without_agent.len(), NEEDS_RESTART_CAP + 5);
+    }
+}

@@ -1,0 +1,335 @@
+//! The reconciler against a mocked API server (tower-test): what it sends for the cases a real
+//! server cannot easily stage.
+
+use std::sync::{Arc, Mutex};
+
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use k8s_openapi::api::core::v1::{Pod, PodCondition};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector;
+use kube::runtime::watcher;
+use procwatch_crds::{ExistingPods, ProcessWatch, ProcessWatchStatus};
+use prometheus_client::registry::Registry;
+use serde_json::Value;
+use tower_test::mock;
+
+use super::*;
+use crate::report::store::{PodFindings, PodKey};
+use status::tests::{nginx, pod, process, watch};
+
+#[derive(Clone, Debug)]
+struct Seen {
+    method: Method,
+    uri: String,
+    body: Value,
+}
+
+/// A fake API server: records every request, answers evictions with `eviction_code`, status
+/// patches with the watch carrying the applied status, events by echoing them.
+struct ApiServer {
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl ApiServer {
+    fn start(watch: ProcessWatch, eviction_code: StatusCode) -> (Client, ApiServer) {
+        let (service, mut handle) =
+            mock::pair::<Request<kube::client::Body>, Response<kube::client::Body>>();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        tokio::spawn(async move {
+            while let Some((request, send)) = handle.next_request().await {
+                let method = request.method().clone();
+                let uri = request.uri().to_string();
+                let bytes = request.into_body().collect().await.unwrap().to_bytes();
+                let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                record.lock().unwrap().push(Seen {
+                    method: method.clone(),
+                    uri: uri.clone(),
+                    body: body.clone(),
+                });
+                let (code, answer) = if uri.contains("/eviction") {
+                    let status = serde_json::json!({
+                        "kind": "Status", "apiVersion": "v1", "metadata": {},
+                        "status": if eviction_code.is_success() { "Success" } else { "Failure" },
+                        "message": if eviction_code.is_success() { "" } else { "Cannot evict pod as it would violate the pod's disruption budget." },
+                        "reason": if eviction_code.is_success() { "" } else { "TooManyRequests" },
+                        "code": eviction_code.as_u16(),
+                    });
+                    (eviction_code, status)
+                } else if uri.contains("/status") {
+                    let mut answer = serde_json::to_value(&watch).unwrap();
+                    answer["status"] = body["status"].clone();
+                    (StatusCode::OK, answer)
+                } else {
+                    (StatusCode::CREATED, body)
+                };
+                let response = Response::builder()
+                    .status(code)
+                    .body(kube::client::Body::from(
+                        serde_json::to_vec(&answer).unwrap(),
+                    ))
+                    .unwrap();
+                send.send_response(response);
+            }
+        });
+        (Client::new(service, "default"), ApiServer { seen })
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    fn status_patches(&self) -> Vec<Seen> {
+        self.seen()
+            .into_iter()
+            .filter(|s| s.uri.contains("/status"))
+            .collect()
+    }
+
+    fn evictions(&self) -> Vec<String> {
+        self.seen()
+            .into_iter()
+            .filter(|s| s.uri.contains("/eviction"))
+            .map(|s| s.uri)
+            .collect()
+    }
+}
+
+fn context(client: Client, pods: Vec<Pod>, findings: FindingsStore) -> Arc<Context> {
+    let (store, mut writer) = reflector::store::<Pod>();
+    for pod in pods {
+        writer.apply_watcher_event(&watcher::Event::Apply(pod));
+    }
+    let mut registry = Registry::default();
+    Arc::new(Context {
+        client: client.clone(),
+        pods: store,
+        findings,
+        metrics: Arc::new(Metrics::register(&mut registry)),
+        recorder: Recorder::new(
+            client,
+            Reporter {
+                controller: "procwatch-operator".into(),
+                instance: None,
+            },
+        ),
+        memory: Arc::default(),
+        settings: Settings {
+            status_budget_bytes: crate::budget::DEFAULT_STATUS_BUDGET_BYTES,
+            min_write_interval: MIN_WRITE_INTERVAL,
+        },
+    })
+}
+
+fn time(second: i64) -> Time {
+    Time(Timestamp::from_second(second).unwrap())
+}
+
+fn ready(mut pod: Pod) -> Pod {
+    pod.status.as_mut().unwrap().conditions = Some(vec![PodCondition {
+        type_: "Ready".into(),
+        status: "True".into(),
+        ..PodCondition::default()
+    }]);
+    pod
+}
+
+fn old(mut pod: Pod, owned: bool) -> Pod {
+    pod.metadata.creation_timestamp = Some(time(10));
+    if owned {
+        pod.metadata.owner_references = Some(vec![OwnerReference {
+            api_version: "apps/v1".into(),
+            kind: "ReplicaSet".into(),
+            name: "web-7c9d8".into(),
+            uid: "rs-uid".into(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }]);
+    }
+    ready(pod)
+}
+
+fn evicting_watch() -> ProcessWatch {
+    let mut watch = watch("web");
+    watch.metadata.creation_timestamp = Some(time(1000));
+    watch.spec.attach.existing_pods = ExistingPods::Evict;
+    watch
+}
+
+#[tokio::test]
+async fn status_is_applied_with_the_field_manager() {
+    let watch = watch("web");
+    let findings = FindingsStore::default();
+    findings.insert(
+        PodKey::new("shop", "web-1"),
+        PodFindings {
+            uid: "uid-web-1".into(),
+            received_at: Timestamp::now(),
+            containers: vec![nginx(
+                vec![process(7, "nginx", 3), process(8, "nginx", 1)],
+                "h",
+            )],
+        },
+    );
+    let (client, server) = ApiServer::start(watch.clone(), StatusCode::CREATED);
+    let ctx = context(client, vec![ready(pod("web-1", "web", true))], findings);
+
+    let action = reconcile(Arc::new(watch.clone()), ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(10)));
+
+    let patches = server.status_patches();
+    assert_eq!(patches.len(), 1);
+    let patch = &patches[0];
+    assert_eq!(patch.method, Method::PATCH);
+    assert_eq!(
+        patch.uri,
+        "/apis/procwatch.dev/v1alpha1/namespaces/shop/processwatches/web/status?&force=true&fieldManager=procwatch-operator"
+    );
+    assert_eq!(patch.body["apiVersion"], "procwatch.dev/v1alpha1");
+    assert_eq!(patch.body["kind"], "ProcessWatch");
+    let status: ProcessWatchStatus = serde_json::from_value(patch.body["status"].clone()).unwrap();
+    assert_eq!(
+        (
+            status.selected_pods,
+            status.attached_pods,
+            status.reporting_pods,
+            status.processes
+        ),
+        (1, 1, 1, 2)
+    );
+    assert_eq!(status.observed_generation, Some(2));
+    assert_eq!(status.summary[0].container, "nginx");
+    assert_eq!(status.summary[0].cpu_millicores, 4);
+    assert_eq!(status.pods[0].containers[0].processes.len(), 2);
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(ready.status, "True", "{ready:?}");
+    // Becoming ready is an Event on the watch.
+    let events: Vec<Seen> = server
+        .seen()
+        .into_iter()
+        .filter(|s| s.uri.contains("events"))
+        .collect();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].body["reason"], "Ready");
+    assert_eq!(events[0].body["regarding"]["name"], "web");
+
+    // Nothing changed: no second write.
+    reconcile(Arc::new(watch), ctx).await.unwrap();
+    assert_eq!(server.status_patches().len(), 1);
+}
+
+#[tokio::test]
+async fn owned_old_pods_are_evicted_bare_ones_never() {
+    let watch = evicting_watch();
+    let (client, server) = ApiServer::start(watch.clone(), StatusCode::CREATED);
+    let pods = vec![
+        old(pod("bare", "web", false), false),
+        old(pod("web-old", "web", false), true),
+    ];
+    let ctx = context(client, pods, FindingsStore::default());
+
+    let action = reconcile(Arc::new(watch.clone()), ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(action, Action::requeue(EVICTION_RECHECK));
+    assert_eq!(
+        server.evictions(),
+        ["/api/v1/namespaces/shop/pods/web-old/eviction?"]
+    );
+
+    let status: ProcessWatchStatus =
+        serde_json::from_value(server.status_patches()[0].body["status"].clone()).unwrap();
+    assert_eq!(status.needs_restart, ["bare", "web-old"]);
+    let attached = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Attached")
+        .unwrap();
+    assert_eq!(attached.reason, "EvictingPods");
+    assert!(
+        attached.message.contains("bare has no controller"),
+        "{}",
+        attached.message
+    );
+    let evicted_event = server
+        .seen()
+        .into_iter()
+        .any(|s| s.uri.contains("events") && s.body["reason"] == "PodEvicted");
+    assert!(evicted_event);
+
+    // The cache does not show web-old leaving yet: no second eviction.
+    reconcile(Arc::new(watch), ctx).await.unwrap();
+    assert_eq!(server.evictions().len(), 1);
+}
+
+#[tokio::test]
+async fn eviction_refused_by_a_disruption_budget_is_retried_later() {
+    let watch = evicting_watch();
+    let (client, server) = ApiServer::start(watch.clone(), StatusCode::TOO_MANY_REQUESTS);
+    let ctx = context(
+        client,
+        vec![old(pod("web-old", "web", false), true)],
+        FindingsStore::default(),
+    );
+
+    let action = reconcile(Arc::new(watch), ctx).await.unwrap();
+    assert_eq!(action, Action::requeue(EVICTION_RETRY));
+    assert_eq!(server.evictions().len(), 1);
+    let status: ProcessWatchStatus =
+        serde_json::from_value(server.status_patches()[0].body["status"].clone()).unwrap();
+    let attached = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Attached")
+        .unwrap();
+    assert!(
+        attached.message.contains("disruption budget"),
+        "{}",
+        attached.message
+    );
+}
+
+#[test]
+fn writes_are_skipped_when_unchanged_and_spaced_out() {
+    let now = Instant::now();
+    let a = ProcessWatchStatus {
+        selected_pods: 1,
+        ..ProcessWatchStatus::default()
+    };
+    let b = ProcessWatchStatus {
+        selected_pods: 2,
+        ..ProcessWatchStatus::default()
+    };
+    let second = Duration::from_secs(1);
+    assert_eq!(
+        write_decision(&a, Some(&a), None, second, now),
+        Write::Unchanged
+    );
+    assert_eq!(write_decision(&a, None, None, second, now), Write::Now);
+    // Our own write, not yet in the cache.
+    let just_now = (a.clone(), now);
+    assert_eq!(
+        write_decision(&a, Some(&b), Some(&just_now), second, now),
+        Write::Unchanged
+    );
+    let ago = (b.clone(), now - Duration::from_millis(300));
+    assert_eq!(
+        write_decision(&a, Some(&b), Some(&ago), second, now),
+        Write::Defer(Duration::from_millis(700))
+    );
+    let long_ago = (b.clone(), now - Duration::from_secs(2));
+    assert_eq!(
+        write_decision(&a, Some(&b), Some(&long_ago), second, now),
+        Write::Now
+    );
+}

@@ -1,0 +1,407 @@
+//! Leader election over a `coordination.k8s.io/v1` Lease, so two replicas never both write
+//! status or evict pods. Every replica serves the webhook and keeps its caches warm; only the
+//! leader runs the controller and accepts reports (a standby answers reports with 503 and
+//! `Retry-After`, and the agent retries, reaching the leader through the Service).
+//!
+//! As in client-go, a lease held by another replica counts as expired when its record has not
+//! changed for `leaseDurationSeconds` by this replica's own clock, so clock skew between nodes
+//! does not matter. A leader that cannot renew within the renew deadline steps down and the
+//! process exits: the controller's in-memory state is then simply rebuilt by the next leader.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use kube::Api;
+use kube::api::{ObjectMeta, PostParams};
+use tokio::sync::watch;
+
+#[derive(Clone, Debug)]
+pub struct LeaseSettings {
+    pub namespace: String,
+    pub name: String,
+    /// Unique per process: pod name and a random suffix.
+    pub identity: String,
+    pub lease_duration: Duration,
+    /// How often the leader renews.
+    pub renew_every: Duration,
+    /// A leader that has not renewed for this long steps down (less than the lease duration,
+    /// so it stops before anyone else may take over).
+    pub renew_deadline: Duration,
+    /// How often a standby looks at the lease.
+    pub retry_every: Duration,
+}
+
+impl LeaseSettings {
+    pub fn new(namespace: String, name: String, identity: String) -> Self {
+        LeaseSettings {
+            namespace,
+            name,
+            identity,
+            lease_duration: Duration::from_secs(15),
+            renew_every: Duration::from_secs(5),
+            renew_deadline: Duration::from_secs(10),
+            retry_every: Duration::from_secs(2),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaderError {
+    #[error("lost the leader lease {name}: {why}")]
+    Lost { name: String, why: String },
+}
+
+/// Whether this replica leads, readable anywhere (report handler, readiness).
+#[derive(Clone, Debug)]
+pub struct Leadership(watch::Receiver<bool>);
+
+impl Leadership {
+    /// A standby handle and the sender that flips it.
+    pub fn channel() -> (watch::Sender<bool>, Leadership) {
+        let (sender, receiver) = watch::channel(false);
+        (sender, Leadership(receiver))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves once this replica leads; never, if the elector stopped first.
+    pub async fn acquired(&mut self) {
+        if self.0.wait_for(|leader| *leader).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Resolves when this replica stops leading (or the elector stopped).
+    pub async fn lost(&mut self) {
+        let _ = self.0.wait_for(|leader| !*leader).await;
+    }
+}
+
+/// What a replica does after reading the lease.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    Create,
+    Renew,
+    /// Free or expired: take it, counting a transition.
+    TakeOver,
+    Follow {
+        holder: String,
+    },
+}
+
+/// The lease record as last seen, and when it was first seen like that by our clock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observed {
+    holder: Option<String>,
+    renew_time: Option<MicroTime>,
+    since: Instant,
+}
+
+/// Decides from the lease (if it exists) and what was observed before.
+pub fn decide(
+    lease: Option<&LeaseSpec>,
+    identity: &str,
+    observed: &mut Option<Observed>,
+    default_duration: Duration,
+    now: Instant,
+) -> Step {
+    let Some(spec) = lease else {
+        *observed = None;
+        return Step::Create;
+    };
+    let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
+    let Some(holder_name) = holder.clone() else {
+        return Step::TakeOver;
+    };
+    if holder_name == identity {
+        return Step::Renew;
+    }
+    let unchanged = observed
+        .as_ref()
+        .is_some_and(|o| o.holder == holder && o.renew_time == spec.renew_time);
+    if !unchanged {
+        *observed = Some(Observed {
+            holder,
+            renew_time: spec.renew_time.clone(),
+            since: now,
+        });
+    }
+    let duration = spec
+        .lease_duration_seconds
+        .and_then(|s| u64::try_from(s).ok())
+        .map_or(default_duration, Duration::from_secs);
+    let since = observed.as_ref().map_or(now, |o| o.since);
+    if now.duration_since(since) >= duration {
+        Step::TakeOver
+    } else {
+        Step::Follow {
+            holder: holder_name,
+        }
+    }
+}
+
+fn now_micro() -> MicroTime {
+    MicroTime(Timestamp::now())
+}
+
+/// Runs the election until `shutdown` resolves (then a held lease is released so a successor
+/// takes over at once) or the lease is lost (an error).
+pub async fn run(
+    leases: Api<Lease>,
+    settings: LeaseSettings,
+    leadership: watch::Sender<bool>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), LeaderError> {
+    tokio::pin!(shutdown);
+    let mut observed = None;
+    let mut last_renewal: Option<Instant> = None;
+    loop {
+        let leading = try_once(&leases, &settings, &mut observed).await;
+        let was_leader = *leadership.borrow();
+        match leading {
+            Ok(true) => {
+                if !was_leader {
+                    tracing::info!(lease = %settings.name, identity = %settings.identity, "became the leader");
+                    leadership.send_replace(true);
+                }
+                last_renewal = Some(Instant::now());
+            }
+            Ok(false) if was_leader => {
+                leadership.send_replace(false);
+                return Err(LeaderError::Lost {
+                    name: settings.name.clone(),
+                    why: "another replica holds it".into(),
+                });
+            }
+            Ok(false) => {}
+            Err(error) => {
+                tracing::warn!(lease = %settings.name, %error, "cannot read or update the leader lease");
+                let overdue =
+                    last_renewal.is_some_and(|at| at.elapsed() >= settings.renew_deadline);
+                if was_leader && overdue {
+                    leadership.send_replace(false);
+                    return Err(LeaderError::Lost {
+                        name: settings.name.clone(),
+                        why: format!("not renewed for {:?}: {error}", settings.renew_deadline),
+                    });
+                }
+            }
+        }
+        let pause = if *leadership.borrow() {
+            settings.renew_every
+        } else {
+            settings.retry_every
+        };
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = &mut shutdown => {
+                if *leadership.borrow() {
+                    leadership.send_replace(false);
+                    release(&leases, &settings).await;
+                }
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// One look at the lease; true when this replica holds it afterwards.
+async fn try_once(
+    leases: &Api<Lease>,
+    settings: &LeaseSettings,
+    observed: &mut Option<Observed>,
+) -> Result<bool, kube::Error> {
+    let current = leases.get_opt(&settings.name).await?;
+    let step = decide(
+        current.as_ref().and_then(|l| l.spec.as_ref()),
+        &settings.identity,
+        observed,
+        settings.lease_duration,
+        Instant::now(),
+    );
+    let duration_seconds = i32::try_from(settings.lease_duration.as_secs()).unwrap_or(15);
+    let result = match (step, current) {
+        (Step::Create, _) => {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(settings.name.clone()),
+                    namespace: Some(settings.namespace.clone()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(settings.identity.clone()),
+                    lease_duration_seconds: Some(duration_seconds),
+                    acquire_time: Some(now_micro()),
+                    renew_time: Some(now_micro()),
+                    lease_transitions: Some(0),
+                    ..LeaseSpec::default()
+                }),
+            };
+            leases
+                .create(&PostParams::default(), &lease)
+                .await
+                .map(|_| ())
+        }
+        (Step::Renew, Some(mut lease)) => {
+            let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+            spec.renew_time = Some(now_micro());
+            spec.lease_duration_seconds = Some(duration_seconds);
+            leases
+                .replace(&settings.name, &PostParams::default(), &lease)
+                .await
+                .map(|_| ())
+        }
+        (Step::TakeOver, Some(mut lease)) => {
+            let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+            spec.holder_identity = Some(settings.identity.clone());
+            spec.lease_duration_seconds = Some(duration_seconds);
+            spec.acquire_time = Some(now_micro());
+            spec.renew_time = Some(now_micro());
+            spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+            tracing::info!(lease = %settings.name, "taking over the leader lease");
+            leases
+                .replace(&settings.name, &PostParams::default(), &lease)
+                .await
+                .map(|_| ())
+        }
+        (Step::Follow { holder }, _) => {
+            tracing::debug!(lease = %settings.name, %holder, "standing by");
+            return Ok(false);
+        }
+        (Step::Renew | Step::TakeOver, None) => return Ok(false),
+    };
+    match result {
+        Ok(()) => Ok(true),
+        // Someone else wrote the lease in between (409 on replace or create): not ours.
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+        Err(error) => Err(error),
+    }
+}
+
+/// Gives the lease up on shutdown, so a successor need not wait for it to expire.
+async fn release(leases: &Api<Lease>, settings: &LeaseSettings) {
+    let released = async {
+        let mut lease = leases.get(&settings.name).await?;
+        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+        if spec.holder_identity.as_deref() != Some(settings.identity.as_str()) {
+            return Ok(());
+        }
+        spec.holder_identity = None;
+        spec.lease_duration_seconds = Some(1);
+        spec.renew_time = Some(now_micro());
+        leases
+            .replace(&settings.name, &PostParams::default(), &lease)
+            .await
+            .map(|_| ())
+    };
+    match released.await {
+        Ok(()) => tracing::info!(lease = %settings.name, "released the leader lease"),
+        Err::<(), kube::Error>(error) => {
+            tracing::warn!(lease = %settings.name, %error, "cannot release the leader lease; it expires by itself")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TTL: Duration = Duration::from_secs(15);
+
+    fn held_by(holder: Option<&str>, renewed: i64) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: holder.map(String::from),
+            lease_duration_seconds: Some(15),
+            renew_time: Some(MicroTime(Timestamp::from_second(renewed).unwrap())),
+            ..LeaseSpec::default()
+        }
+    }
+
+    #[test]
+    fn missing_free_and_own_leases() {
+        let now = Instant::now();
+        let mut observed = None;
+        assert_eq!(decide(None, "me", &mut observed, TTL, now), Step::Create);
+        assert_eq!(
+            decide(Some(&held_by(None, 1)), "me", &mut observed, TTL, now),
+            Step::TakeOver
+        );
+        assert_eq!(
+            decide(Some(&held_by(Some(""), 1)), "me", &mut observed, TTL, now),
+            Step::TakeOver
+        );
+        assert_eq!(
+            decide(Some(&held_by(Some("me"), 1)), "me", &mut observed, TTL, now),
+            Step::Renew
+        );
+    }
+
+    #[test]
+    fn another_holder_expires_by_our_clock_only() {
+        let start = Instant::now();
+        let mut observed = None;
+        let other = held_by(Some("other"), 100);
+        let follow = Step::Follow {
+            holder: "other".into(),
+        };
+        // Its renew time is far in the past, yet only our own observation counts.
+        assert_eq!(
+            decide(Some(&other), "me", &mut observed, TTL, start),
+            follow
+        );
+        assert_eq!(
+            decide(
+                Some(&other),
+                "me",
+                &mut observed,
+                TTL,
+                start + Duration::from_secs(14)
+            ),
+            follow
+        );
+        // It renewed: the clock starts again.
+        let renewed = held_by(Some("other"), 105);
+        let later = start + Duration::from_secs(14);
+        assert_eq!(
+            decide(Some(&renewed), "me", &mut observed, TTL, later),
+            follow
+        );
+        assert_eq!(
+            decide(
+                Some(&renewed),
+                "me",
+                &mut observed,
+                TTL,
+                later + Duration::from_secs(10)
+            ),
+            follow
+        );
+        assert_eq!(
+            decide(
+                Some(&renewed),
+                "me",
+                &mut observed,
+                TTL,
+                later + Duration::from_secs(15)
+            ),
+            Step::TakeOver
+        );
+    }
+
+    #[tokio::test]
+    async fn leadership_handle_follows_the_sender() {
+        let (sender, mut leadership) = Leadership::channel();
+        assert!(!leadership.is_leader());
+        sender.send_replace(true);
+        leadership.acquired().await;
+        assert!(leadership.is_leader());
+        sender.send_replace(false);
+        leadership.lost().await;
+        assert!(!leadership.is_leader());
+    }
+}

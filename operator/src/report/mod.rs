@@ -1,0 +1,239 @@
+//! The report endpoint, `POST /report/v1`: an agent posts its pod's findings with its projected
+//! token as bearer. The token is reviewed ([`auth`]), the report must be about the token's
+//! pod, its containers are named from the pod the operator watches ([`response`]), the
+//! findings are kept as the pod's latest ([`store`]) and every watch selecting the pod is
+//! reconciled. The answer tells the agent what to collect next.
+//!
+//! Refusals: 401 without or with an unaccepted token, 403 for another pod's report or a token
+//! not bound to a pod, 413 over the size limit, 400 for malformed JSON, 503 with
+//! `Retry-After` on a standby replica, when the token cannot be reviewed now, or when the pod
+//! is not in the cache yet.
+
+pub mod auth;
+pub mod response;
+pub mod store;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::runtime::reflector::{ObjectRef, Store};
+use procwatch_crds::ProcessWatch;
+use procwatch_crds::constants::REPORT_PATH;
+use procwatch_crds::report::{AgentReport, ReportResponse};
+
+use crate::admission;
+use crate::controller::triggers::Triggers;
+use crate::leader::Leadership;
+use crate::metrics::{Metrics, ReportResult};
+use auth::{AuthError, Authenticator, Refusal};
+use store::{FindingsStore, PodFindings, PodKey};
+
+/// Default body limit: a full report of 200 processes per container is well under this.
+pub const DEFAULT_MAX_REPORT_BYTES: usize = 2 * 1024 * 1024;
+/// Seconds an agent is asked to wait before retrying a 503.
+const RETRY_AFTER_SECONDS: u64 = 2;
+
+#[derive(Clone)]
+pub struct ReportState {
+    pub authenticator: Arc<Authenticator>,
+    pub watches: Store<ProcessWatch>,
+    pub pods: Store<Pod>,
+    pub findings: FindingsStore,
+    pub triggers: Triggers,
+    pub leadership: Leadership,
+    pub metrics: Arc<Metrics>,
+    pub max_body_bytes: usize,
+}
+
+/// `POST /report/v1`.
+pub fn router(state: ReportState) -> Router {
+    Router::new()
+        .route(REPORT_PATH, post(report))
+        // The handler enforces its own limit, after authentication.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ReportError {
+    #[error("this replica is on standby; retry (the leader accepts reports)")]
+    NotLeader,
+    #[error("missing bearer token")]
+    NoToken,
+    #[error("{0}")]
+    Refused(Refusal),
+    #[error("{0}")]
+    AuthUnavailable(kube::Error),
+    #[error("report body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("cannot read the report body: {0}")]
+    Body(String),
+    #[error("malformed report: {0}")]
+    Malformed(serde_json::Error),
+    #[error("{0}")]
+    OtherPod(auth::ClaimsError),
+    #[error("pod {0} is not in the operator's cache yet; retry")]
+    PodUnknown(String),
+}
+
+impl ReportError {
+    fn result(&self) -> ReportResult {
+        match self {
+            ReportError::NotLeader
+            | ReportError::AuthUnavailable(_)
+            | ReportError::PodUnknown(_) => ReportResult::Unavailable,
+            ReportError::NoToken | ReportError::Refused(Refusal::Unauthenticated(_)) => {
+                ReportResult::Unauthenticated
+            }
+            ReportError::Refused(Refusal::NotAPod(_)) | ReportError::OtherPod(_) => {
+                ReportResult::Forbidden
+            }
+            ReportError::TooLarge(_) => ReportResult::TooLarge,
+            ReportError::Body(_) | ReportError::Malformed(_) => ReportResult::Malformed,
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self.result() {
+            ReportResult::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ReportResult::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ReportResult::Forbidden => StatusCode::FORBIDDEN,
+            ReportResult::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ReportResult::Malformed | ReportResult::Accepted | ReportResult::Unwatched => {
+                StatusCode::BAD_REQUEST
+            }
+        }
+    }
+}
+
+impl IntoResponse for ReportError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut response = (status, format!("{self}\n")).into_response();
+        let headers = response.headers_mut();
+        match status {
+            StatusCode::UNAUTHORIZED => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+async fn report(State(state): State<ReportState>, headers: HeaderMap, body: Body) -> Response {
+    match handle(&state, &headers, body).await {
+        Ok((result, answer)) => {
+            state.metrics.report(result);
+            axum::Json(answer).into_response()
+        }
+        Err(error) => {
+            state.metrics.report(error.result());
+            match error.result() {
+                ReportResult::Unavailable => tracing::debug!(%error, "report deferred"),
+                _ => tracing::info!(%error, "report refused"),
+            }
+            error.into_response()
+        }
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ReportError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(ReportError::TooLarge(limit));
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ReportError::TooLarge(limit))
+        }
+        Err(error) => Err(ReportError::Body(error.to_string())),
+    }
+}
+
+async fn handle(
+    state: &ReportState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(ReportResult, ReportResponse), ReportError> {
+    // Findings kept by a standby would never reach a status: send the agent to the leader.
+    if !state.leadership.is_leader() {
+        return Err(ReportError::NotLeader);
+    }
+    let token = bearer(headers).ok_or(ReportError::NoToken)?;
+    let identity = state
+        .authenticator
+        .authenticate(token)
+        .await
+        .map_err(|error| match error {
+            AuthError::Refused(refusal) => ReportError::Refused(refusal),
+            AuthError::Unavailable(error) => ReportError::AuthUnavailable(error),
+        })?;
+    let bytes = read_body(headers, body, state.max_body_bytes).await?;
+    let report: AgentReport = serde_json::from_slice(&bytes).map_err(ReportError::Malformed)?;
+    auth::check_claims(&identity, &report).map_err(ReportError::OtherPod)?;
+
+    let key = PodKey::new(&report.pod_namespace, &report.pod_name);
+    let pod = state
+        .pods
+        .get(&ObjectRef::new(&report.pod_name).within(&report.pod_namespace))
+        .filter(|pod| pod.metadata.uid.as_deref() == Some(report.pod_uid.as_str()))
+        .ok_or_else(|| ReportError::PodUnknown(format!("{}/{}", key.namespace, key.name)))?;
+    let all_watches = state.watches.state();
+    let selecting = admission::watches_selecting(
+        &key.namespace,
+        pod.labels(),
+        all_watches.iter().map(AsRef::as_ref),
+    );
+    if selecting.is_empty() {
+        state.findings.remove(&key);
+        tracing::debug!(pod = %key.name, namespace = %key.namespace, "report from a pod no watch selects");
+        return Ok((ReportResult::Unwatched, response::unwatched()));
+    }
+    let containers = response::rename_containers(report.containers, &pod);
+    tracing::debug!(
+        pod = %key.name,
+        namespace = %key.namespace,
+        containers = containers.len(),
+        watches = selecting.len(),
+        "report accepted"
+    );
+    state.findings.insert(
+        key,
+        PodFindings {
+            uid: report.pod_uid,
+            received_at: Timestamp::now(),
+            containers,
+        },
+    );
+    state
+        .triggers
+        .fire(selecting.iter().map(|watch| ObjectRef::from_obj(*watch)));
+    Ok((ReportResult::Accepted, response::merge(&selecting, &pod)))
+}
+
+#[cfg(test)]
+mod tests;

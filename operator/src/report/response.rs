@@ -1,0 +1,284 @@
+//! Pure parts of handling a report: naming the reported containers from the pod the operator
+//! watches, and the answer to the agent, merged from every watch that selects its pod.
+
+use std::collections::{BTreeSet, HashMap};
+
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use procwatch_crds::constants::AGENT_CONTAINER_NAME;
+use procwatch_crds::report::{CollectRequest, ContainerIdentity, ReportResponse};
+use procwatch_crds::{ContainerReport, EnvironmentPolicy, Interval, ProcessWatch};
+
+/// The runtime ID without its scheme: `containerd://3f2a…` and `3f2a…` are the same container.
+fn bare_id(container_id: &str) -> &str {
+    container_id
+        .split_once("://")
+        .map_or(container_id, |(_, id)| id)
+}
+
+fn statuses(pod: &Pod) -> impl Iterator<Item = &ContainerStatus> {
+    pod.status.iter().flat_map(|status| {
+        [
+            &status.container_statuses,
+            &status.init_container_statuses,
+            &status.ephemeral_container_statuses,
+        ]
+        .into_iter()
+        .flatten()
+        .flatten()
+    })
+}
+
+fn container_names(pod: &Pod) -> BTreeSet<&str> {
+    let Some(spec) = &pod.spec else {
+        return BTreeSet::new();
+    };
+    let regular = spec.containers.iter().map(|c| c.name.as_str());
+    let init = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| c.name.as_str());
+    let ephemeral = spec
+        .ephemeral_containers
+        .iter()
+        .flatten()
+        .map(|c| c.name.as_str());
+    regular.chain(init).chain(ephemeral).collect()
+}
+
+/// The pod's containers, name and runtime ID, as the agent needs them to group processes; the
+/// agent's own container is left out, and so are containers that have not started yet.
+pub fn pod_containers(pod: &Pod) -> Vec<ContainerIdentity> {
+    let mut containers: Vec<ContainerIdentity> = statuses(pod)
+        .filter(|status| status.name != AGENT_CONTAINER_NAME)
+        .filter_map(|status| {
+            let id = status.container_id.as_deref().filter(|id| !id.is_empty())?;
+            Some(ContainerIdentity {
+                name: status.name.clone(),
+                container_id: id.to_string(),
+            })
+        })
+        .collect();
+    containers.sort_by(|a, b| a.name.cmp(&b.name));
+    containers
+}
+
+/// Names the reported containers from the pod's statuses by container ID (the agent may not
+/// have known the names yet). A container the pod does not have (the sandbox, a finished
+/// one) and the agent's own container are dropped.
+pub fn rename_containers(reported: Vec<ContainerReport>, pod: &Pod) -> Vec<ContainerReport> {
+    let by_id: HashMap<&str, &str> = statuses(pod)
+        .filter_map(|status| {
+            let id = status.container_id.as_deref()?;
+            Some((bare_id(id), status.name.as_str()))
+        })
+        .collect();
+    let names = container_names(pod);
+    let mut renamed: Vec<ContainerReport> = reported
+        .into_iter()
+        .filter_map(|mut container| {
+            let by_status = container
+                .container_id
+                .as_deref()
+                .and_then(|id| by_id.get(bare_id(id)));
+            match by_status {
+                Some(name) => container.name = (*name).to_string(),
+                None if names.contains(container.name.as_str()) => {}
+                None => return None,
+            }
+            (container.name != AGENT_CONTAINER_NAME).then_some(container)
+        })
+        .collect();
+    renamed.sort_by(|a, b| a.name.cmp(&b.name));
+    // Two entries for one name (a restarted container seen twice): keep the first one.
+    renamed.dedup_by(|later, first| later.name == first.name);
+    renamed
+}
+
+/// The answer for a pod that the given watches select: the shortest interval, the union of
+/// what they collect, the largest process limit, and the pod's containers.
+pub fn merge(watches: &[&ProcessWatch], pod: &Pod) -> ReportResponse {
+    let Some(first) = watches.first() else {
+        return unwatched();
+    };
+    let mut interval = first.spec.interval;
+    let mut collect = CollectRequest {
+        environment: EnvironmentPolicy::None,
+        open_files: false,
+        sockets: false,
+        libraries: false,
+        files: Vec::new(),
+        max_processes: 0,
+    };
+    let mut files = BTreeSet::new();
+    for watch in watches {
+        let spec = &watch.spec;
+        interval = interval.min(spec.interval);
+        collect.environment = collect.environment.max(spec.collect.environment);
+        collect.open_files |= spec.collect.open_files;
+        collect.sockets |= spec.collect.sockets;
+        collect.libraries |= spec.collect.libraries;
+        files.extend(spec.collect.files.iter().cloned());
+        collect.max_processes = collect.max_processes.max(spec.report.max_processes);
+    }
+    collect.files = files.into_iter().collect();
+    ReportResponse {
+        watched: true,
+        interval_seconds: interval.as_duration().as_secs(),
+        collect,
+        containers: pod_containers(pod),
+    }
+}
+
+/// The answer for a pod no watch selects: the agent stops reporting.
+pub fn unwatched() -> ReportResponse {
+    ReportResponse {
+        watched: false,
+        interval_seconds: Interval::DEFAULT.as_duration().as_secs(),
+        collect: CollectRequest::default(),
+        containers: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{Container, PodSpec, PodStatus};
+    use procwatch_crds::{Collect, ProcessWatchSpec, ReportLimits};
+
+    fn status(name: &str, id: Option<&str>) -> ContainerStatus {
+        ContainerStatus {
+            name: name.into(),
+            container_id: id.map(String::from),
+            ..ContainerStatus::default()
+        }
+    }
+
+    fn pod() -> Pod {
+        let container = |name: &str| Container {
+            name: name.into(),
+            ..Container::default()
+        };
+        Pod {
+            spec: Some(PodSpec {
+                containers: vec![container("nginx"), container("exporter")],
+                init_containers: Some(vec![container(AGENT_CONTAINER_NAME)]),
+                ..PodSpec::default()
+            }),
+            status: Some(PodStatus {
+                container_statuses: Some(vec![
+                    status("nginx", Some("containerd://aaa")),
+                    status("exporter", None),
+                ]),
+                init_container_statuses: Some(vec![status(
+                    AGENT_CONTAINER_NAME,
+                    Some("containerd://ccc"),
+                )]),
+                ..PodStatus::default()
+            }),
+            ..Pod::default()
+        }
+    }
+
+    fn reported(name: &str, id: Option<&str>) -> ContainerReport {
+        ContainerReport {
+            name: name.into(),
+            container_id: id.map(String::from),
+            ..ContainerReport::default()
+        }
+    }
+
+    #[test]
+    fn containers_are_named_from_the_pod_by_id() {
+        let renamed = rename_containers(
+            vec![
+                reported("containerd-aaa", Some("aaa")),
+                reported("exporter", None),
+                reported("unknown", Some("containerd://ccc")),
+                reported("pause", Some("containerd://ddd")),
+                reported("host", None),
+            ],
+            &pod(),
+        );
+        let names: Vec<&str> = renamed.iter().map(|c| c.name.as_str()).collect();
+        // aaa is nginx; the agent (ccc), the sandbox (ddd) and "host" are not app containers.
+        assert_eq!(names, ["exporter", "nginx"]);
+    }
+
+    #[test]
+    fn pod_containers_exclude_the_agent_and_unstarted_ones() {
+        assert_eq!(
+            pod_containers(&pod()),
+            [ContainerIdentity {
+                name: "nginx".into(),
+                container_id: "containerd://aaa".into()
+            }]
+        );
+    }
+
+    fn watch(interval: &str, collect: Collect, max_processes: u32) -> ProcessWatch {
+        ProcessWatch::new(
+            "w",
+            ProcessWatchSpec {
+                selector: Default::default(),
+                containers: vec![],
+                interval: interval.parse().unwrap(),
+                attach: Default::default(),
+                collect,
+                report: ReportLimits {
+                    max_processes,
+                    max_pods: 10,
+                },
+                agent: Default::default(),
+            },
+        )
+    }
+
+    #[test]
+    fn response_merges_every_selecting_watch() {
+        let a = watch(
+            "30s",
+            Collect {
+                environment: EnvironmentPolicy::None,
+                open_files: false,
+                sockets: true,
+                libraries: false,
+                files: vec!["/etc/b".into(), "/etc/a".into()],
+            },
+            5,
+        );
+        let b = watch(
+            "10s",
+            Collect {
+                environment: EnvironmentPolicy::Redacted,
+                open_files: true,
+                sockets: false,
+                libraries: true,
+                files: vec!["/etc/a".into()],
+            },
+            50,
+        );
+        let response = merge(&[&a, &b], &pod());
+        assert!(response.watched);
+        assert_eq!(response.interval_seconds, 10);
+        assert_eq!(
+            response.collect,
+            CollectRequest {
+                environment: EnvironmentPolicy::Redacted,
+                open_files: true,
+                sockets: true,
+                libraries: true,
+                files: vec!["/etc/a".into(), "/etc/b".into()],
+                max_processes: 50,
+            }
+        );
+        assert_eq!(response.containers.len(), 1);
+    }
+
+    #[test]
+    fn no_watch_means_stop() {
+        let response = merge(&[], &pod());
+        assert!(!response.watched);
+        assert!(response.containers.is_empty());
+    }
+}

@@ -1,0 +1,318 @@
+//! The report handler against a mocked API server that answers TokenReviews.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewStatus, UserInfo};
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use kube::Client;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::watcher;
+use procwatch_crds::constants::{REPORT_PATH, TOKEN_AUDIENCE};
+use procwatch_crds::report::{AgentReport, ReportResponse};
+use procwatch_crds::{ContainerReport, ProcessWatch};
+use prometheus_client::registry::Registry;
+use tower::ServiceExt;
+use tower_test::mock;
+
+use super::*;
+use crate::controller::status::tests::{pod, process, watch};
+
+/// Tokens the fake API server knows: `pod:<name>` is bound to that pod of namespace shop,
+/// `user` is a person's token, anything else is refused.
+fn review(token: &str) -> TokenReviewStatus {
+    let user = |username: &str, pod: Option<&str>| {
+        let mut extra = BTreeMap::new();
+        if let Some(pod) = pod {
+            extra.insert(
+                "authentication.kubernetes.io/pod-name".to_string(),
+                vec![pod.to_string()],
+            );
+            extra.insert(
+                "authentication.kubernetes.io/pod-uid".to_string(),
+                vec![format!("uid-{pod}")],
+            );
+        }
+        Some(UserInfo {
+            username: Some(username.to_string()),
+            extra: Some(extra),
+            ..UserInfo::default()
+        })
+    };
+    match token.strip_prefix("pod:") {
+        Some(pod) => TokenReviewStatus {
+            authenticated: Some(true),
+            audiences: Some(vec![TOKEN_AUDIENCE.to_string()]),
+            user: user("system:serviceaccount:shop:default", Some(pod)),
+            error: None,
+        },
+        None if token == "user" => TokenReviewStatus {
+            authenticated: Some(true),
+            audiences: Some(vec![TOKEN_AUDIENCE.to_string()]),
+            user: user("alice", None),
+            error: None,
+        },
+        None => TokenReviewStatus {
+            authenticated: Some(false),
+            error: Some("invalid bearer token".into()),
+            ..TokenReviewStatus::default()
+        },
+    }
+}
+
+struct Fixture {
+    state: ReportState,
+    reviews: Arc<AtomicUsize>,
+    registry: Registry,
+    leader: tokio::sync::watch::Sender<bool>,
+}
+
+fn fixture() -> Fixture {
+    let (service, mut handle) =
+        mock::pair::<Request<kube::client::Body>, http::Response<kube::client::Body>>();
+    let reviews = Arc::new(AtomicUsize::new(0));
+    let counted = reviews.clone();
+    tokio::spawn(async move {
+        while let Some((request, send)) = handle.next_request().await {
+            assert_eq!(request.method(), http::Method::POST);
+            assert_eq!(
+                request.uri().path(),
+                "/apis/authentication.k8s.io/v1/tokenreviews"
+            );
+            let body = request.into_body().collect().await.unwrap().to_bytes();
+            let mut asked: TokenReview = serde_json::from_slice(&body).unwrap();
+            assert_eq!(
+                asked.spec.audiences.as_deref(),
+                Some(&[TOKEN_AUDIENCE.to_string()][..])
+            );
+            counted.fetch_add(1, Ordering::SeqCst);
+            asked.status = Some(review(asked.spec.token.as_deref().unwrap_or_default()));
+            let answer = serde_json::to_vec(&asked).unwrap();
+            send.send_response(http::Response::new(kube::client::Body::from(answer)));
+        }
+    });
+    let client = Client::new(service, "default");
+
+    let (watches, mut watch_writer) = reflector::store::<ProcessWatch>();
+    watch_writer.apply_watcher_event(&watcher::Event::Apply(watch("web")));
+    let (pods, mut pod_writer) = reflector::store::<Pod>();
+    for name in ["web-1", "web-2"] {
+        let mut pod = pod(name, "web", true);
+        pod.status.as_mut().unwrap().container_statuses = Some(vec![ContainerStatus {
+            name: "nginx".into(),
+            container_id: Some(format!("containerd://{name}-nginx")),
+            ..ContainerStatus::default()
+        }]);
+        pod_writer.apply_watcher_event(&watcher::Event::Apply(pod));
+    }
+    pod_writer.apply_watcher_event(&watcher::Event::Apply(pod("lonely", "other", true)));
+
+    let mut registry = Registry::default();
+    let metrics = Arc::new(Metrics::register(&mut registry));
+    let (leader, leadership) = crate::leader::Leadership::channel();
+    leader.send_replace(true);
+    let state = ReportState {
+        authenticator: Arc::new(Authenticator::new(client, Duration::from_secs(60), 100)),
+        watches,
+        pods,
+        findings: FindingsStore::default(),
+        triggers: Triggers::default(),
+        leadership,
+        metrics,
+        max_body_bytes: 64 * 1024,
+    };
+    Fixture {
+        state,
+        reviews,
+        registry,
+        leader,
+    }
+}
+
+fn agent_report(pod: &str) -> AgentReport {
+    AgentReport {
+        pod_name: pod.into(),
+        pod_namespace: "shop".into(),
+        pod_uid: format!("uid-{pod}"),
+        scanned_at: None,
+        containers: vec![ContainerReport {
+            // The agent did not know the name yet; the operator names it by ID.
+            name: "containerd-web".into(),
+            container_id: Some(format!("containerd://{pod}-nginx")),
+            process_count: 1,
+            processes: vec![process(7, "nginx", 2)],
+            ..ContainerReport::default()
+        }],
+        vanished_processes: 0,
+        agent_version: "test".into(),
+    }
+}
+
+async fn post(state: &ReportState, token: Option<&str>, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
+    let mut request = Request::post(REPORT_PATH).header("content-type", "application/json");
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let response = router(state.clone())
+        .oneshot(request.body(axum::body::Body::from(body)).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec();
+    (status, body)
+}
+
+fn json(report: &AgentReport) -> Vec<u8> {
+    serde_json::to_vec(report).unwrap()
+}
+
+fn metric(registry: &Registry, result: &str) -> bool {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+    text.contains(&format!("procwatch_reports_total{{result=\"{result}\"}} 1"))
+}
+
+#[tokio::test]
+async fn accepted_report_is_kept_named_and_triggers_its_watches() {
+    let fixture = fixture();
+    let (status, body) = post(
+        &fixture.state,
+        Some("pod:web-1"),
+        json(&agent_report("web-1")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let answer: ReportResponse = serde_json::from_slice(&body).unwrap();
+    assert!(answer.watched);
+    assert_eq!(answer.interval_seconds, 10);
+    assert_eq!(answer.containers.len(), 1);
+    assert_eq!(answer.containers[0].name, "nginx");
+
+    let kept = fixture
+        .state
+        .findings
+        .get(&PodKey::new("shop", "web-1"))
+        .unwrap();
+    assert_eq!(kept.uid, "uid-web-1");
+    assert_eq!(kept.containers[0].name, "nginx");
+    assert_eq!(
+        fixture.state.triggers.take(),
+        [ObjectRef::new("web").within("shop")]
+    );
+    assert!(metric(&fixture.registry, "accepted"));
+
+    // A second report within the cache lifetime costs no TokenReview.
+    let (status, _) = post(
+        &fixture.state,
+        Some("pod:web-1"),
+        json(&agent_report("web-1")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(fixture.reviews.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn report_about_another_pod_is_forbidden() {
+    let fixture = fixture();
+    let (status, body) = post(
+        &fixture.state,
+        Some("pod:web-2"),
+        json(&agent_report("web-1")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(String::from_utf8_lossy(&body).contains("issued to pod shop/web-2"));
+    assert!(fixture.state.findings.is_empty());
+    assert!(metric(&fixture.registry, "forbidden"));
+
+    let (status, _) = post(&fixture.state, Some("user"), json(&agent_report("web-1"))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "a token not bound to a pod");
+}
+
+#[tokio::test]
+async fn missing_or_refused_tokens_are_unauthenticated() {
+    let fixture = fixture();
+    let (status, _) = post(&fixture.state, None, json(&agent_report("web-1"))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        fixture.reviews.load(Ordering::SeqCst),
+        0,
+        "no token, no review"
+    );
+    let (status, body) = post(
+        &fixture.state,
+        Some("garbage"),
+        json(&agent_report("web-1")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(String::from_utf8_lossy(&body).contains("invalid bearer token"));
+    assert!(fixture.state.findings.is_empty());
+}
+
+#[tokio::test]
+async fn oversized_body_is_refused_with_a_message() {
+    let fixture = fixture();
+    let mut report = agent_report("web-1");
+    report.containers[0].libraries = (0..10_000).map(|i| format!("/usr/lib/lib{i}.so")).collect();
+    let (status, body) = post(&fixture.state, Some("pod:web-1"), json(&report)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(String::from_utf8_lossy(&body).contains("larger than 65536 bytes"));
+    assert!(fixture.state.findings.is_empty());
+    assert!(metric(&fixture.registry, "too_large"));
+}
+
+#[tokio::test]
+async fn malformed_body_is_a_bad_request_with_a_message() {
+    let fixture = fixture();
+    let (status, body) = post(
+        &fixture.state,
+        Some("pod:web-1"),
+        b"{\"podName\": 3".to_vec(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&body).starts_with("malformed report"));
+    assert!(metric(&fixture.registry, "malformed"));
+}
+
+#[tokio::test]
+async fn unwatched_pod_is_told_to_stop() {
+    let fixture = fixture();
+    let (status, body) = post(
+        &fixture.state,
+        Some("pod:lonely"),
+        json(&agent_report("lonely")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let answer: ReportResponse = serde_json::from_slice(&body).unwrap();
+    assert!(!answer.watched);
+    assert!(fixture.state.findings.is_empty());
+}
+
+#[tokio::test]
+async fn standby_replica_sends_agents_elsewhere() {
+    let fixture = fixture();
+    fixture.leader.send_replace(false);
+    let (status, _) = post(
+        &fixture.state,
+        Some("pod:web-1"),
+        json(&agent_report("web-1")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(fixture.reviews.load(Ordering::SeqCst), 0);
+    assert!(metric(&fixture.registry, "unavailable"));
+}
