@@ -454,7 +454,9 @@ impl ScanContext<'_> {
             threads: stat.threads,
             cpu_millicores: candidate.cpu_millicores,
             cpu_time_millis: (stat.utime_ticks + stat.stime_ticks) * 1000 / ticks,
-            memory_bytes: stat.rss_pages * self.scanner.page_size,
+            memory_bytes: status
+                .rss_bytes
+                .unwrap_or(stat.rss_pages * self.scanner.page_size),
             started_at: Timestamp::from_millisecond(
                 (self.scanner.boot_time * 1000 + stat.start_ticks * 1000 / ticks) as i64,
             )

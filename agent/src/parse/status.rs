@@ -9,6 +9,9 @@ pub struct PidStatus {
     /// Effective uid (the second of the four `Uid:` numbers), as `ps -o uid` shows.
     pub effective_uid: Option<u32>,
     pub threads: Option<u32>,
+    /// `VmRSS:` in bytes: exact, where the RSS in `stat` is a per-CPU approximation on recent
+    /// kernels. Kernel threads have none.
+    pub rss_bytes: Option<u64>,
     /// The `CapEff:` bit set.
     pub effective_capabilities: Option<u64>,
     pub no_new_privs: Option<bool>,
@@ -30,6 +33,12 @@ pub fn parse_pid_status(text: &[u8]) -> PidStatus {
                     .and_then(|v| v.parse().ok());
             }
             "Threads" => status.threads = value.parse().ok(),
+            "VmRSS" => {
+                status.rss_bytes = value
+                    .strip_suffix(" kB")
+                    .and_then(|kib| kib.trim().parse::<u64>().ok())
+                    .map(|kib| kib * 1024)
+            }
             "CapEff" => status.effective_capabilities = u64::from_str_radix(value, 16).ok(),
             "NoNewPrivs" => {
                 status.no_new_privs = match value {
@@ -131,6 +140,7 @@ NoNewPrivs:\t1\nSeccomp:\t2\nSeccomp_filters:\t1\n";
             PidStatus {
                 effective_uid: Some(101),
                 threads: Some(1),
+                rss_bytes: Some(7688 * 1024),
                 effective_capabilities: Some(0xa80425fb),
                 no_new_privs: Some(true),
                 seccomp: Some(SeccompMode::Filter),
@@ -169,8 +179,9 @@ NoNewPrivs:\t1\nSeccomp:\t2\nSeccomp_filters:\t1\n";
     #[test]
     fn old_kernels_and_odd_values_leave_fields_unknown() {
         // A 3.x kernel: no NoNewPrivs, no Seccomp; a garbled CapEff and Uid.
-        let status =
-            parse_pid_status(b"Name:\tinit\nUid:\t0\nThreads:\tmany\nCapEff:\tzz\nSeccomp:\t9\n");
+        let status = parse_pid_status(
+            b"Name:\tinit\nUid:\t0\nThreads:\tmany\nVmRSS:\t12 MB\nCapEff:\tzz\nSeccomp:\t9\n",
+        );
         assert_eq!(status, PidStatus::default());
         assert_eq!(parse_pid_status(b""), PidStatus::default());
         assert_eq!(
