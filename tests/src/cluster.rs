@@ -388,7 +388,7 @@ impl TestNamespace {
 async fn diagnostics(cluster: &Cluster, namespace: &str) -> String {
     let mut out = crate::diagnostics::namespace_report(&cluster.client(), namespace).await;
     if cluster.is_local() {
-        out.push_str(&crate::diagnostics::daemon_logs(40));
+        out.push_str(&crate::diagnostics::daemon_logs(30));
     }
     out
 }
@@ -408,7 +408,9 @@ impl Drop for TestNamespace {
             {
                 Ok(rt) => rt,
                 Err(e) => {
-                    return eprintln!("procwatch-e2e: no runtime to clean up namespace {name}: {e}");
+                    return eprintln!(
+                        "procwatch-e2e: no runtime to clean up namespace {name}: {e}"
+                    );
                 }
             };
             rt.block_on(async {
