@@ -313,7 +313,7 @@ fn host_groups_named_by_runtime_and_short_id() {
     let mut pause = FakeProcess::new(299, "pause", b"/pause\0");
     pause.cgroup = format!("0::/kubepods/besteffort/pod0d3b4c5e/{SANDBOX_ID}\n");
     proc.add(&pause);
-    let mut podman = FakeProcess::new(400, "sleep", b"sleep\0100\0");
+    let mut podman = FakeProcess::new(400, "sleep", b"sleep\x00100\x00");
     podman.mount_namespace = Some(88);
     podman.cgroup = format!("0::/libpod_parent/{SANDBOX_ID}/libpod-{FLUX_ID}\n");
     proc.add(&podman);

@@ -184,7 +184,7 @@ fn agrees_with_procps_ps() {
         "compared only {compared} of {}",
         stable.len()
     );
-    let spaced_args = format!("sh -c sleep 30 name  with   spaces");
+    let spaced_args = "sh -c sleep 30 name  with   spaces";
     assert!(before.values().any(|row| row.args == spaced_args));
 }
 

@@ -141,3 +141,4 @@ impl FakeProc {
 }
 
 pub mod containers;
+pub mod operator;

@@ -1,0 +1,227 @@
+//! `procwatch-agent run` against a real HTTPS endpoint on 127.0.0.1: TLS trusting only the
+//! given CA, a bearer token read afresh for every report, backoff, and the operator's answers.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::operator::{FakeOperator, Received, TestCa};
+use common::{FakeProc, FakeProcess};
+use http::StatusCode;
+use procwatch_agent::reporter::{self, ReportClient, RunConfig, SendError};
+use procwatch_crds::EnvironmentPolicy;
+use procwatch_crds::report::{AgentReport, CollectRequest, ContainerIdentity, ReportResponse};
+use tokio::sync::oneshot;
+
+const NGINX_ID: &str = "3f2a9c1b7e0d4c5a8b9e1f2d3c4b5a6978675645342312019f8e7d6c5b4a3921";
+
+/// A pod with one nginx container of two processes, seen by the agent (pid 40).
+fn pod() -> FakeProc {
+    let proc = FakeProc::new(40);
+    for (pid, args) in [
+        (7, &b"nginx: master process\0"[..]),
+        (8, b"nginx: worker process\0"),
+    ] {
+        let mut nginx = FakeProcess::new(pid, "nginx", args);
+        nginx.cgroup = format!("0::/../cri-containerd-{NGINX_ID}.scope\n");
+        nginx.mount_namespace = Some(20);
+        nginx.environ = b"PATH=/bin\0SECRET=x\0".to_vec();
+        proc.add(&nginx);
+    }
+    let mut agent = FakeProcess::new(40, "procwatch-agent", b"procwatch-agent\0run\0");
+    agent.mount_namespace = Some(40);
+    proc.add(&agent);
+    proc
+}
+
+fn answer(watched: bool, collect: CollectRequest) -> (StatusCode, String) {
+    let response = ReportResponse {
+        watched,
+        interval_seconds: 1,
+        collect,
+        containers: vec![ContainerIdentity {
+            name: "nginx".into(),
+            container_id: format!("containerd://{NGINX_ID}"),
+        }],
+    };
+    (StatusCode::OK, serde_json::to_string(&response).unwrap())
+}
+
+fn minimal_collect() -> CollectRequest {
+    CollectRequest {
+        environment: EnvironmentPolicy::None,
+        max_processes: 1,
+        ..CollectRequest::default()
+    }
+}
+
+async fn next(operator: &mut FakeOperator) -> (Instant, Received) {
+    let received = tokio::time::timeout(Duration::from_secs(10), operator.received.recv())
+        .await
+        .expect("a report within 10s")
+        .expect("the operator runs");
+    (Instant::now(), received)
+}
+
+#[tokio::test]
+async fn reports_with_a_fresh_token_backs_off_and_follows_the_operator() {
+    let ca = TestCa::new();
+    let script = Arc::new(|n: usize| match n {
+        0 => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "operator starting".to_string(),
+        ),
+        1 => (StatusCode::UNAUTHORIZED, "token expired".to_string()),
+        2 | 3 => answer(true, minimal_collect()),
+        _ => answer(false, minimal_collect()),
+    });
+    let mut operator = FakeOperator::start(&ca, script).await;
+    let proc = pod();
+    let token = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(token.path(), "token-1\n").unwrap();
+
+    let client = ReportClient::new(&operator.url, &ca.pem, token.path()).unwrap();
+    let config = RunConfig {
+        proc_root: proc.path().to_path_buf(),
+        pod_name: "web-0".into(),
+        pod_namespace: "shop".into(),
+        pod_uid: "uid-1".into(),
+        interval: Duration::from_secs(1),
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let agent = tokio::spawn(reporter::run(config, client, async {
+        let _ = stopped.await;
+    }));
+
+    // Before the first answer: default collection, groups named by runtime and short ID.
+    let (first_at, first) = next(&mut operator).await;
+    assert_eq!(first.path, "/report/v1");
+    assert_eq!(first.authorization.as_deref(), Some("Bearer token-1"));
+    let report: &AgentReport = &first.report;
+    assert_eq!(
+        (
+            report.pod_name.as_str(),
+            report.pod_namespace.as_str(),
+            report.pod_uid.as_str()
+        ),
+        ("web-0", "shop", "uid-1")
+    );
+    assert_eq!(
+        report.containers.len(),
+        1,
+        "the agent's own container is left out"
+    );
+    assert_eq!(report.containers[0].name, "containerd-3f2a9c1b7e0d");
+    assert_eq!(report.containers[0].processes.len(), 2);
+    assert_eq!(
+        report.containers[0].processes[0].environment,
+        ["PATH", "SECRET"]
+    );
+
+    // 503: retried after a jittered 0.5..1s.
+    let (second_at, second) = next(&mut operator).await;
+    let waited = second_at - first_at;
+    assert!(
+        waited >= Duration::from_millis(450) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    assert_eq!(second.authorization.as_deref(), Some("Bearer token-1"));
+
+    // 401: the kubelet rotates the token; the next report carries the new one.
+    std::fs::write(token.path(), "token-2\n").unwrap();
+    let (_, third) = next(&mut operator).await;
+    assert_eq!(third.authorization.as_deref(), Some("Bearer token-2"));
+
+    // Accepted: the next scan follows the answer (names, one process, no environment).
+    let (_, fourth) = next(&mut operator).await;
+    let nginx = &fourth.report.containers[0];
+    assert_eq!(nginx.name, "nginx");
+    assert_eq!(
+        nginx.container_id.as_deref(),
+        Some(format!("containerd://{NGINX_ID}").as_str())
+    );
+    assert_eq!(
+        (nginx.process_count, nginx.processes.len(), nginx.truncated),
+        (2, 1, true)
+    );
+    assert!(nginx.processes[0].environment.is_empty());
+
+    // Unwatched: the agent goes quiet (it asks again only after minutes) but keeps running.
+    let _ = next(&mut operator).await;
+    let quiet = tokio::time::timeout(Duration::from_secs(3), operator.received.recv()).await;
+    assert!(quiet.is_err(), "no report while unwatched");
+    assert!(!agent.is_finished());
+
+    let stop_at = Instant::now();
+    stop.send(()).unwrap();
+    agent.await.unwrap().unwrap();
+    assert!(stop_at.elapsed() < Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn trusts_only_the_given_ca() {
+    let (trusted, other) = (TestCa::new(), TestCa::new());
+    let operator = FakeOperator::start(
+        &other,
+        Arc::new(|_| answer(true, CollectRequest::default())),
+    )
+    .await;
+    let token = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(token.path(), "t").unwrap();
+    let client = ReportClient::new(&operator.url, &trusted.pem, token.path()).unwrap();
+    let error = client.send(&AgentReport::default()).await.unwrap_err();
+    assert!(matches!(error, SendError::Connect { .. }), "{error}");
+    assert!(error.to_string().contains("certificate"), "{error}");
+
+    // The same server is fine for a client that trusts its CA; the answer is parsed.
+    let client = ReportClient::new(&operator.url, &other.pem, token.path()).unwrap();
+    let response = client.send(&AgentReport::default()).await.unwrap();
+    assert!(response.watched);
+
+    // No token file: a clear error, not a request without credentials.
+    let client = ReportClient::new(&operator.url, &other.pem, "/nonexistent/token").unwrap();
+    let error = client.send(&AgentReport::default()).await.unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("cannot read the token file /nonexistent/token"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn the_binary_reports_and_stops_promptly_on_sigterm() {
+    let ca = TestCa::new();
+    let mut operator =
+        FakeOperator::start(&ca, Arc::new(|_| answer(true, CollectRequest::default()))).await;
+    let proc = pod();
+    let token = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(token.path(), "token-1").unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_procwatch-agent"))
+        .args(["run", "--proc-root"])
+        .arg(proc.path())
+        .env_clear()
+        .env("POD_NAME", "web-0")
+        .env("POD_NAMESPACE", "shop")
+        .env("POD_UID", "uid-1")
+        .env("PROCWATCH_REPORT_URL", &operator.url)
+        .env("PROCWATCH_CA_PEM", &ca.pem)
+        .env("PROCWATCH_TOKEN_FILE", token.path())
+        .env("PROCWATCH_INTERVAL", "1s")
+        .spawn()
+        .unwrap();
+    let (_, first) = next(&mut operator).await;
+    assert_eq!(first.report.pod_name, "web-0");
+    assert_eq!(first.authorization.as_deref(), Some("Bearer token-1"));
+    let (_, second) = next(&mut operator).await;
+    assert_eq!(second.report.containers[0].name, "nginx");
+
+    // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
+    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) };
+    let status = tokio::time::timeout(Duration::from_secs(2), child.wait())
+        .await
+        .expect("stops within 2s of SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
