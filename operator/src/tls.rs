@@ -3,6 +3,7 @@
 //! webhook configuration's `caBundle`.
 
 mod certs;
+mod reload;
 mod server;
 
 use std::collections::BTreeMap;
@@ -18,10 +19,9 @@ use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use procwatch_crds::constants::FIELD_MANAGER;
 use rustls::ServerConfig;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 pub use certs::{CaMaterial, Plan, Sans, Stored, issue_ca, issue_serving, plan, verify};
+pub use reload::{CertificateHandle, keep_fresh, reloadable_server_config};
 pub use server::{serve, serve_listener};
 
 /// A serving certificate chain and key, and the CA that clients should trust, all PEM.
@@ -294,23 +294,10 @@ fn from_secret(secret: &Secret) -> Stored {
 }
 
 /// A rustls server configuration (ring, TLS 1.2 and 1.3, HTTP/1.1 by ALPN) serving the
-/// material's chain and key.
+/// material's chain and key, fixed for its lifetime; see [`reloadable_server_config`] for one
+/// that follows renewals.
 pub fn server_config(material: &TlsMaterial) -> Result<Arc<ServerConfig>, TlsError> {
-    let chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(material.cert_chain_pem.as_bytes())
-            .collect::<Result<_, _>>()?;
-    if chain.is_empty() {
-        return Err(TlsError::NoCertificate);
-    }
-    let key = PrivateKeyDer::from_pem_slice(material.key_pem.as_bytes())?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    // with_single_cert also checks that the key belongs to the certificate.
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    reloadable_server_config(material).map(|(config, _)| config)
 }
 
 /// Sets `clientConfig.caBundle` of every webhook of the MutatingWebhookConfiguration to

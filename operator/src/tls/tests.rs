@@ -5,7 +5,8 @@ use axum::Router;
 use axum::routing::get;
 use k8s_openapi::api::admissionregistration::v1::{MutatingWebhook, WebhookClientConfig};
 use kube::client::Body;
-use rustls::pki_types::ServerName;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -347,6 +348,100 @@ async fn shutdown_lets_the_request_in_flight_finish() {
     assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
     assert!(response.ends_with("slow"), "{response}");
     server.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn replaced_certificate_is_served_from_the_next_handshake() {
+    let (_, first) = fresh(SystemTime::now());
+    let (_, second) = fresh(SystemTime::now());
+    let (config, handle) = reloadable_server_config(&first).unwrap();
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Router::new().route("/hello", get(|| async { "hello" }));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(serve_listener(listener, config, app, async {
+        let _ = stopped.await;
+    }));
+    let name = || ServerName::try_from(SERVICE_NAME).unwrap();
+
+    assert!(
+        get_over_tls(addr, &first.ca_pem, name(), "/hello")
+            .await
+            .is_ok()
+    );
+    assert!(handle.replace(second.clone()).unwrap());
+    assert!(
+        !handle.replace(second.clone()).unwrap(),
+        "same again: no change"
+    );
+    assert!(
+        get_over_tls(addr, &second.ca_pem, name(), "/hello")
+            .await
+            .is_ok()
+    );
+    assert!(
+        get_over_tls(addr, &first.ca_pem, name(), "/hello")
+            .await
+            .is_err()
+    );
+
+    // A key that is not the certificate's is refused and the current one stays.
+    let broken = TlsMaterial {
+        key_pem: first.key_pem.clone(),
+        ..second.clone()
+    };
+    assert!(handle.replace(broken).is_err());
+    assert_eq!(handle.material(), second);
+    assert!(
+        get_over_tls(addr, &second.ca_pem, name(), "/hello")
+            .await
+            .is_ok()
+    );
+
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn rotated_files_are_picked_up() {
+    let (_, first) = fresh(SystemTime::now());
+    let (_, second) = fresh(SystemTime::now());
+    let dir = std::env::temp_dir().join(format!("procwatch-tls-rotate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |material: &TlsMaterial| {
+        for (name, text) in [
+            ("tls.crt", &material.cert_chain_pem),
+            ("tls.key", &material.key_pem),
+            ("ca.crt", &material.ca_pem),
+        ] {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+    };
+    write(&first);
+    let source = TlsSource::Files {
+        cert: dir.join("tls.crt"),
+        key: dir.join("tls.key"),
+        ca: dir.join("ca.crt"),
+    };
+    let (client, _api) = mock_client();
+    let (_, handle) = reloadable_server_config(&first).unwrap();
+    let refresher = tokio::spawn(keep_fresh(
+        client,
+        source,
+        handle.clone(),
+        Duration::from_millis(20),
+    ));
+    write(&second);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while handle.material() != second {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "rotation not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    refresher.abort();
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 type Handle = tower_test::mock::Handle<http::Request<Body>, http::Response<Body>>;
