@@ -332,3 +332,34 @@ fn default_overlay_renders() {
         );
     }
 }
+
+/// The loopback overlay replaces the whole argument list (a strategic merge patch cannot edit
+/// one entry of it), so it must carry every flag of the base, and serve what it points at.
+#[test]
+fn loopback_overlay_keeps_every_flag_and_points_at_loopback() {
+    let base = flags(&config().deployment);
+    let patch: Value = documents("config/overlays/loopback/deployment.yaml").remove(0);
+    let args = &patch["spec"]["template"]["spec"]["containers"][0]["args"];
+    let overlay_deployment: Deployment = serde_json::from_value(serde_json::json!({
+        "spec": {"selector": {}, "template": {"spec": {"containers": [{"name": "operator", "args": args}]}}}
+    }))
+    .unwrap();
+    let overlay = flags(&overlay_deployment);
+    for name in base.keys() {
+        assert!(
+            overlay.contains_key(name),
+            "{name} missing from the loopback overlay"
+        );
+    }
+    let https = flag(&overlay, "--https-addr");
+    let port = https.rsplit_once(':').unwrap().1;
+    assert_eq!(flag(&overlay, "--tls-ip"), "127.0.0.1");
+    assert_eq!(
+        flag(&overlay, "--report-url"),
+        format!("https://127.0.0.1:{port}{REPORT_PATH}")
+    );
+    let kustomization =
+        std::fs::read_to_string(repo().join("config/overlays/loopback/kustomization.yaml"))
+            .unwrap();
+    assert!(kustomization.contains(&format!("value: https://127.0.0.1:{port}{MUTATE_PATH}")));
+}
