@@ -3,8 +3,10 @@
 
 pub mod admission;
 pub mod budget;
+pub mod cli;
 pub mod controller;
 pub mod eviction;
+pub mod health;
 pub mod leader;
 pub mod metrics;
 pub mod report;

@@ -1,7 +1,7 @@
 //! Prometheus metrics of the controller and the report endpoint, served as text on `/metrics`
 //! (see [`crate::health`]). The webhook registers its own `AdmissionMetrics` in the same registry.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -235,6 +235,18 @@ impl Metrics {
     /// Removes every per-container series of a deleted watch.
     pub fn forget_watch(&self, namespace: &str, watch: &str) {
         self.set_containers(namespace, watch, &[]);
+    }
+
+    /// Keeps only the series of these watches (namespace, name).
+    pub fn retain_watches(&self, watches: &HashSet<(String, String)>) {
+        let gone: Vec<(String, String)> = lock(&self.container_series)
+            .keys()
+            .filter(|key| !watches.contains(*key))
+            .cloned()
+            .collect();
+        for (namespace, watch) in gone {
+            self.forget_watch(&namespace, &watch);
+        }
     }
 
     fn remove_series(&self, labels: &ContainerLabels) {

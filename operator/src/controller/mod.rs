@@ -10,7 +10,7 @@ pub mod events;
 pub mod status;
 pub mod triggers;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -112,6 +112,11 @@ impl Memory {
     /// Drops what is remembered of a deleted watch.
     pub fn forget(&self, namespace: &str, name: &str) {
         lock(&self.0).remove(&(namespace.to_string(), name.to_string()));
+    }
+
+    /// Keeps only these watches (namespace, name): after a relist, deletions are not events.
+    pub fn retain(&self, watches: &HashSet<(String, String)>) {
+        lock(&self.0).retain(|key, _| watches.contains(key));
     }
 }
 
