@@ -14,6 +14,10 @@
 //! - Always: no privilege escalation (setuid binaries cannot regain what was dropped), a
 //!   read-only root filesystem (the agent writes nothing), the runtime's default seccomp
 //!   profile (a field every server since 1.19 accepts).
+//!
+//! So the default agent meets the Pod Security Standards' `restricted` profile. With ptrace it
+//! needs a namespace at `privileged`: `baseline` forbids adding SYS_PTRACE, and Pod Security
+//! admission would refuse the pod. Asking for ptrace is the watch author's explicit choice.
 
 use std::collections::BTreeMap;
 

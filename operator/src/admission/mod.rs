@@ -314,18 +314,24 @@ async fn review_pod(
         all.iter().map(Arc::as_ref),
     ));
     let decision = decide(&pod, &watches, &state.settings)?;
-    if decision.outcome == Outcome::Injected {
-        let name = pod
-            .metadata
-            .name
-            .as_deref()
-            .or(pod.metadata.generate_name.as_deref())
-            .unwrap_or_default();
-        let watches: Vec<_> = watches
-            .iter()
-            .filter_map(|w| w.metadata.name.as_deref())
-            .collect();
-        tracing::info!(namespace, pod = name, ?watches, "agent injected");
+    let name = pod
+        .metadata
+        .name
+        .as_deref()
+        .or(pod.metadata.generate_name.as_deref())
+        .unwrap_or_default();
+    let watch_names: Vec<_> = watches
+        .iter()
+        .filter_map(|w| w.metadata.name.as_deref())
+        .collect();
+    match (decision.outcome, decision.reason) {
+        (Outcome::Injected, _) => {
+            tracing::info!(namespace, pod = name, watches = ?watch_names, "agent injected");
+        }
+        (_, Some(reason)) => {
+            tracing::info!(namespace, pod = name, watches = ?watch_names, reason, "selected pod left without the agent");
+        }
+        _ => {}
     }
     Ok(decision)
 }

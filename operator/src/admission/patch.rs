@@ -37,6 +37,8 @@ pub enum Outcome {
     SkippedNotSelected,
     /// Selected, but the pod carries `procwatch.dev/inject: "false"`.
     SkippedOptOut,
+    /// Selected, but the pod cannot share its process namespace (see [`Decision::reason`]).
+    SkippedUnsupported,
     /// Not a pod CREATE (the webhook configuration should not send these).
     Ignored,
     /// Something went wrong; the pod was allowed unchanged.
@@ -44,11 +46,12 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 6] = [
+    pub const ALL: [Outcome; 7] = [
         Outcome::Injected,
         Outcome::AlreadyInjected,
         Outcome::SkippedNotSelected,
         Outcome::SkippedOptOut,
+        Outcome::SkippedUnsupported,
         Outcome::Ignored,
         Outcome::Error,
     ];
@@ -59,6 +62,7 @@ impl Outcome {
             Outcome::AlreadyInjected => "already_injected",
             Outcome::SkippedNotSelected => "skipped_not_selected",
             Outcome::SkippedOptOut => "skipped_opt_out",
+            Outcome::SkippedUnsupported => "skipped_unsupported",
             Outcome::Ignored => "ignored",
             Outcome::Error => "error",
         }
@@ -70,6 +74,8 @@ impl Outcome {
 pub struct Decision {
     pub outcome: Outcome,
     pub patch: Patch,
+    /// Why a selected pod was left alone, for the log.
+    pub reason: Option<&'static str>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -86,25 +92,40 @@ pub fn decide(
     watches: &[&ProcessWatch],
     settings: &InjectionSettings,
 ) -> Result<Decision, InjectionError> {
-    let skip = |outcome| {
+    let skip = |outcome, reason| {
         Ok(Decision {
             outcome,
             patch: Patch(Vec::new()),
+            reason,
         })
     };
     if watches.is_empty() {
-        return skip(Outcome::SkippedNotSelected);
+        return skip(Outcome::SkippedNotSelected, None);
     }
     let labels = pod.metadata.labels.as_ref();
     if labels.and_then(|l| l.get(INJECT_LABEL)).map(String::as_str) == Some("false") {
-        return skip(Outcome::SkippedOptOut);
+        return skip(Outcome::SkippedOptOut, None);
+    }
+    let spec = pod.spec.clone().unwrap_or_default();
+    // The API server refuses these pods with shareProcessNamespace, which would turn
+    // injection into a failed pod creation.
+    if spec.host_pid == Some(true) {
+        return skip(
+            Outcome::SkippedUnsupported,
+            Some("the pod uses hostPID, which excludes shareProcessNamespace"),
+        );
+    }
+    if spec.os.as_ref().is_some_and(|os| os.name == "windows") {
+        return skip(
+            Outcome::SkippedUnsupported,
+            Some("Windows pods have no /proc and cannot share a process namespace"),
+        );
     }
     if settings.token_expiration_seconds < MIN_TOKEN_EXPIRATION_SECONDS {
         return Err(InjectionError::TokenExpirationTooShort(
             settings.token_expiration_seconds,
         ));
     }
-    let spec = pod.spec.clone().unwrap_or_default();
     let mut ops = Vec::new();
 
     if spec.share_process_namespace != Some(true) {
@@ -170,6 +191,7 @@ pub fn decide(
             Outcome::Injected
         },
         patch: Patch(ops),
+        reason: None,
     })
 }
 
@@ -459,6 +481,24 @@ mod tests {
         // Any other value of the label does not opt out.
         let opted_in = pod(json!({}), json!({INJECT_LABEL: "true"}));
         let decision = decide(&opted_in, &[&w], &settings(true)).unwrap();
+        assert_eq!(decision.outcome, Outcome::Injected);
+    }
+
+    #[test]
+    fn pods_that_cannot_share_their_process_namespace_are_untouched() {
+        let w = watch("web", &[]);
+        for extra in [json!({"hostPID": true}), json!({"os": {"name": "windows"}})] {
+            let p = pod(extra.clone(), json!({}));
+            let decision = decide(&p, &[&w], &settings(true)).unwrap();
+            assert_eq!(decision.outcome, Outcome::SkippedUnsupported, "{extra}");
+            assert!(decision.patch.0.is_empty());
+            assert!(decision.reason.is_some());
+        }
+        let linux = pod(
+            json!({"os": {"name": "linux"}, "hostPID": false}),
+            json!({}),
+        );
+        let decision = decide(&linux, &[&w], &settings(true)).unwrap();
         assert_eq!(decision.outcome, Outcome::Injected);
     }
 
