@@ -35,9 +35,19 @@ KUBECONFIG_PATH=$WORK_DIR/admin.kubeconfig
 # Daemons in start order; down stops them in the order of the testbed notes.
 PID_DIR=$WORK_DIR/pids
 LOG_DIR=$WORK_DIR/logs
-# Top-level cgroup names the node creates in every hierarchy: "kubepods" with cgroupsPerQOS,
-# "k8s.io" (containerd's default parent) without.
-CGROUP_NAMES=(kubepods k8s.io)
+# The kubelet's cgroupRoot: pods live in <root>/kubepods/<qos>/pod<uid>/<container id> of every
+# hierarchy. Default /kubelet, as on kind nodes: the kubelet kills the processes of pod cgroups
+# it does not know and down removes the cgroups under the root, so neither may share a top-level
+# /kubepods with the host or with other tests (the agent's tests make /kubepods/besteffort/pod…
+# cgroups of their own). PROCWATCH_KUBELET_CGROUP_ROOT=/ gives the bare /kubepods/… form on a
+# machine where nothing else uses it.
+KUBELET_CGROUP_ROOT=${PROCWATCH_KUBELET_CGROUP_ROOT:-/kubelet}
+case $KUBELET_CGROUP_ROOT in
+/) CGROUP_NAMES=(kubepods) ;;
+/*) CGROUP_NAMES=("${KUBELET_CGROUP_ROOT#/}") ;;
+*) die "PROCWATCH_KUBELET_CGROUP_ROOT must be / or /<name>" ;;
+esac
+[[ ${CGROUP_NAMES[0]} =~ ^[A-Za-z0-9_.-]+$ ]] || die "PROCWATCH_KUBELET_CGROUP_ROOT must be / or /<name>" 
 # The sysctls the kubelet sets at start (pkg/kubelet/cm: setupKernelTunables); saved by up,
 # restored by down.
 KUBELET_SYSCTLS=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops
