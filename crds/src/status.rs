@@ -4,8 +4,22 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use schemars::JsonSchema;
+use schemars::{JsonSchema, Schema};
 use serde::{Deserialize, Serialize};
+
+// kube-apiserver 1.20 refuses a CRD whose schema has `default: ""` or `null` in an `enum`
+// (found on the test cluster); the fields below need neither in the schema.
+
+fn without_default(schema: &mut Schema) {
+    schema.remove("default");
+}
+
+/// `nullable: true` already admits null.
+fn without_null_in_enum(schema: &mut Schema) {
+    if let Some(serde_json::Value::Array(values)) = schema.get_mut("enum") {
+        values.retain(|value| !value.is_null());
+    }
+}
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -121,6 +135,7 @@ pub struct ProcessInfo {
     pub command: String,
     /// The command line, NULs as spaces, invalid UTF-8 replaced, bounded in length.
     #[serde(default)]
+    #[schemars(transform = without_default)]
     pub args: String,
     pub state: ProcessState,
     pub threads: u32,
@@ -141,6 +156,7 @@ pub struct ProcessInfo {
     #[serde(default)]
     pub capabilities: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = without_null_in_enum)]
     pub seccomp: Option<SeccompMode>,
     #[serde(default)]
     pub no_new_privs: bool,

@@ -33,6 +33,8 @@ use tracing_subscriber::EnvFilter;
 /// How often the webhook's caBundle is checked (a re-applied manifest may have emptied it).
 const CA_BUNDLE_RESYNC: Duration = Duration::from_secs(60);
 const CA_BUNDLE_RETRY: Duration = Duration::from_secs(10);
+/// How often the serving certificate is loaded again (rotated files, a renewed Secret).
+const TLS_RELOAD: Duration = Duration::from_secs(300);
 /// How long servers and the lease release get after shutdown is asked for.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -125,12 +127,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let material = tls::load(client.clone(), &tls_source)
         .await
         .with_context(|| format!("cannot load the serving certificate ({tls_source:?})"))?;
-    let server_config = tls::server_config(&material).context("unusable serving certificate")?;
+    let (server_config, certificate) =
+        tls::reloadable_server_config(&material).context("unusable serving certificate")?;
+    tokio::spawn(tls::keep_fresh(
+        client.clone(),
+        tls_source.clone(),
+        certificate.clone(),
+        TLS_RELOAD,
+    ));
     if !cli.webhook_configuration.is_empty() {
         tokio::spawn(keep_ca_bundle(
             client.clone(),
             cli.webhook_configuration.clone(),
-            material.ca_pem.clone(),
+            certificate,
         ));
     }
     let settings = InjectionSettings {
@@ -378,9 +387,14 @@ async fn follow_watches(
     }
 }
 
-/// Keeps the webhook configuration's caBundle equal to our CA.
-async fn keep_ca_bundle(client: Client, webhook_configuration: String, ca_pem: String) {
+/// Keeps the webhook configuration's caBundle equal to the CA of the certificate served now.
+async fn keep_ca_bundle(
+    client: Client,
+    webhook_configuration: String,
+    certificate: tls::CertificateHandle,
+) {
     loop {
+        let ca_pem = certificate.material().ca_pem;
         let pause = match tls::sync_ca_bundle(client.clone(), &webhook_configuration, &ca_pem).await
         {
             Ok(()) => CA_BUNDLE_RESYNC,
