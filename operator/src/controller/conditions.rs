@@ -131,20 +131,15 @@ fn attached(facts: &Facts) -> Verdict {
         facts.selected,
         some_names(&facts.without_agent)
     );
-    if let Some(refused) = &facts.ephemeral_refused {
-        return Verdict {
-            ok: false,
-            reason: "EphemeralContainersUnsupported",
-            message: format!(
-                "{head}: the API server refuses ephemeral containers ({refused}); enable the \
-                 EphemeralContainers feature gate or use attach.mode: Sidecar"
-            ),
-        };
-    }
     let (reason, advice) = match (facts.mode, facts.existing_pods) {
+        // The agent authenticates with a projected token volume, and an ephemeral container
+        // cannot add a volume to a running pod; the webhook injects only Sidecar watches.
         (AttachMode::Ephemeral, _) => (
-            "AddingAgent",
-            "the agent is being added to them as an ephemeral container".to_string(),
+            "EphemeralModeUnsupported",
+            "this operator does not attach agents as ephemeral containers yet (an ephemeral \
+             container cannot get the projected token volume the agent authenticates with); \
+             use attach.mode: Sidecar and recreate the pods"
+                .to_string(),
         ),
         (AttachMode::Sidecar, ExistingPods::Report) => (
             "PodsNeedRestart",
@@ -153,31 +148,44 @@ fn attached(facts: &Facts) -> Verdict {
              attach.existingPods: Evict"
                 .to_string(),
         ),
-        (AttachMode::Sidecar, ExistingPods::Evict) => {
-            let mut advice = facts
-                .eviction
-                .clone()
-                .unwrap_or_else(|| "they are evicted one at a time".to_string());
-            if !facts.bare.is_empty() {
-                advice.push_str(&format!(
-                    "; {} no controller and {} never evicted, delete {} yourself",
-                    if facts.bare.len() == 1 {
-                        format!("{} has", some_names(&facts.bare))
-                    } else {
-                        format!("{} have", some_names(&facts.bare))
-                    },
-                    if facts.bare.len() == 1 { "is" } else { "are" },
-                    if facts.bare.len() == 1 { "it" } else { "them" },
-                ));
-            }
-            ("EvictingPods", advice)
-        }
+        (AttachMode::Sidecar, ExistingPods::Evict) => evict_advice(facts),
     };
     Verdict {
         ok: false,
         reason,
         message: format!("{head}: {advice}{opted_out}"),
     }
+}
+
+/// What `existingPods: Evict` does about the pods without the agent.
+fn evict_advice(facts: &Facts) -> (&'static str, String) {
+    let one = facts.bare.len() == 1;
+    let bare = (!facts.bare.is_empty()).then(|| {
+        format!(
+            "{} {} no controller and {} never evicted, delete {} yourself",
+            some_names(&facts.bare),
+            if one { "has" } else { "have" },
+            if one { "is" } else { "are" },
+            if one { "it" } else { "them" },
+        )
+    });
+    let evicting = match &facts.eviction {
+        Some(progress) => Some(progress.clone()),
+        // Nothing left to evict: the others were created after the watch.
+        None if facts.without_agent.len() > facts.bare.len() => Some(
+            "pods created after this watch (while the webhook was unavailable) are not evicted, \
+             delete them to get the agent"
+                .to_string(),
+        ),
+        None => None,
+    };
+    let reason = if facts.eviction.is_some() {
+        "EvictingPods"
+    } else {
+        "PodsNeedRestart"
+    };
+    let advice: Vec<String> = evicting.into_iter().chain(bare).collect();
+    (reason, advice.join("; "))
 }
 
 fn reporting(facts: &Facts) -> Verdict {
@@ -300,6 +308,46 @@ mod tests {
                 .contains("lonely has no controller and is never evicted"),
             "{}",
             attached.message
+        );
+    }
+
+    #[test]
+    fn nothing_to_evict_is_not_called_evicting() {
+        let facts = Facts {
+            existing_pods: ExistingPods::Evict,
+            attached: 1,
+            reporting: 1,
+            without_agent: vec!["lonely".into(), "late".into()],
+            bare: vec!["lonely".into()],
+            ..facts()
+        };
+        let conditions = conditions(&facts, None, &[], &time(1));
+        let attached = find(&conditions, ATTACHED);
+        assert_eq!(attached.reason, "PodsNeedRestart");
+        assert!(
+            attached.message.contains("created after this watch"),
+            "{}",
+            attached.message
+        );
+        assert!(attached.message.contains("lonely has no controller"));
+        assert!(!attached.message.contains("one at a time"));
+    }
+
+    #[test]
+    fn ephemeral_mode_says_it_is_unsupported() {
+        let facts = Facts {
+            mode: AttachMode::Ephemeral,
+            attached: 0,
+            reporting: 0,
+            without_agent: vec!["web-1".into(), "web-2".into(), "web-3".into()],
+            ..facts()
+        };
+        let conditions = conditions(&facts, None, &[], &time(1));
+        assert_eq!(find(&conditions, READY).reason, "EphemeralModeUnsupported");
+        assert!(
+            find(&conditions, ATTACHED)
+                .message
+                .contains("attach.mode: Sidecar")
         );
     }
 

@@ -23,7 +23,6 @@ pub enum Change {
     PodNeedsRestart(String),
     PodEvicted(String),
     EvictionBlocked { pod: String, why: String },
-    AgentAdded(String),
     Ready(String),
 }
 
@@ -88,12 +87,6 @@ impl Change {
                 "EvictionBlocked",
                 "Evict",
                 format!("eviction of pod {pod} refused for now, retrying: {why}"),
-            ),
-            Change::AgentAdded(pod) => (
-                EventType::Normal,
-                "AgentAdded",
-                "Attach",
-                format!("added the agent to pod {pod} as an ephemeral container"),
             ),
             Change::Ready(message) => (EventType::Normal, "Ready", "Reconcile", message.clone()),
         };

@@ -134,8 +134,6 @@ pub struct Facts {
     pub eviction: Option<String>,
     /// Pods without the agent that have no controller, so are never evicted.
     pub bare: Vec<String>,
-    /// Set when the API server refuses ephemeral containers.
-    pub ephemeral_refused: Option<String>,
 }
 
 /// The status without conditions, the facts for them, and the per-container metrics.
@@ -227,7 +225,6 @@ pub fn build(watch: &ProcessWatch, selected: &[SelectedPod]) -> Built {
         stale_after: stale_after(watch),
         eviction: None,
         bare: Vec::new(),
-        ephemeral_refused: None,
     };
     Built {
         status,
