@@ -1,13 +1,12 @@
 //! The scanner: one pass over a proc root turned into per-container findings.
 //!
-//! A scan reads `stat`, `cgroup` and the mount namespace of every process (cheap: enough to
-//! attribute and rank them), then reads the details (status, command line, descriptors,
+//! A scan reads `stat` and `cgroup` of every process, and its mount namespace where there are
+//! containers (cheap: enough to attribute and rank them), then reads the details (status, command line, descriptors,
 //! environment, exe, cwd, user) only of the processes it will list: the busiest
 //! `max_processes` of each container. A process that exits meanwhile is skipped and counted;
 //! a file the agent may not read becomes a line in the container's `unreadable`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::io;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -138,8 +137,8 @@ impl Scanner {
         let mut buffer = Vec::with_capacity(1024);
         let mut ticks = HashMap::new();
         for pid in self.root.pids()? {
-            if self.root.read_into(pid, "stat", &mut buffer, 4096).is_ok()
-                && let Ok(stat) = stat::parse_pid_stat(&buffer)
+            if let Ok(text) = self.root.read_record(pid, "stat", &mut buffer, 4096)
+                && let Ok(stat) = stat::parse_pid_stat(text)
             {
                 ticks.insert((pid, stat.start_ticks), stat.utime_ticks + stat.stime_ticks);
             }
@@ -160,7 +159,12 @@ impl Scanner {
     ) -> Result<Scan, ProcRootError> {
         let scanned_at = Time(Timestamp::now());
         let mut vanished = 0u32;
-        let candidates = self.read_candidates(&mut vanished)?;
+        let mut candidates = self.read_candidates(&mut vanished)?;
+        // Mount namespaces join cgroup-less processes to a container and tell the agent's own
+        // container apart; on a host without containers there is nothing to join.
+        if pod.is_some() || candidates.iter().any(|c| c.identity.container.is_some()) {
+            self.read_mount_namespaces(&mut candidates, &mut vanished);
+        }
         let identities: Vec<ProcessIdentity> =
             candidates.iter().map(|c| c.identity.clone()).collect();
         let groups = attribution::attribute(&identities, pod, self.root.self_pid());
@@ -226,22 +230,17 @@ impl Scanner {
         pid: i32,
         buffer: &mut Vec<u8>,
     ) -> Result<Option<Candidate>, Vanished> {
-        match self.root.read_into(pid, "stat", buffer, 4096) {
-            Ok(()) => {}
+        let stat = match self.root.read_record(pid, "stat", buffer, 4096) {
+            Ok(text) => match stat::parse_pid_stat(text) {
+                Ok(stat) => stat,
+                Err(_) => return Ok(None),
+            },
             Err(ReadFailure::Gone) => return Err(Vanished),
             Err(_) => return Ok(None),
-        }
-        let Ok(stat) = stat::parse_pid_stat(buffer) else {
-            return Ok(None);
         };
-        let container = match self.root.read_into(pid, "cgroup", buffer, 64 * 1024) {
-            Ok(()) => attribution::container_from_cgroup(buffer),
+        let container = match self.root.read_record(pid, "cgroup", buffer, 64 * 1024) {
+            Ok(text) => attribution::container_from_cgroup(text),
             Err(ReadFailure::Gone) => return Err(Vanished),
-            Err(_) => None,
-        };
-        let mount_namespace = match self.root.namespace_inode(pid, "ns/mnt") {
-            Ok(inode) => Some(inode),
-            Err(ReadFailure::Gone) if !self.root.is_alive(pid) => return Err(Vanished),
             Err(_) => None,
         };
         Ok(Some(Candidate {
@@ -249,11 +248,27 @@ impl Scanner {
                 pid,
                 command: stat.comm.clone(),
                 container,
-                mount_namespace,
+                mount_namespace: None,
             },
             stat,
             cpu_millicores: 0,
         }))
+    }
+
+    fn read_mount_namespaces(&self, candidates: &mut Vec<Candidate>, vanished: &mut u32) {
+        candidates.retain_mut(|candidate| {
+            let pid = candidate.stat.pid;
+            match self.root.namespace_inode(pid, "ns/mnt") {
+                Ok(inode) => candidate.identity.mount_namespace = Some(inode),
+                Err(ReadFailure::Gone) if !self.root.is_alive(pid) => {
+                    *vanished += 1;
+                    return false;
+                }
+                // Unreadable without ptrace access, and gone from a zombie.
+                Err(_) => {}
+            }
+            true
+        });
     }
 
     fn denied_reason(&self) -> &'static str {
@@ -336,7 +351,9 @@ struct ScanContext<'a> {
     options: &'a ScanOptions,
     buffer: Vec<u8>,
     /// Users of each mount namespace's /etc/passwd; `None` when it could not be read.
-    users: HashMap<u64, Option<HashMap<u32, String>>>,
+    /// Users of the group being reported, by mount namespace (`None` when not read: one
+    /// /etc/passwd for the whole group); `None` when it could not be read.
+    users: HashMap<Option<u64>, Option<HashMap<u32, String>>>,
 }
 
 impl ScanContext<'_> {
@@ -346,6 +363,7 @@ impl ScanContext<'_> {
         candidates: &[Candidate],
         vanished: &mut u32,
     ) -> GroupReport {
+        self.users.clear();
         let mut ranked = group.members;
         ranked.sort_by(|&a, &b| {
             let (a, b) = (&candidates[a], &candidates[b]);
@@ -417,8 +435,8 @@ impl ScanContext<'_> {
         let gone =
             |failure: &ReadFailure| matches!(failure, ReadFailure::Gone) && !root.is_alive(pid);
 
-        let status = match root.read_into(pid, "status", &mut self.buffer, STATUS_LIMIT) {
-            Ok(()) => status::parse_pid_status(&self.buffer),
+        let status = match root.read_record(pid, "status", &mut self.buffer, STATUS_LIMIT) {
+            Ok(text) => status::parse_pid_status(text),
             Err(ReadFailure::Gone) => return Err(Vanished),
             Err(failure) => {
                 group
@@ -427,13 +445,13 @@ impl ScanContext<'_> {
                 status::PidStatus::default()
             }
         };
-        let args = match root.read_into(
+        let args = match root.read_record(
             pid,
             "cmdline",
             &mut self.buffer,
             cmdline::MAX_ARGS_BYTES + 1,
         ) {
-            Ok(()) => cmdline::parse_cmdline(&self.buffer),
+            Ok(text) => cmdline::parse_cmdline(text),
             Err(ReadFailure::Gone) => return Err(Vanished),
             Err(failure) => {
                 group
@@ -507,10 +525,9 @@ impl ScanContext<'_> {
         }
 
         if self.options.environment != EnvironmentPolicy::None {
-            match root.read_into(pid, "environ", &mut self.buffer, ENVIRON_LIMIT) {
-                Ok(()) => {
-                    let environment =
-                        environ::parse_environ(&self.buffer, self.options.environment);
+            match root.read_record(pid, "environ", &mut self.buffer, ENVIRON_LIMIT) {
+                Ok(text) => {
+                    let environment = environ::parse_environ(text, self.options.environment);
                     group.report.truncated |= environment.truncated;
                     process.environment = environment.entries;
                 }
@@ -536,14 +553,14 @@ impl ScanContext<'_> {
         Ok(process)
     }
 
-    /// The user name from the process's own /etc/passwd, read once per mount namespace.
+    /// The user name from the process's own /etc/passwd, read once per group and mount namespace.
     fn user_name(
         &mut self,
         candidate: &Candidate,
         uid: u32,
         group: &mut GroupReport,
     ) -> Option<String> {
-        let namespace = candidate.identity.mount_namespace?;
+        let namespace = candidate.identity.mount_namespace;
         let pid = candidate.stat.pid;
         if !self.users.contains_key(&namespace) {
             let users = match self.read_in_root(pid, "/etc/passwd") {
@@ -593,9 +610,9 @@ impl ScanContext<'_> {
             match self
                 .scanner
                 .root
-                .read_into(pid, "maps", &mut self.buffer, MAPS_LIMIT)
+                .read_whole(pid, "maps", &mut self.buffer, MAPS_LIMIT)
             {
-                Ok(()) => maps::collect_executable_mappings(&self.buffer, &mut libraries),
+                Ok(text) => maps::collect_executable_mappings(text, &mut libraries),
                 Err(ReadFailure::Gone) => {}
                 Err(failure) => group.notes.add("maps", pid, self.scanner.reason(&failure)),
             }
@@ -741,13 +758,13 @@ impl ScanContext<'_> {
             ("net/udp", SocketProtocol::Udp),
             ("net/udp6", SocketProtocol::Udp),
         ] {
-            match root.read_into(pid, table, &mut self.buffer, NET_TABLE_LIMIT) {
-                Ok(()) => {}
+            let text = match root.read_whole(pid, table, &mut self.buffer, NET_TABLE_LIMIT) {
+                Ok(text) => text,
                 // A kernel without IPv6 has no tcp6.
                 Err(ReadFailure::Gone) if root.is_alive(pid) => continue,
                 Err(failure) => return Err(failure),
-            }
-            for listener in net::parse_inet_listeners(&self.buffer, protocol) {
+            };
+            for listener in net::parse_inet_listeners(text, protocol) {
                 listeners.insert(
                     listener.inode,
                     ListeningSocket {
@@ -760,12 +777,12 @@ impl ScanContext<'_> {
                 );
             }
         }
-        match root.read_into(pid, "net/unix", &mut self.buffer, NET_TABLE_LIMIT) {
-            Ok(()) => {}
+        let text = match root.read_whole(pid, "net/unix", &mut self.buffer, NET_TABLE_LIMIT) {
+            Ok(text) => text,
             Err(ReadFailure::Gone) if root.is_alive(pid) => return Ok(()),
             Err(failure) => return Err(failure),
-        }
-        for listener in net::parse_unix_listeners(&self.buffer) {
+        };
+        for listener in net::parse_unix_listeners(text) {
             listeners.insert(
                 listener.inode,
                 ListeningSocket {
@@ -778,11 +795,5 @@ impl ScanContext<'_> {
             );
         }
         Ok(())
-    }
-}
-
-impl From<io::Error> for Vanished {
-    fn from(_: io::Error) -> Self {
-        Vanished
     }
 }

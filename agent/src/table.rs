@@ -3,11 +3,12 @@
 
 use std::fmt::Write;
 
-use procwatch_crds::{ContainerReport, ProcessState, SocketProtocol};
+use procwatch_crds::{ContainerReport, ProcessInfo, ProcessState, SocketProtocol};
 
 /// Renders the containers as aligned text tables.
 pub fn render(containers: &[ContainerReport], vanished: u32) -> String {
-    let mut rows = vec![row([
+    // Cells are made twice (widths, then text) rather than held: a host lists thousands.
+    let header = row([
         "CONTAINER",
         "PID",
         "PPID",
@@ -17,33 +18,27 @@ pub fn render(containers: &[ContainerReport], vanished: u32) -> String {
         "CPU(m)",
         "RSS",
         "COMMAND/ARGS",
-    ])];
-    for container in containers {
-        for process in &container.processes {
-            rows.push(vec![
-                container.name.clone(),
-                process.pid.to_string(),
-                process.ppid.to_string(),
-                process
-                    .user
-                    .clone()
-                    .unwrap_or_else(|| process.uid.to_string()),
-                state_letter(process.state).to_string(),
-                process.threads.to_string(),
-                process.cpu_millicores.to_string(),
-                human_bytes(process.memory_bytes),
-                printable(if process.args.is_empty() {
-                    format!("[{}]", process.command)
-                } else {
-                    process.args.clone()
-                }),
-            ]);
+    ]);
+    let processes = || {
+        containers.iter().flat_map(|container| {
+            container
+                .processes
+                .iter()
+                .map(move |process| process_cells(container, process))
+        })
+    };
+    let mut widths: Vec<usize> = header.iter().map(|cell| cell.chars().count()).collect();
+    for cells in processes() {
+        for (width, cell) in widths.iter_mut().zip(&cells) {
+            *width = (*width).max(cell.chars().count());
         }
     }
-    let mut out = aligned(
-        &rows,
-        &[false, true, true, false, false, true, true, true, false],
-    );
+    let right = [false, true, true, false, false, true, true, true, false];
+    let mut out = String::new();
+    write_row(&mut out, &header, &widths, &right);
+    for cells in processes() {
+        write_row(&mut out, &cells, &widths, &right);
+    }
 
     let mut listening = vec![row([
         "CONTAINER",
@@ -132,6 +127,27 @@ fn row<const N: usize>(cells: [&str; N]) -> Vec<String> {
     cells.iter().map(|cell| cell.to_string()).collect()
 }
 
+fn process_cells(container: &ContainerReport, process: &ProcessInfo) -> Vec<String> {
+    vec![
+        container.name.clone(),
+        process.pid.to_string(),
+        process.ppid.to_string(),
+        process
+            .user
+            .clone()
+            .unwrap_or_else(|| process.uid.to_string()),
+        state_letter(process.state).to_string(),
+        process.threads.to_string(),
+        process.cpu_millicores.to_string(),
+        human_bytes(process.memory_bytes),
+        printable(if process.args.is_empty() {
+            format!("[{}]", process.command)
+        } else {
+            process.args.clone()
+        }),
+    ]
+}
+
 /// Pads every column but the last to its widest cell; `right` aligns numbers.
 fn aligned(rows: &[Vec<String>], right: &[bool]) -> String {
     let columns = rows.first().map_or(0, Vec::len);
@@ -145,23 +161,28 @@ fn aligned(rows: &[Vec<String>], right: &[bool]) -> String {
         .collect();
     let mut out = String::new();
     for row in rows {
-        let mut line = String::new();
-        for (column, cell) in row.iter().enumerate() {
-            if column > 0 {
-                line.push(' ');
-            }
-            if column + 1 == columns {
-                line.push_str(cell);
-            } else if right[column] {
-                let _ = write!(line, "{cell:>width$}", width = widths[column]);
-            } else {
-                let _ = write!(line, "{cell:<width$}", width = widths[column]);
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
+        write_row(&mut out, row, &widths, right);
     }
     out
+}
+
+fn write_row(out: &mut String, cells: &[String], widths: &[usize], right: &[bool]) {
+    let start = out.len();
+    for (column, cell) in cells.iter().enumerate() {
+        if column > 0 {
+            out.push(' ');
+        }
+        if column + 1 == cells.len() {
+            out.push_str(cell);
+        } else if right[column] {
+            let _ = write!(out, "{cell:>width$}", width = widths[column]);
+        } else {
+            let _ = write!(out, "{cell:<width$}", width = widths[column]);
+        }
+    }
+    let trimmed = out[start..].trim_end().len();
+    out.truncate(start + trimmed);
+    out.push('\n');
 }
 
 /// The STAT letter `ps` prints.
@@ -211,7 +232,7 @@ fn printable(text: String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use procwatch_crds::{FileFingerprint, ListeningSocket, ProcessInfo};
+    use procwatch_crds::{FileFingerprint, ListeningSocket};
 
     #[test]
     fn a_ps_like_table_with_sockets_files_and_notes() {

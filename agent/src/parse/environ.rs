@@ -56,6 +56,7 @@ pub fn parse_environ(raw: &[u8], policy: EnvironmentPolicy) -> Environment {
             EnvironmentPolicy::Redacted => format!("{name}={}", bounded(value)),
         });
     }
+    environment.entries.shrink_to_fit();
     environment
 }
 
