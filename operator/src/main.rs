@@ -295,6 +295,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let mut lost = None;
     if leading {
+        // A status computed from half-filled caches would be wrong; they sync in seconds.
+        let synced = async {
+            watches
+                .wait_until_ready()
+                .await
+                .and(pods.wait_until_ready().await)
+        };
+        tokio::select! {
+            ready = synced => ready.context("the caches stopped before they synced")?,
+            () = shutdown.wait() => {}
+        }
         tracing::info!("leading: starting the controller");
         let ctx = Arc::new(controller::Context {
             client: client.clone(),
@@ -313,6 +324,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 status_budget_bytes: cli.status_budget_bytes,
                 min_write_interval: MIN_WRITE_INTERVAL,
             },
+            leading_since: std::time::Instant::now(),
         });
         let mut watching = leadership.clone();
         tokio::select! {

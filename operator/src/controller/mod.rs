@@ -58,6 +58,8 @@ pub struct Context {
     pub recorder: Recorder,
     pub memory: Arc<Memory>,
     pub settings: Settings,
+    /// When this replica became the leader: its findings start empty then.
+    pub leading_since: Instant,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,11 +139,17 @@ fn normalized(status: &ProcessWatchStatus) -> ProcessWatchStatus {
 
 /// Skips a write when the status is what the object has, or what we wrote a moment ago (the
 /// cached object may not show it yet), and keeps writes `min_interval` apart.
+///
+/// `takeover_left` is what remains of the first `stale_after` of this replica's leadership:
+/// its findings start empty, so until agents have had time to report again a status that
+/// counts fewer reporting pods than the current one is held back, instead of flapping
+/// `Reporting` and `Ready` on every failover.
 pub fn write_decision(
     new: &ProcessWatchStatus,
     current: Option<&ProcessWatchStatus>,
     written: Option<&(ProcessWatchStatus, Instant)>,
     min_interval: Duration,
+    takeover_left: Option<Duration>,
     now: Instant,
 ) -> Write {
     let new = normalized(new);
@@ -150,6 +158,13 @@ pub fn write_decision(
         || recent.is_some_and(|(status, _)| normalized(status) == new)
     {
         return Write::Unchanged;
+    }
+    let knows_less = current.is_some_and(|current| {
+        current.observed_generation == new.observed_generation
+            && new.reporting_pods < current.reporting_pods
+    });
+    if let Some(left) = takeover_left.filter(|_| knows_less && written.is_none()) {
+        return Write::Defer(left);
     }
     match written.map(|(_, at)| now.duration_since(*at)) {
         Some(since) if since < min_interval => Write::Defer(min_interval - since),
@@ -300,11 +315,13 @@ async fn apply(watch: &ProcessWatch, ctx: &Context) -> Result<Action, Error> {
     changes.extend(events::pod_changes(before.as_ref(), &members));
 
     let written = ctx.memory.with(watch, |m| m.written.clone());
+    let takeover_left = status::stale_after(watch).checked_sub(ctx.leading_since.elapsed());
     match write_decision(
         &new_status,
         previous,
         written.as_ref(),
         ctx.settings.min_write_interval,
+        takeover_left.filter(|left| !left.is_zero()),
         Instant::now(),
     ) {
         Write::Unchanged => ctx.metrics.status_write(StatusWrite::Unchanged),
@@ -345,6 +362,11 @@ async fn write_status(
         Ok(_) => {
             ctx.metrics.status_write(StatusWrite::Applied);
             tracing::debug!(%namespace, watch = %name, "status written");
+            Ok(())
+        }
+        // Deleted meanwhile: nothing left to write to.
+        Err(kube::Error::Api(status)) if status.is_not_found() => {
+            tracing::debug!(%namespace, watch = %name, "watch deleted before its status was written");
             Ok(())
         }
         Err(source) => {

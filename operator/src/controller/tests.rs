@@ -122,6 +122,7 @@ fn context(client: Client, pods: Vec<Pod>, findings: FindingsStore) -> Arc<Conte
             status_budget_bytes: crate::budget::DEFAULT_STATUS_BUDGET_BYTES,
             min_write_interval: MIN_WRITE_INTERVAL,
         },
+        leading_since: Instant::now(),
     })
 }
 
@@ -311,25 +312,48 @@ fn writes_are_skipped_when_unchanged_and_spaced_out() {
         ..ProcessWatchStatus::default()
     };
     let second = Duration::from_secs(1);
-    assert_eq!(
-        write_decision(&a, Some(&a), None, second, now),
-        Write::Unchanged
-    );
-    assert_eq!(write_decision(&a, None, None, second, now), Write::Now);
+    let decide = |new, current, written| write_decision(new, current, written, second, None, now);
+    assert_eq!(decide(&a, Some(&a), None), Write::Unchanged);
+    assert_eq!(decide(&a, None, None), Write::Now);
     // Our own write, not yet in the cache.
     let just_now = (a.clone(), now);
-    assert_eq!(
-        write_decision(&a, Some(&b), Some(&just_now), second, now),
-        Write::Unchanged
-    );
+    assert_eq!(decide(&a, Some(&b), Some(&just_now)), Write::Unchanged);
     let ago = (b.clone(), now - Duration::from_millis(300));
     assert_eq!(
-        write_decision(&a, Some(&b), Some(&ago), second, now),
+        decide(&a, Some(&b), Some(&ago)),
         Write::Defer(Duration::from_millis(700))
     );
     let long_ago = (b.clone(), now - Duration::from_secs(2));
+    assert_eq!(decide(&a, Some(&b), Some(&long_ago)), Write::Now);
+}
+
+#[test]
+fn a_new_leader_does_not_report_agents_missing_before_they_could_report() {
+    let now = Instant::now();
+    let reporting = |n| ProcessWatchStatus {
+        reporting_pods: n,
+        observed_generation: Some(1),
+        ..ProcessWatchStatus::default()
+    };
+    let left = Some(Duration::from_secs(20));
+    let second = Duration::from_secs(1);
     assert_eq!(
-        write_decision(&a, Some(&b), Some(&long_ago), second, now),
+        write_decision(&reporting(1), Some(&reporting(3)), None, second, left, now),
+        Write::Defer(Duration::from_secs(20))
+    );
+    // As much known as before, or the window is over, or the spec changed: write.
+    assert_eq!(
+        write_decision(&reporting(3), Some(&reporting(2)), None, second, left, now),
+        Write::Now
+    );
+    assert_eq!(
+        write_decision(&reporting(1), Some(&reporting(3)), None, second, None, now),
+        Write::Now
+    );
+    let mut changed = reporting(0);
+    changed.observed_generation = Some(2);
+    assert_eq!(
+        write_decision(&changed, Some(&reporting(3)), None, second, left, now),
         Write::Now
     );
 }
