@@ -350,7 +350,6 @@ struct ScanContext<'a> {
     scanner: &'a Scanner,
     options: &'a ScanOptions,
     buffer: Vec<u8>,
-    /// Users of each mount namespace's /etc/passwd; `None` when it could not be read.
     /// Users of the group being reported, by mount namespace (`None` when not read: one
     /// /etc/passwd for the whole group); `None` when it could not be read.
     users: HashMap<Option<u64>, Option<HashMap<u32, String>>>,
