@@ -23,9 +23,15 @@
 mod apply;
 mod cluster;
 mod diagnostics;
+mod operator;
 mod wait;
 
 pub use apply::apply_yaml;
 pub use cluster::{Cluster, KubeconfigSource, TestNamespace, cluster_dir, cluster_scripts_dir};
 pub use diagnostics::{daemon_logs, namespace_report};
+pub use operator::{
+    CRD_NAME, LOOPBACK_OVERLAY, METRICS_URL, OPERATOR_DEPLOYMENT, OPERATOR_NAMESPACE, Operator,
+    PROJECT_IMAGE, REPORT_URL, SERVING_SECRET, WEBHOOK_CONFIGURATION, https_client_trusting,
+    repo_root,
+};
 pub use wait::{Wait, wait_for};
