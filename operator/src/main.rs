@@ -113,9 +113,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let shutdown = Shutdown(stopped);
     tokio::spawn(signals(stop.clone()));
 
-    let client = Client::try_default().await.context(
+    let mut config = kube::Config::infer().await.context(
         "cannot configure the Kubernetes client (in-cluster service account or KUBECONFIG)",
     )?;
+    // The client would retry 429 and 503 for minutes inside one request: an eviction refused
+    // by a PodDisruptionBudget would hold its reconcile (and shutdown) that long. Every caller
+    // here retries on its own terms instead (requeue, error backoff, the agent's retry).
+    config.default_retry = false;
+    let client = Client::try_from(config).context("cannot build the Kubernetes client")?;
     let version = client
         .apiserver_version()
         .await
@@ -327,8 +332,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             leading_since: std::time::Instant::now(),
         });
         let mut watching = leadership.clone();
+        let overdue = {
+            let stopping = shutdown.wait();
+            async move {
+                stopping.await;
+                tokio::time::sleep(STOP_TIMEOUT).await;
+            }
+        };
         tokio::select! {
             () = controller::run(ctx, triggers, shutdown.wait()) => {}
+            () = overdue => tracing::warn!("reconciles still running {STOP_TIMEOUT:?} after shutdown; leaving them"),
             () = watching.lost() => {
                 // Stop writing at once: another replica may lead already.
                 stop.send_replace(true);

@@ -42,11 +42,15 @@ pub fn conditions(
             ok: true,
             reason: "Ready",
             message: format!(
-                "{} {} report {} {}",
+                "{} {} {} {}",
                 facts.reporting,
-                plural(facts.reporting, "pod", "pods"),
+                plural(facts.reporting, "pod reports", "pods report"),
                 facts.processes,
-                plural_u64(facts.processes, "process", "processes"),
+                if facts.processes == 1 {
+                    "process"
+                } else {
+                    "processes"
+                },
             ),
         }
     };
@@ -71,10 +75,6 @@ pub fn conditions(
 }
 
 fn plural(n: u32, one: &'static str, many: &'static str) -> &'static str {
-    if n == 1 { one } else { many }
-}
-
-fn plural_u64(n: u64, one: &'static str, many: &'static str) -> &'static str {
     if n == 1 { one } else { many }
 }
 

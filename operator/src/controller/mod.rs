@@ -93,7 +93,25 @@ struct WatchMemory {
     members: Option<Membership>,
     /// The pod evicted last, by uid, until the cache shows it leaving.
     evicted: Option<String>,
+    /// The last eviction refused (by a PodDisruptionBudget): not asked again before
+    /// `EVICTION_RETRY`, however often the watch is reconciled meanwhile.
+    blocked: Option<Blocked>,
     failures: u32,
+}
+
+#[derive(Clone)]
+struct Blocked {
+    pod: String,
+    why: String,
+    at: Instant,
+}
+
+/// What the eviction step did, for the rest of the reconcile.
+#[derive(Default)]
+struct EvictionStep {
+    requeue: Option<Duration>,
+    change: Option<Change>,
+    failure: Option<Error>,
 }
 
 impl Memory {
@@ -232,55 +250,12 @@ async fn apply(watch: &ProcessWatch, ctx: &Context) -> Result<Action, Error> {
         && watch.spec.attach.existing_pods == ExistingPods::Evict
         && built.facts.invalid_spec.is_none();
     if evicting {
-        let evicted = ctx.memory.with(watch, |m| m.evicted.clone());
-        let plan = eviction::plan(
-            watch.meta().creation_timestamp.as_ref(),
-            &selected,
-            evicted.as_deref(),
-        );
-        built.facts.bare = plan.bare;
-        match plan.decision {
-            Decision::Done => ctx.memory.with(watch, |m| m.evicted = None),
-            Decision::Wait(why) => {
-                built.facts.eviction = Some(why);
-                requeue = requeue.min(EVICTION_RECHECK);
-            }
-            Decision::Evict { name: pod, uid } => {
-                let api = Api::<Pod>::namespaced(ctx.client.clone(), &namespace);
-                match eviction::evict(&api, &pod).await {
-                    Ok(eviction::Outcome::Evicted) => {
-                        tracing::info!(%namespace, watch = %name, %pod, "evicted a pod created before the watch");
-                        ctx.metrics.eviction(EvictionResult::Evicted);
-                        ctx.memory.with(watch, |m| m.evicted = Some(uid));
-                        built.facts.eviction = Some(format!(
-                            "evicted {pod}, waiting for its replacement to be ready"
-                        ));
-                        changes.push(Change::PodEvicted(pod));
-                        requeue = requeue.min(EVICTION_RECHECK);
-                    }
-                    Ok(eviction::Outcome::Blocked(why)) => {
-                        tracing::info!(%namespace, watch = %name, %pod, %why, "eviction refused for now");
-                        ctx.metrics.eviction(EvictionResult::Blocked);
-                        built.facts.eviction = Some(format!(
-                            "evicting {pod} is refused for now ({why}); retrying every {}s",
-                            EVICTION_RETRY.as_secs()
-                        ));
-                        changes.push(Change::EvictionBlocked { pod, why });
-                        requeue = requeue.min(EVICTION_RETRY);
-                    }
-                    Ok(eviction::Outcome::Gone) => requeue = requeue.min(EVICTION_RECHECK),
-                    Err(source) => {
-                        ctx.metrics.eviction(EvictionResult::Error);
-                        built.facts.eviction = Some(format!("evicting {pod} failed: {source}"));
-                        failure = Some(Error::Evict {
-                            namespace: namespace.clone(),
-                            pod,
-                            source,
-                        });
-                    }
-                }
-            }
+        let step = evict_next(ctx, watch, &selected, &mut built.facts).await;
+        if let Some(after) = step.requeue {
+            requeue = requeue.min(after);
         }
+        changes.extend(step.change);
+        failure = step.failure;
     }
 
     let mut new_status = built.status;
@@ -341,6 +316,104 @@ async fn apply(watch: &ProcessWatch, ctx: &Context) -> Result<Action, Error> {
     match failure {
         Some(error) => Err(error),
         None => Ok(Action::requeue(requeue)),
+    }
+}
+
+/// `attach.existingPods: Evict`: evicts the next pod when the plan says so, and tells the
+/// Attached condition what is going on.
+async fn evict_next(
+    ctx: &Context,
+    watch: &ProcessWatch,
+    selected: &[status::SelectedPod],
+    facts: &mut status::Facts,
+) -> EvictionStep {
+    let namespace = watch.namespace().unwrap_or_default();
+    let name = watch.name_any();
+    let (evicted, blocked) = ctx
+        .memory
+        .with(watch, |m| (m.evicted.clone(), m.blocked.clone()));
+    let plan = eviction::plan(
+        watch.meta().creation_timestamp.as_ref(),
+        selected,
+        evicted.as_deref(),
+    );
+    facts.bare = plan.bare;
+    let refused = |pod: &str, why: &str| {
+        format!(
+            "evicting {pod} is refused for now ({why}); retrying every {}s",
+            EVICTION_RETRY.as_secs()
+        )
+    };
+    let (pod, uid) = match plan.decision {
+        Decision::Done => {
+            ctx.memory.with(watch, |m| m.evicted = None);
+            return EvictionStep::default();
+        }
+        Decision::Wait(why) => {
+            facts.eviction = Some(why);
+            return EvictionStep {
+                requeue: Some(EVICTION_RECHECK),
+                ..EvictionStep::default()
+            };
+        }
+        Decision::Evict { name, uid } => (name, uid),
+    };
+    if let Some(blocked) = blocked.filter(|b| b.pod == pod && b.at.elapsed() < EVICTION_RETRY) {
+        facts.eviction = Some(refused(&pod, &blocked.why));
+        return EvictionStep {
+            requeue: Some(EVICTION_RETRY - blocked.at.elapsed()),
+            ..EvictionStep::default()
+        };
+    }
+    let api = Api::<Pod>::namespaced(ctx.client.clone(), &namespace);
+    let outcome = eviction::evict(&api, &pod).await;
+    ctx.memory.with(watch, |m| m.blocked = None);
+    match outcome {
+        Ok(eviction::Outcome::Evicted) => {
+            tracing::info!(%namespace, watch = %name, %pod, "evicted a pod created before the watch");
+            ctx.metrics.eviction(EvictionResult::Evicted);
+            ctx.memory.with(watch, |m| m.evicted = Some(uid));
+            facts.eviction = Some(format!(
+                "evicted {pod}, waiting for its replacement to be ready"
+            ));
+            EvictionStep {
+                requeue: Some(EVICTION_RECHECK),
+                change: Some(Change::PodEvicted(pod)),
+                failure: None,
+            }
+        }
+        Ok(eviction::Outcome::Blocked(why)) => {
+            tracing::info!(%namespace, watch = %name, %pod, %why, "eviction refused for now");
+            ctx.metrics.eviction(EvictionResult::Blocked);
+            facts.eviction = Some(refused(&pod, &why));
+            let blocked = Blocked {
+                pod: pod.clone(),
+                why: why.clone(),
+                at: Instant::now(),
+            };
+            ctx.memory.with(watch, |m| m.blocked = Some(blocked));
+            EvictionStep {
+                requeue: Some(EVICTION_RETRY),
+                change: Some(Change::EvictionBlocked { pod, why }),
+                failure: None,
+            }
+        }
+        Ok(eviction::Outcome::Gone) => EvictionStep {
+            requeue: Some(EVICTION_RECHECK),
+            ..EvictionStep::default()
+        },
+        Err(source) => {
+            ctx.metrics.eviction(EvictionResult::Error);
+            facts.eviction = Some(format!("evicting {pod} failed: {source}"));
+            EvictionStep {
+                failure: Some(Error::Evict {
+                    namespace,
+                    pod,
+                    source,
+                }),
+                ..EvictionStep::default()
+            }
+        }
     }
 }
 

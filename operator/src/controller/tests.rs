@@ -283,8 +283,13 @@ async fn eviction_refused_by_a_disruption_budget_is_retried_later() {
         FindingsStore::default(),
     );
 
-    let action = reconcile(Arc::new(watch), ctx).await.unwrap();
+    let action = reconcile(Arc::new(watch.clone()), ctx.clone())
+        .await
+        .unwrap();
     assert_eq!(action, Action::requeue(EVICTION_RETRY));
+    assert_eq!(server.evictions().len(), 1);
+    // Woken again at once (a report, its own status write): the budget is not asked again.
+    reconcile(Arc::new(watch), ctx).await.unwrap();
     assert_eq!(server.evictions().len(), 1);
     let status: ProcessWatchStatus =
         serde_json::from_value(server.status_patches()[0].body["status"].clone()).unwrap();

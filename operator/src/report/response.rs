@@ -67,32 +67,36 @@ pub fn pod_containers(pod: &Pod) -> Vec<ContainerIdentity> {
 /// have known the names yet). A container the pod does not have (the sandbox, a finished
 /// one) and the agent's own container are dropped.
 pub fn rename_containers(reported: Vec<ContainerReport>, pod: &Pod) -> Vec<ContainerReport> {
-    let by_id: HashMap<&str, &str> = statuses(pod)
-        .filter_map(|status| {
-            let id = status.container_id.as_deref()?;
-            Some((bare_id(id), status.name.as_str()))
-        })
+    let by_id: HashMap<&str, &ContainerStatus> = statuses(pod)
+        .filter_map(|status| Some((bare_id(status.container_id.as_deref()?), status)))
         .collect();
     let names = container_names(pod);
-    let mut renamed: Vec<ContainerReport> = reported
+    let mut renamed: Vec<(bool, ContainerReport)> = reported
         .into_iter()
         .filter_map(|mut container| {
-            let by_status = container
+            let status = container
                 .container_id
                 .as_deref()
                 .and_then(|id| by_id.get(bare_id(id)));
-            match by_status {
-                Some(name) => container.name = (*name).to_string(),
+            match status {
+                Some(status) => {
+                    container.name = status.name.clone();
+                    container.container_id = status.container_id.clone();
+                }
                 None if names.contains(container.name.as_str()) => {}
                 None => return None,
             }
-            (container.name != AGENT_CONTAINER_NAME).then_some(container)
+            (container.name != AGENT_CONTAINER_NAME).then_some((status.is_some(), container))
         })
         .collect();
-    renamed.sort_by(|a, b| a.name.cmp(&b.name));
-    // Two entries for one name (a restarted container seen twice): keep the first one.
-    renamed.dedup_by(|later, first| later.name == first.name);
+    // Two entries for one name (a restarted container seen twice, or one the agent named
+    // itself): the one matched by ID wins.
+    renamed.sort_by(|(a_by_id, a), (b_by_id, b)| a.name.cmp(&b.name).then(b_by_id.cmp(a_by_id)));
+    renamed.dedup_by(|(_, later), (_, first)| later.name == first.name);
     renamed
+        .into_iter()
+        .map(|(_, container)| container)
+        .collect()
 }
 
 /// The answer for a pod that the given watches select: the shortest interval, the union of
@@ -192,6 +196,7 @@ mod tests {
     fn containers_are_named_from_the_pod_by_id() {
         let renamed = rename_containers(
             vec![
+                reported("nginx", None),
                 reported("containerd-aaa", Some("aaa")),
                 reported("exporter", None),
                 reported("unknown", Some("containerd://ccc")),
@@ -203,6 +208,11 @@ mod tests {
         let names: Vec<&str> = renamed.iter().map(|c| c.name.as_str()).collect();
         // aaa is nginx; the agent (ccc), the sandbox (ddd) and "host" are not app containers.
         assert_eq!(names, ["exporter", "nginx"]);
+        assert_eq!(
+            renamed[1].container_id.as_deref(),
+            Some("containerd://aaa"),
+            "the entry matched by ID wins, with the pod's own spelling of the ID"
+        );
     }
 
     #[test]
