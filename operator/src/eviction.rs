@@ -8,6 +8,8 @@
 //! version, `policy/v1beta1` on 1.20 and 1.21, `policy/v1` from 1.22 on, so one request works
 //! on every server.
 
+use std::time::Duration;
+
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Api;
@@ -56,12 +58,24 @@ fn created_before(pod: &Pod, watch_created: Option<&Time>) -> bool {
     }
 }
 
-/// Which pod to evict next, if any. `in_flight` is the uid of the pod evicted last, which the
-/// pod cache may not yet show as terminating.
+/// After an eviction, the next waits at least this long: a pod that was never scheduled is
+/// deleted at once, and its controller's replacement must show up in the cache (and then
+/// become ready) before the next pod goes.
+pub const SETTLE: Duration = Duration::from_secs(10);
+
+/// The pod evicted last, and how long ago.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LastEviction {
+    pub pod: String,
+    pub uid: String,
+    pub ago: Duration,
+}
+
+/// Which pod to evict next, if any.
 pub fn plan(
     watch_created: Option<&Time>,
     selected: &[SelectedPod],
-    in_flight: Option<&str>,
+    last: Option<&LastEviction>,
 ) -> Plan {
     let old: Vec<&SelectedPod> = selected
         .iter()
@@ -76,14 +90,18 @@ pub fn plan(
         .into_iter()
         .filter(|p| owned_by_controller(&p.pod))
         .collect();
+    // The cache may not show the evicted pod terminating yet.
+    let still_there = |last: &LastEviction| {
+        selected
+            .iter()
+            .any(|p| p.pod.metadata.uid.as_deref() == Some(last.uid.as_str()) && !p.terminating)
+    };
     let decision = if candidates.is_empty() {
         Decision::Done
-    } else if let Some(pending) = selected.iter().find(|p| {
-        in_flight.is_some() && p.pod.metadata.uid.as_deref() == in_flight && !p.terminating
-    }) {
+    } else if let Some(last) = last.filter(|l| l.ago < SETTLE || still_there(l)) {
         Decision::Wait(format!(
-            "evicted {}, waiting for it to terminate",
-            pending.name()
+            "evicted {}, waiting for its replacement to be ready",
+            last.pod
         ))
     } else if let Some(leaving) = selected.iter().find(|p| p.terminating) {
         Decision::Wait(format!(
@@ -174,8 +192,8 @@ mod tests {
         }
     }
 
-    fn decide(selected: &[SelectedPod], in_flight: Option<&str>) -> Plan {
-        plan(Some(&time(WATCH_CREATED)), selected, in_flight)
+    fn decide(selected: &[SelectedPod], last: Option<&LastEviction>) -> Plan {
+        plan(Some(&time(WATCH_CREATED)), selected, last)
     }
 
     #[test]
@@ -215,14 +233,26 @@ mod tests {
             matches!(decide(&selected, None).decision, Decision::Wait(w) if w.contains("a-new to be ready"))
         );
 
-        // The cache does not show the evicted pod terminating yet.
+        // Just evicted, or the cache does not show the evicted pod terminating yet.
         let selected = [
             old_pod("a", 10, true, true, false),
             old_pod("b", 20, true, true, false),
         ];
+        let last = |ago| LastEviction {
+            pod: "a".into(),
+            uid: "uid-a".into(),
+            ago: Duration::from_secs(ago),
+        };
         assert!(
-            matches!(decide(&selected, Some("uid-a")).decision, Decision::Wait(w) if w.contains("evicted a"))
+            matches!(decide(&selected, Some(&last(60))).decision, Decision::Wait(w) if w.contains("evicted a"))
         );
+        assert!(
+            matches!(decide(&selected[1..], Some(&last(1))).decision, Decision::Wait(w) if w.contains("evicted a"))
+        );
+        assert!(matches!(
+            decide(&selected[1..], Some(&last(60))).decision,
+            Decision::Evict { name, .. } if name == "b"
+        ));
     }
 
     #[test]

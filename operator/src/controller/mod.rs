@@ -91,8 +91,8 @@ struct WatchMemory {
     uid: Option<String>,
     written: Option<(ProcessWatchStatus, Instant)>,
     members: Option<Membership>,
-    /// The pod evicted last, by uid, until the cache shows it leaving.
-    evicted: Option<String>,
+    /// The pod evicted last (name, uid, when), until no pod is left to evict.
+    evicted: Option<(String, String, Instant)>,
     /// The last eviction refused (by a PodDisruptionBudget): not asked again before
     /// `EVICTION_RETRY`, however often the watch is reconciled meanwhile.
     blocked: Option<Blocked>,
@@ -332,10 +332,15 @@ async fn evict_next(
     let (evicted, blocked) = ctx
         .memory
         .with(watch, |m| (m.evicted.clone(), m.blocked.clone()));
+    let last = evicted.map(|(pod, uid, at)| eviction::LastEviction {
+        pod,
+        uid,
+        ago: at.elapsed(),
+    });
     let plan = eviction::plan(
         watch.meta().creation_timestamp.as_ref(),
         selected,
-        evicted.as_deref(),
+        last.as_ref(),
     );
     facts.bare = plan.bare;
     let refused = |pod: &str, why: &str| {
@@ -372,7 +377,8 @@ async fn evict_next(
         Ok(eviction::Outcome::Evicted) => {
             tracing::info!(%namespace, watch = %name, %pod, "evicted a pod created before the watch");
             ctx.metrics.eviction(EvictionResult::Evicted);
-            ctx.memory.with(watch, |m| m.evicted = Some(uid));
+            let evicted = (pod.clone(), uid, Instant::now());
+            ctx.memory.with(watch, |m| m.evicted = Some(evicted));
             facts.eviction = Some(format!(
                 "evicted {pod}, waiting for its replacement to be ready"
             ));
