@@ -15,17 +15,23 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use prometheus_client::registry::Registry;
+use tokio::sync::Notify;
 
 use crate::leader::Leadership;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// What `/readyz` waits for.
+/// What `/readyz` waits for; the controller waits for the caches here too.
+///
+/// Cache readiness is set from the reflector streams (their first `InitDone`), not with
+/// `Store::wait_until_ready`: that future keeps a single waker, so of several tasks waiting
+/// at once (the webhook waits too) only one is woken.
 #[derive(Debug, Default)]
 pub struct Readiness {
     watches_synced: AtomicBool,
     pods_synced: AtomicBool,
     https_listening: AtomicBool,
+    changed: Notify,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -38,6 +44,25 @@ pub enum Part {
 impl Readiness {
     pub fn set(&self, part: Part) {
         self.flag(part).store(true, Ordering::Release);
+        self.changed.notify_waiters();
+    }
+
+    pub fn is_set(&self, part: Part) -> bool {
+        self.flag(part).load(Ordering::Acquire)
+    }
+
+    /// Resolves once every one of `parts` is set.
+    pub async fn wait_for(&self, parts: &[Part]) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            // Registered before checking, so a `set` in between is not missed.
+            changed.as_mut().enable();
+            if parts.iter().all(|part| self.is_set(*part)) {
+                return;
+            }
+            changed.await;
+        }
     }
 
     fn flag(&self, part: Part) -> &AtomicBool {
@@ -56,7 +81,7 @@ impl Readiness {
             (Part::HttpsListening, "the HTTPS server is not listening"),
         ]
         .into_iter()
-        .filter(|(part, _)| !self.flag(*part).load(Ordering::Acquire))
+        .filter(|(part, _)| !self.is_set(*part))
         .map(|(_, what)| what)
         .collect()
     }
@@ -123,6 +148,30 @@ mod tests {
         let status = response.status();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn several_tasks_can_wait_for_the_caches() {
+        let readiness = Arc::new(Readiness::default());
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let readiness = readiness.clone();
+                tokio::spawn(async move {
+                    readiness
+                        .wait_for(&[Part::WatchesSynced, Part::PodsSynced])
+                        .await
+                })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        readiness.set(Part::WatchesSynced);
+        readiness.set(Part::PodsSynced);
+        for waiter in waiters {
+            tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+                .await
+                .expect("every waiter is woken")
+                .unwrap();
+        }
     }
 
     #[tokio::test]

@@ -184,20 +184,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         watch_stream,
         memory.clone(),
         metrics.clone(),
+        readiness.clone(),
     ));
     let (pods, pod_writer) = reflector::store::<Pod>();
     {
-        let watches = watches.clone();
         let readiness = readiness.clone();
         let mut pod_events = PodEvents::new(triggers.clone(), watches.clone(), findings.clone());
         let client = client.clone();
         tokio::spawn(async move {
             // Pods are mapped to watches from the start: wait for the watches first.
-            if watches.wait_until_ready().await.is_err() {
-                return;
-            }
-            readiness.set(Part::WatchesSynced);
-            tracing::info!(watches = watches.len(), "ProcessWatch cache synced");
+            readiness.wait_for(&[Part::WatchesSynced]).await;
             let stream = watcher(
                 Api::<Pod>::all(client),
                 watcher::Config::default().any_semantic(),
@@ -209,19 +205,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut stream = std::pin::pin!(stream);
             while let Some(event) = stream.next().await {
                 match event {
-                    Ok(event) => pod_events.handle(&event),
+                    Ok(event) => {
+                        pod_events.handle(&event);
+                        let first_sync = matches!(event, watcher::Event::InitDone)
+                            && !readiness.is_set(Part::PodsSynced);
+                        if first_sync {
+                            readiness.set(Part::PodsSynced);
+                            tracing::info!("pod cache synced");
+                        }
+                    }
                     Err(error) => tracing::warn!(%error, "pod watch failed; retrying"),
                 }
-            }
-        });
-    }
-    {
-        let pods = pods.clone();
-        let readiness = readiness.clone();
-        tokio::spawn(async move {
-            if pods.wait_until_ready().await.is_ok() {
-                readiness.set(Part::PodsSynced);
-                tracing::info!(pods = pods.len(), "pod cache synced");
             }
         });
     }
@@ -280,7 +274,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     tracing::info!(address = %cli.metrics_addr, "serving /metrics, /healthz and /readyz");
     let health_app = health::router(HealthState {
         registry,
-        readiness,
+        readiness: readiness.clone(),
         leadership: leadership.clone(),
     });
     let health_server = tokio::spawn(
@@ -301,14 +295,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut lost = None;
     if leading {
         // A status computed from half-filled caches would be wrong; they sync in seconds.
-        let synced = async {
-            watches
-                .wait_until_ready()
-                .await
-                .and(pods.wait_until_ready().await)
-        };
         tokio::select! {
-            ready = synced => ready.context("the caches stopped before they synced")?,
+            () = readiness.wait_for(&[Part::WatchesSynced, Part::PodsSynced]) => {}
             () = shutdown.wait() => {}
         }
         tracing::info!("leading: starting the controller");
@@ -388,6 +376,7 @@ async fn follow_watches(
     stream: impl futures::Stream<Item = Result<watcher::Event<ProcessWatch>, watcher::Error>>,
     memory: Arc<Memory>,
     metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
 ) {
     let key = |watch: &ProcessWatch| (watch.namespace().unwrap_or_default(), watch.name_any());
     let mut relisted = HashSet::new();
@@ -407,6 +396,10 @@ async fn follow_watches(
             Ok(watcher::Event::InitDone) => {
                 memory.retain(&relisted);
                 metrics.retain_watches(&relisted);
+                if !readiness.is_set(Part::WatchesSynced) {
+                    readiness.set(Part::WatchesSynced);
+                    tracing::info!(watches = relisted.len(), "ProcessWatch cache synced");
+                }
             }
             Ok(watcher::Event::Apply(_)) => {}
             Err(error) => {

@@ -43,6 +43,7 @@ const EVICTION_RECHECK: Duration = Duration::from_secs(5);
 /// A PodDisruptionBudget said no: ask again after this.
 const EVICTION_RETRY: Duration = Duration::from_secs(10);
 const MAX_ERROR_BACKOFF: Duration = Duration::from_secs(300);
+const RECONCILE_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -71,6 +72,8 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("reconcile took longer than {0:?}; the API server is slow or unreachable")]
+    Timeout(Duration),
     #[error("cannot evict pod {namespace}/{pod}: {source}")]
     Evict {
         namespace: String,
@@ -202,7 +205,12 @@ fn requeue_after(watch: &ProcessWatch) -> Duration {
 
 pub async fn reconcile(watch: Arc<ProcessWatch>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
-    let result = apply(&watch, &ctx).await;
+    // A request stuck on a slow API server would hold this watch's reconciles (and shutdown)
+    // until the client's read timeout of almost five minutes.
+    let result = match tokio::time::timeout(RECONCILE_TIMEOUT, apply(&watch, &ctx)).await {
+        Ok(result) => result,
+        Err(_) => Err(Error::Timeout(RECONCILE_TIMEOUT)),
+    };
     let outcome = if result.is_ok() {
         ctx.memory.with(&watch, |m| m.failures = 0);
         Outcome::Success
