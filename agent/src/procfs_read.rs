@@ -3,13 +3,21 @@
 //! Every per-process read returns a [`ReadFailure`] that says whether the process is gone (it
 //! exited: skip it and count it) or the agent may not read the file (report it as unreadable)
 //! so the scanner never fails because of one process.
+//!
+//! Files of a process are opened relative to a descriptor of its `/proc/<pid>` directory, kept
+//! while the scanner reads that process: the kernel then resolves one name instead of the whole
+//! path each time, and every read is of the same process even if its pid is reused meanwhile.
 
-use std::ffi::OsStr;
+use std::cell::RefCell;
+use std::ffi::{CStr, OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{Dir, Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
 
 use crate::parse::ParseError;
 
@@ -38,20 +46,28 @@ pub enum ReadFailure {
     Other(io::Error),
 }
 
-impl From<io::Error> for ReadFailure {
-    fn from(error: io::Error) -> Self {
-        match error.raw_os_error() {
-            Some(libc::ENOENT | libc::ESRCH) => ReadFailure::Gone,
-            Some(libc::EACCES | libc::EPERM) => ReadFailure::Denied,
-            _ => ReadFailure::Other(error),
+impl From<Errno> for ReadFailure {
+    fn from(errno: Errno) -> Self {
+        match errno {
+            Errno::NOENT | Errno::SRCH => ReadFailure::Gone,
+            Errno::ACCESS | Errno::PERM => ReadFailure::Denied,
+            errno => ReadFailure::Other(errno.into()),
         }
     }
 }
 
+impl From<io::Error> for ReadFailure {
+    fn from(error: io::Error) -> Self {
+        Errno::from_io_error(&error).map_or(ReadFailure::Other(error), ReadFailure::from)
+    }
+}
+
 /// A validated proc root.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ProcRoot {
     path: PathBuf,
+    /// The directory of the process being read: (pid, descriptor).
+    current: RefCell<Option<(i32, OwnedFd)>>,
 }
 
 impl ProcRoot {
@@ -63,7 +79,10 @@ impl ProcRoot {
                 return Err(ProcRootError::NotProc { path, missing });
             }
         }
-        Ok(ProcRoot { path })
+        Ok(ProcRoot {
+            path,
+            current: RefCell::new(None),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -104,10 +123,40 @@ impl ProcRoot {
         path
     }
 
+    /// Runs `read` with the descriptor of `/proc/<pid>`, opening it unless it is the one held.
+    fn in_process_dir<T>(
+        &self,
+        pid: i32,
+        read: impl FnOnce(BorrowedFd<'_>) -> Result<T, ReadFailure>,
+    ) -> Result<T, ReadFailure> {
+        let mut current = self.current.borrow_mut();
+        if current.as_ref().is_none_or(|(held, _)| *held != pid) {
+            let directory = rustix::fs::open(
+                self.path.join(pid.to_string()),
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            *current = Some((pid, directory));
+        }
+        let (_, directory) = current.as_ref().expect("opened above");
+        read(directory.as_fd())
+    }
+
+    fn open_file(&self, pid: i32, name: &str) -> Result<File, ReadFailure> {
+        self.in_process_dir(pid, |directory| {
+            Ok(File::from(rustix::fs::openat(
+                directory,
+                name,
+                OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY,
+                Mode::empty(),
+            )?))
+        })
+    }
+
     /// Reads up to `limit` bytes of a one-record file of a process (`stat`, `status`, `cgroup`,
     /// `cmdline`, `environ`). The kernel writes such a file in one read when the buffer is big
-    /// enough, so a short read is its end: this saves the read that would only confirm EOF
-    /// (a quarter of all syscalls of a scan). `buffer` is scratch space, reused across reads.
+    /// enough, so a short read is its end: this saves the read that would only confirm EOF.
+    /// `buffer` is scratch space, reused across reads.
     pub fn read_record<'b>(
         &self,
         pid: i32,
@@ -115,7 +164,7 @@ impl ProcRoot {
         buffer: &'b mut Vec<u8>,
         limit: usize,
     ) -> Result<&'b [u8], ReadFailure> {
-        read_bounded(File::open(self.pid_path(pid, name))?, buffer, limit, true)
+        read_bounded(self.open_file(pid, name)?, buffer, limit, true)
     }
 
     /// Reads up to `limit` bytes of a many-record file of a process (`maps`, `net/tcp`), to its
@@ -127,12 +176,15 @@ impl ProcRoot {
         buffer: &'b mut Vec<u8>,
         limit: usize,
     ) -> Result<&'b [u8], ReadFailure> {
-        read_bounded(File::open(self.pid_path(pid, name))?, buffer, limit, false)
+        read_bounded(self.open_file(pid, name)?, buffer, limit, false)
     }
 
     /// Where `/proc/<pid>/<name>` points: `socket:[123]`, `/usr/bin/sleep`, `mnt:[4026531840]`.
     pub fn read_link(&self, pid: i32, name: &str) -> Result<PathBuf, ReadFailure> {
-        Ok(std::fs::read_link(self.pid_path(pid, name))?)
+        self.in_process_dir(pid, |directory| {
+            let target = rustix::fs::readlinkat(directory, name, Vec::new())?;
+            Ok(PathBuf::from(OsString::from_vec(target.into_bytes())))
+        })
     }
 
     /// The inode of a namespace link (`ns/mnt`, `ns/net`).
@@ -158,15 +210,28 @@ impl ProcRoot {
         pid: i32,
         mut each: impl FnMut(&[u8]),
     ) -> Result<(), ReadFailure> {
-        let directory = self.pid_path(pid, "fd");
-        for entry in std::fs::read_dir(&directory)? {
-            let entry = entry?;
-            // A descriptor closed between listing and reading is not an error.
-            if let Ok(target) = std::fs::read_link(entry.path()) {
-                each(target.as_os_str().as_bytes());
+        self.in_process_dir(pid, |directory| {
+            let fds = rustix::fs::openat(
+                directory,
+                "fd",
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            let mut target = Vec::new();
+            for entry in Dir::read_from(&fds)? {
+                let entry = entry?;
+                let name: &CStr = entry.file_name();
+                if name.to_bytes().starts_with(b".") {
+                    continue;
+                }
+                // A descriptor closed between listing and reading is not an error.
+                if let Ok(link) = rustix::fs::readlinkat(&fds, name, std::mem::take(&mut target)) {
+                    each(link.as_bytes());
+                    target = link.into_bytes();
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Whether the process still exists (a zombie still does).
@@ -178,8 +243,22 @@ impl ProcRoot {
     /// process would (an absolute link in a container must not escape into the agent's own
     /// filesystem).
     pub fn open_in_root(&self, pid: i32, path: &str) -> Result<File, ReadFailure> {
-        let root = File::open(self.pid_path(pid, "root"))?;
-        open_beneath(&root, path.trim_start_matches('/'))
+        let root = self.in_process_dir(pid, |directory| {
+            Ok(rustix::fs::openat(
+                directory,
+                "root",
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?)
+        })?;
+        let file = rustix::fs::openat2(
+            &root,
+            path.trim_start_matches('/'),
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY,
+            Mode::empty(),
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+        )?;
+        Ok(File::from(file))
     }
 
     /// `/proc/<pid>/root<path>` as a path string, for `reachableAt`.
@@ -220,53 +299,12 @@ fn read_bounded(
     Ok(&buffer[..len])
 }
 
-/// `struct open_how` of openat2(2) (libc's is non-exhaustive).
-#[repr(C)]
-struct OpenHow {
-    flags: u64,
-    mode: u64,
-    resolve: u64,
-}
-
-/// `openat2(root, path, O_RDONLY, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`.
-fn open_beneath(root: &File, path: &str) -> Result<File, ReadFailure> {
-    let c_path = std::ffi::CString::new(path).map_err(|_| {
-        ReadFailure::Other(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "path contains NUL",
-        ))
-    })?;
-    let how = OpenHow {
-        flags: (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY) as u64,
-        mode: 0,
-        resolve: libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
-    };
-    // SAFETY: the pointers are valid for the call and `how`'s size is passed with it.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            root.as_raw_fd(),
-            c_path.as_ptr(),
-            &how as *const OpenHow,
-            std::mem::size_of::<OpenHow>(),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error().into());
-    }
-    // SAFETY: the kernel just returned this descriptor to us, and nothing else owns it.
-    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
-}
-
-/// Clock ticks per second (`USER_HZ`) and the page size, to turn /proc numbers into units.
+/// Clock ticks per second (`USER_HZ`), the unit of CPU times in /proc.
 pub fn clock_ticks_per_second() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks > 0 { ticks as u64 } else { 100 }
+    rustix::param::clock_ticks_per_second()
 }
 
+/// The unit of RSS in `/proc/<pid>/stat`.
 pub fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if size > 0 { size as u64 } else { 4096 }
+    rustix::param::page_size() as u64
 }
