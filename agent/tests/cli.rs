@@ -81,15 +81,22 @@ fn table_json_and_yaml() {
         "{table}"
     );
 
-    let json = agent(&[
-        "snapshot",
-        "--format",
-        "json",
-        "--interval",
-        "100ms",
-        "--environment",
-        "redacted",
-    ]);
+    // Other tests run agents at the same time: find this one by its pid.
+    let child = Command::new(AGENT)
+        .args([
+            "snapshot",
+            "--format",
+            "json",
+            "--interval",
+            "100ms",
+            "--environment",
+            "redacted",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let json = child.wait_with_output().unwrap();
     assert!(json.status.success());
     let snapshot: Snapshot = serde_json::from_slice(&json.stdout).unwrap();
     let host = snapshot
@@ -100,8 +107,9 @@ fn table_json_and_yaml() {
     let me = host
         .processes
         .iter()
-        .find(|p| p.command == "procwatch-agent")
+        .find(|p| p.pid == pid)
         .expect("the agent itself");
+    assert_eq!(me.command, "procwatch-agent");
     assert_eq!(
         me.args,
         format!("{AGENT} snapshot --format json --interval 100ms --environment redacted")
