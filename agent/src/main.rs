@@ -61,6 +61,9 @@ struct SnapshotArgs {
     /// Do not list listening sockets.
     #[arg(long)]
     no_sockets: bool,
+    /// Do not read each process's exe and cwd.
+    #[arg(long)]
+    no_paths: bool,
     /// List at most this many processes per container, busiest first [default: all].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     max_processes: Option<u32>,
@@ -158,6 +161,7 @@ fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
         open_files: !args.no_open_files,
         sockets: !args.no_sockets,
         libraries: args.libraries,
+        paths: !args.no_paths,
         files: args.files,
         max_processes: args.max_processes.map_or(usize::MAX, |max| max as usize),
     };

@@ -30,6 +30,8 @@ pub struct ScanOptions {
     pub open_files: bool,
     pub sockets: bool,
     pub libraries: bool,
+    /// `exe` and `cwd` of each process (always, in a pod; `snapshot --no-paths` leaves them out).
+    pub paths: bool,
     /// Absolute paths to fingerprint inside each container.
     pub files: Vec<String>,
     /// Processes listed per container, busiest first; `usize::MAX` lists all.
@@ -49,6 +51,7 @@ impl From<&CollectRequest> for ScanOptions {
             open_files: collect.open_files,
             sockets: collect.sockets,
             libraries: collect.libraries,
+            paths: true,
             files: collect.files.clone(),
             max_processes: collect.max_processes as usize,
         }
@@ -538,13 +541,15 @@ impl ScanContext<'_> {
             }
         }
 
-        for (name, field) in [("exe", &mut process.exe), ("cwd", &mut process.cwd)] {
-            match root.read_link(pid, name) {
-                Ok(target) => *field = Some(target.to_string_lossy().into_owned()),
-                Err(failure) if gone(&failure) => return Err(Vanished),
-                // Kernel threads and zombies have neither.
-                Err(ReadFailure::Gone) => {}
-                Err(failure) => group.notes.add(name, pid, self.scanner.reason(&failure)),
+        if self.options.paths {
+            for (name, field) in [("exe", &mut process.exe), ("cwd", &mut process.cwd)] {
+                match root.read_link(pid, name) {
+                    Ok(target) => *field = Some(target.to_string_lossy().into_owned()),
+                    Err(failure) if gone(&failure) => return Err(Vanished),
+                    // Kernel threads and zombies have neither.
+                    Err(ReadFailure::Gone) => {}
+                    Err(failure) => group.notes.add(name, pid, self.scanner.reason(&failure)),
+                }
             }
         }
 

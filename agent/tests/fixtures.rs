@@ -228,6 +228,31 @@ fn max_processes_keeps_the_busiest_and_marks_truncation() {
 }
 
 #[test]
+fn collection_switched_off_reads_nothing_of_it() {
+    let proc = pod();
+    let mut scanner = Scanner::new(proc.path()).unwrap();
+    let options = ScanOptions {
+        environment: EnvironmentPolicy::None,
+        open_files: false,
+        sockets: false,
+        paths: false,
+        ..all()
+    };
+    let statuses = pod_statuses();
+    let scan = scanner.scan(&options, Some(&statuses)).unwrap();
+    let nginx = container(&scan.containers, "nginx");
+    assert!(nginx.listening.is_empty());
+    for process in &nginx.processes {
+        assert_eq!(
+            (process.open_files, &process.exe, &process.cwd),
+            (None, &None, &None)
+        );
+        assert!(process.environment.is_empty() && process.open_file_kinds.is_empty());
+        assert!(!process.args.is_empty() && process.user.is_some());
+    }
+}
+
+#[test]
 fn cpu_millicores_from_the_difference_between_two_scans() {
     let proc = pod();
     let mut scanner = Scanner::new(proc.path()).unwrap();

@@ -90,7 +90,8 @@ fn pod_containers_attributed_with_sockets_reachable_and_files_fingerprinted() {
         || {
             let scan = scanner.scan(&options, Some(&statuses)).unwrap();
             let ready = find(&scan, "web").is_some_and(|web| web.listening.len() == 2)
-                && find(&scan, "sidecar").is_some();
+                && find(&scan, "sidecar")
+                    .is_some_and(|s| s.processes.iter().any(|p| p.command == "sleep"));
             ready.then_some(scan)
         },
     );
