@@ -85,15 +85,25 @@ pub fn cgroupfs_cgroup(pod_uid: &str, container_id: &str) -> String {
 pub struct FakeContainer {
     pub id: String,
     pub cgroup: PathBuf,
+    /// Cgroup directories this container created, outermost first: only these are removed
+    /// (a real kubelet's `kubepods` on the same machine stays).
+    created: Vec<PathBuf>,
     child: Child,
 }
 
 impl FakeContainer {
     pub fn start(cgroup_relative: &str, id: &str, script: &str) -> Self {
-        let cgroup = cgroup_root()
-            .expect("a cgroup hierarchy")
-            .join(cgroup_relative);
-        std::fs::create_dir_all(&cgroup).unwrap();
+        let root = cgroup_root().expect("a cgroup hierarchy");
+        let cgroup = root.join(cgroup_relative);
+        let mut created = Vec::new();
+        let mut dir = root;
+        for component in Path::new(cgroup_relative).components() {
+            dir.push(component);
+            if std::fs::create_dir(&dir).is_ok() {
+                created.push(dir.clone());
+            }
+        }
+        assert!(cgroup.is_dir(), "cannot create {}", cgroup.display());
         // Join the cgroup first, so every process of the "container" is born in it.
         let launcher = format!(
             "echo $$ > {}/cgroup.procs && exec unshare --mount --propagation private --pid --fork --mount-proc sh -c \"$0\"",
@@ -110,6 +120,7 @@ impl FakeContainer {
         FakeContainer {
             id: id.to_string(),
             cgroup,
+            created,
             child,
         }
     }
@@ -135,14 +146,10 @@ impl Drop for FakeContainer {
         while !self.pids().is_empty() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        // Remove the container's cgroup and every parent that is empty now, up to the root.
-        let root = cgroup_root().expect("a cgroup hierarchy");
-        let mut dir = self.cgroup.clone();
-        while dir != root && dir.starts_with(&root) {
-            if std::fs::remove_dir(&dir).is_err() {
-                break;
-            }
-            dir.pop();
+        for dir in self.created.iter().rev() {
+            // A parent that still holds another test container's cgroup stays: its creator,
+            // dropped later, removes it.
+            let _ = std::fs::remove_dir(dir);
         }
     }
 }
