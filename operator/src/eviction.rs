@@ -51,9 +51,13 @@ fn is_ready(pod: &Pod) -> bool {
         .any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
+/// Creation timestamps have whole seconds: a pod of the same second as its watch may have been
+/// created first (`kubectl apply -k` sorts Deployments and Jobs before custom resources), so it
+/// counts as older. No loop: only replacements made within that same second could be evicted
+/// again, and the next eviction waits [`SETTLE`].
 fn created_before(pod: &Pod, watch_created: Option<&Time>) -> bool {
     match (&pod.metadata.creation_timestamp, watch_created) {
-        (Some(pod), Some(watch)) => pod < watch,
+        (Some(pod), Some(watch)) => pod <= watch,
         _ => false,
     }
 }
@@ -252,6 +256,15 @@ mod tests {
         assert!(matches!(
             decide(&selected[1..], Some(&last(60))).decision,
             Decision::Evict { name, .. } if name == "b"
+        ));
+    }
+
+    #[test]
+    fn a_pod_of_the_same_second_as_the_watch_counts_as_older() {
+        let selected = [old_pod("same", WATCH_CREATED, true, true, false)];
+        assert!(matches!(
+            decide(&selected, None).decision,
+            Decision::Evict { name, .. } if name == "same"
         ));
     }
 
