@@ -130,10 +130,6 @@ impl Scanner {
         })
     }
 
-    pub fn proc_root(&self) -> &ProcRoot {
-        &self.root
-    }
-
     /// Records every process's CPU time so the next scan can report CPU millicores, without
     /// reading anything else.
     pub fn sample_cpu(&mut self) -> Result<(), ProcRootError> {
