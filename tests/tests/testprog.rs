@@ -1,0 +1,97 @@
+//! The experiments' test program (`procwatch-testprog`) on this machine, no cluster needed: the
+//! shapes the end-to-end tests rely on (parent pids, command lines, names, socket answers).
+
+use std::io::{BufRead, BufReader};
+
+const EXE: &str = env!("CARGO_BIN_EXE_procwatch-testprog");
+
+#[test]
+fn broker_answers_on_every_socket_and_connect_prints_it() {
+    let base = std::env::temp_dir().join(format!("pw-testprog-{}", std::process::id()));
+    std::fs::create_dir_all(&base).unwrap();
+    let prefix = format!("{}/flux-", base.display());
+    let exe = EXE;
+    let mut broker = std::process::Command::new(exe)
+        .args(["broker", "--sockets", "2", "--dir-prefix", &prefix])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    BufReader::new(broker.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    let dir = ready.trim().rsplit(' ').next().unwrap().to_owned();
+    assert!(
+        dir.starts_with(&prefix) && dir.len() == prefix.len() + 6,
+        "{ready}"
+    );
+    for index in 0..2 {
+        let path = format!("{dir}/local-{index}");
+        let out = std::process::Command::new(exe)
+            .args(["connect", &path])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            format!("flux-broker pid {} on {path}\n", broker.id())
+        );
+    }
+    assert_eq!(comm_soon(broker.id(), "flux-broker"), "flux-broker");
+    broker.kill().unwrap();
+    broker.wait().unwrap();
+    std::fs::remove_dir_all(&base).unwrap();
+}
+
+#[test]
+fn trainer_runs_its_workers_as_children_and_finishes() {
+    let exe = EXE;
+    let mut trainer = std::process::Command::new(exe)
+        .args(["trainer", "--workers", "3", "--seconds", "2"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(trainer.stdout.take().unwrap());
+    // Workers share the pipe and may speak first.
+    let mut first = String::new();
+    while !first.starts_with("trainer pid") {
+        first.clear();
+        assert!(out.read_line(&mut first).unwrap() > 0, "no trainer line");
+    }
+    let pids: Vec<u32> = first
+        .split(": ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 3, "{first}");
+    for (rank, pid) in pids.iter().enumerate() {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let ppid: u32 = after.split(' ').nth(1).unwrap().parse().unwrap();
+        assert_eq!(ppid, trainer.id());
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        assert_eq!(
+            String::from_utf8(cmdline).unwrap(),
+            format!("procwatch-testprog\0worker\0--rank\0{rank}\0--seconds\x002\0")
+        );
+        assert_eq!(comm_soon(*pid, "worker"), "worker");
+    }
+    assert_eq!(comm_soon(trainer.id(), "trainer"), "trainer");
+    assert!(trainer.wait().unwrap().success());
+}
+
+/// The process's name once it is `want`, or what it is after 5 s (a process names itself
+/// right after it starts).
+fn comm_soon(pid: u32, want: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let comm = comm.trim().to_owned();
+        if comm == want || std::time::Instant::now() > deadline {
+            return comm;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
