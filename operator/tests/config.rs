@@ -270,21 +270,75 @@ fn deployment_flags_agree_with_service_rbac_and_webhook() {
     assert_eq!(pod.security_context.unwrap().run_as_non_root, Some(true));
 }
 
+/// Every sample's watch comes first in its file (pods created before their watch get no agent),
+/// selects the pods of its workload, and every object parses strictly.
 #[test]
-fn nginx_sample_selects_its_deployment() {
-    let docs = documents("config/samples/nginx.yaml");
-    let deployment: Deployment = strict(&docs[0]);
-    let watch: ProcessWatch = serde_json::from_value(docs[1].clone()).unwrap();
-    let labels = deployment
-        .spec
-        .unwrap()
-        .template
-        .metadata
-        .unwrap()
-        .labels
-        .unwrap();
-    assert!(selector::matches(&watch.spec.selector, &labels).unwrap());
-    assert_eq!(watch.spec.collect.files, ["/etc/nginx/nginx.conf"]);
+fn samples_put_the_watch_first_and_select_their_workloads() {
+    use k8s_openapi::api::batch::v1::Job;
+    use k8s_openapi::api::core::v1::Pod;
+    for (file, workloads) in [
+        ("config/samples/nginx.yaml", 1),
+        ("config/samples/jobset-training.yaml", 2),
+        ("config/samples/flux-brokers.yaml", 1),
+    ] {
+        let docs = documents(file);
+        assert_eq!(
+            docs[0]["kind"], "ProcessWatch",
+            "{file}: the watch must come first"
+        );
+        let watch: ProcessWatch = serde_json::from_value(docs[0].clone()).unwrap();
+        let mut selected = 0;
+        for doc in &docs[1..] {
+            let labels = match doc["kind"].as_str() {
+                Some("Deployment") => strict::<Deployment>(doc).spec.unwrap().template.metadata,
+                Some("Job") => strict::<Job>(doc).spec.unwrap().template.metadata,
+                Some("Pod") => Some(strict::<Pod>(doc).metadata),
+                other => panic!("{file}: unexpected {other:?}"),
+            }
+            .and_then(|m| m.labels)
+            .unwrap_or_default();
+            assert!(
+                selector::matches(&watch.spec.selector, &labels).unwrap(),
+                "{file}: the watch does not select {}",
+                doc["metadata"]["name"]
+            );
+            selected += 1;
+        }
+        assert_eq!(selected, workloads, "{file}");
+        if file.ends_with("nginx.yaml") {
+            assert_eq!(watch.spec.collect.files, ["/etc/nginx/nginx.conf"]);
+        }
+    }
+}
+
+/// The samples on the local test cluster: local images, never pulled, host network.
+#[test]
+fn loopback_samples_overlay_renders_with_every_kubectl() {
+    for (kubectl, docs) in render("config/overlays/loopback-samples") {
+        let mut pod_specs = 0;
+        for doc in &docs {
+            let spec = match doc["kind"].as_str() {
+                Some("Deployment" | "Job") => &doc["spec"]["template"]["spec"],
+                Some("Pod") => &doc["spec"],
+                _ => continue,
+            };
+            pod_specs += 1;
+            assert_eq!(spec["hostNetwork"], true, "{}: {doc}", kubectl.display());
+            for container in spec["containers"].as_array().unwrap() {
+                assert!(
+                    container["image"]
+                        .as_str()
+                        .is_some_and(|i| i.starts_with("localhost/")),
+                    "{}: {container}",
+                    kubectl.display()
+                );
+                assert_eq!(container["imagePullPolicy"], "Never");
+            }
+        }
+        assert_eq!(pod_specs, 4, "{}: web, two Jobs, flux", kubectl.display());
+        let watches = docs.iter().filter(|d| d["kind"] == "ProcessWatch").count();
+        assert_eq!(watches, 3, "{}", kubectl.display());
+    }
 }
 
 /// The kubectl binaries to render with: `kubectl` from PATH and, where `tests/cluster/build`
