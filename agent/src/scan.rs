@@ -408,6 +408,23 @@ impl ScanContext<'_> {
             }
         }
         report.detailed = detailed.len();
+        // Totals over every process: the listed ones as listed, the others from their stat.
+        let page_size = self.scanner.page_size;
+        report.report.cpu_millicores = detailed
+            .iter()
+            .chain(&rest)
+            .map(|&index| candidates[index].cpu_millicores)
+            .sum();
+        report.report.memory_bytes = report
+            .report
+            .processes
+            .iter()
+            .map(|process| process.memory_bytes)
+            .chain(
+                rest.iter()
+                    .map(|&index| candidates[index].stat.rss_pages * page_size),
+            )
+            .sum();
         report.ranked = detailed;
         report.ranked.extend(rest);
         report.report.process_count = report.ranked.len() as u32;

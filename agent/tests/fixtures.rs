@@ -222,6 +222,14 @@ fn max_processes_keeps_the_busiest_and_marks_truncation() {
     assert_eq!(nginx.processes.len(), 1);
     assert_eq!(nginx.processes[0].pid, 8);
     assert!(nginx.truncated);
+    // The totals cover the unlisted master too: 300 + 100 pages of RSS.
+    let page_size = procwatch_agent::procfs_read::page_size();
+    assert_eq!(nginx.processes[0].memory_bytes, 300 * page_size);
+    assert_eq!(nginx.memory_bytes, 400 * page_size);
+    assert_eq!(
+        nginx.cpu_millicores, 0,
+        "no CPU sample before the first scan"
+    );
     // The listener's lowest-pid holder (7) was not listed; the worker that was holds it.
     assert_eq!(nginx.listening[0].pid, Some(8));
     assert!(!container(&scan.containers, "flux").truncated);
@@ -274,10 +282,40 @@ fn cpu_millicores_from_the_difference_between_two_scans() {
     let flux = container(&scan.containers, "flux");
     let millicores = flux.processes[0].cpu_millicores;
     assert!((500..=1000).contains(&millicores), "{millicores}");
+    assert_eq!(flux.cpu_millicores, millicores);
     assert_eq!(
         container(&scan.containers, "nginx").processes[0].cpu_millicores,
         0
     );
+}
+
+#[test]
+fn container_totals_count_the_processes_not_listed() {
+    let proc = pod();
+    let mut scanner = Scanner::new(proc.path()).unwrap();
+    let statuses = pod_statuses();
+    scanner.sample_cpu().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    // Master and worker both used 10 more ticks meanwhile.
+    for (pid, utime, rss_pages) in [(7, 10 + 10, 100), (8, 500 + 10, 300)] {
+        proc.write(
+            pid,
+            "stat",
+            format!("{pid} (nginx) S 1 {pid} {pid} 0 -1 0 0 0 0 0 {utime} 5 0 0 20 0 1 0 1000 0 {rss_pages} 0\n"),
+        );
+    }
+    let options = ScanOptions {
+        max_processes: 1,
+        ..ScanOptions::default()
+    };
+    let scan = scanner.scan(&options, Some(&statuses)).unwrap();
+    let nginx = container(&scan.containers, "nginx");
+    assert_eq!(nginx.processes.len(), 1);
+    let listed = &nginx.processes[0];
+    assert!(listed.cpu_millicores > 0);
+    assert_eq!(nginx.cpu_millicores, 2 * listed.cpu_millicores);
+    let page_size = procwatch_agent::procfs_read::page_size();
+    assert_eq!(nginx.memory_bytes, 400 * page_size);
 }
 
 #[test]

@@ -105,6 +105,12 @@ pub struct ContainerReport {
     pub container_id: Option<String>,
     /// Every process of the container, listed or not.
     pub process_count: u32,
+    /// Total CPU use since the previous scan over every process of the container, listed or not.
+    #[serde(default)]
+    pub cpu_millicores: u64,
+    /// Total resident set size over every process of the container, listed or not.
+    #[serde(default)]
+    pub memory_bytes: u64,
     /// The busiest processes (CPU, then memory), at most `report.maxProcesses`.
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["pid"]))]

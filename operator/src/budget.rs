@@ -192,6 +192,8 @@ mod tests {
             name: name.into(),
             container_id: Some(format!("containerd://{}", "a".repeat(64))),
             process_count: u32::try_from(processes).unwrap(),
+            cpu_millicores: 1000,
+            memory_bytes: 1 << 30,
             processes: (0..processes)
                 .map(|i| {
                     process(

@@ -169,16 +169,19 @@ pub fn build(watch: &ProcessWatch, selected: &[SelectedPod]) -> Built {
     let figures = reporting
         .iter()
         .flat_map(|(pod, containers)| {
-            containers.iter().map(|c| ContainerFigures {
-                labels: ContainerLabels {
-                    namespace: namespace.clone(),
-                    watch: watch.name_any(),
-                    pod: pod.name(),
-                    container: c.name.clone(),
-                },
-                processes: u64::from(c.process_count),
-                cpu_millicores: c.processes.iter().map(|p| p.cpu_millicores).sum(),
-                memory_bytes: c.processes.iter().map(|p| p.memory_bytes).sum(),
+            containers.iter().map(|c| {
+                let (cpu_millicores, memory_bytes) = container_totals(c);
+                ContainerFigures {
+                    labels: ContainerLabels {
+                        namespace: namespace.clone(),
+                        watch: watch.name_any(),
+                        pod: pod.name(),
+                        container: c.name.clone(),
+                    },
+                    processes: u64::from(c.process_count),
+                    cpu_millicores,
+                    memory_bytes,
+                }
             })
         })
         .collect();
@@ -321,6 +324,18 @@ struct Totals {
     files: BTreeMap<String, BTreeSet<String>>,
 }
 
+/// CPU millicores and memory bytes of every process of a container, listed or not, as its
+/// agent added them up. An agent older than these totals reports 0: then the listed processes'
+/// sum, which the totals never fall below.
+fn container_totals(container: &ContainerReport) -> (u64, u64) {
+    let listed_cpu = container.processes.iter().map(|p| p.cpu_millicores).sum();
+    let listed_memory = container.processes.iter().map(|p| p.memory_bytes).sum();
+    (
+        container.cpu_millicores.max(listed_cpu),
+        container.memory_bytes.max(listed_memory),
+    )
+}
+
 /// One entry per container name over every reporting pod.
 fn summary(reporting: &[(&SelectedPod, Vec<ContainerReport>)]) -> Vec<ContainerSummary> {
     let mut totals: BTreeMap<&str, Totals> = BTreeMap::new();
@@ -328,9 +343,10 @@ fn summary(reporting: &[(&SelectedPod, Vec<ContainerReport>)]) -> Vec<ContainerS
         let entry = totals.entry(&container.name).or_default();
         entry.pods += 1;
         entry.processes += u64::from(container.process_count);
+        let (cpu_millicores, memory_bytes) = container_totals(container);
+        entry.cpu_millicores += cpu_millicores;
+        entry.memory_bytes += memory_bytes;
         for process in &container.processes {
-            entry.cpu_millicores += process.cpu_millicores;
-            entry.memory_bytes += process.memory_bytes;
             entry.commands.insert(process.command.clone());
         }
         for file in &container.files {
@@ -441,10 +457,13 @@ pub(crate) mod tests {
         (pod.to_string(), findings)
     }
 
+    /// An nginx container as an agent reports it when it lists every process.
     pub fn nginx(processes: Vec<ProcessInfo>, sha: &str) -> ContainerReport {
         ContainerReport {
             name: "nginx".into(),
             process_count: u32::try_from(processes.len()).unwrap(),
+            cpu_millicores: processes.iter().map(|p| p.cpu_millicores).sum(),
+            memory_bytes: processes.iter().map(|p| p.memory_bytes).sum(),
             processes,
             files: vec![FileFingerprint {
                 path: "/etc/nginx/nginx.conf".into(),
@@ -579,6 +598,41 @@ pub(crate) mod tests {
         assert_eq!(built.figures.len(), 3, "metrics cover every reporting pod");
         assert_eq!(status.pods[0].reported_at, Some(whole_seconds(now())));
         assert_eq!(status.pods[0].node_name.as_deref(), Some("node-1"));
+    }
+
+    #[test]
+    fn summary_and_metrics_count_the_processes_the_agent_did_not_list() {
+        let watch = watch("w");
+        // The agent listed its busiest process of 40; the totals cover all 40.
+        let mut listed = nginx(vec![process(1, "nginx", 10)], "h");
+        listed.process_count = 40;
+        listed.cpu_millicores = 25;
+        listed.memory_bytes = 40_000;
+        // An agent older than the totals reports none: its listed processes are the figure.
+        let mut old_agent = nginx(vec![process(1, "nginx", 10), process(2, "nginx", 5)], "h");
+        old_agent.cpu_millicores = 0;
+        old_agent.memory_bytes = 0;
+        let pods = vec![pod("a", "web", true), pod("b", "web", true)];
+        let reports = vec![
+            findings("a", now(), vec![listed]),
+            findings("b", now(), vec![old_agent]),
+        ];
+        let built = build(&watch, &selected(&watch, pods, reports));
+        let summary = &built.status.summary[0];
+        assert_eq!(
+            (
+                summary.processes,
+                summary.cpu_millicores,
+                summary.memory_bytes
+            ),
+            (42, 25 + 15, 40_000 + 2000)
+        );
+        let figures: Vec<(u64, u64, u64)> = built
+            .figures
+            .iter()
+            .map(|f| (f.processes, f.cpu_millicores, f.memory_bytes))
+            .collect();
+        assert_eq!(figures, [(40, 25, 40_000), (2, 15, 2000)]);
     }
 
     #[test]
