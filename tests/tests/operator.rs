@@ -7,13 +7,178 @@
 //! 127.0.0.1. Each test deploys the operator and removes it after ([`Operator`]); they run one
 //! at a time (the operator is cluster-wide).
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::ensure;
-use procwatch_e2e::{Cluster, Operator};
+use anyhow::{Context, ensure};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::ListParams;
+use procwatch_crds::ProcessWatch;
+use procwatch_crds::constants::{AGENT_CONTAINER_NAME, TOKEN_AUDIENCE, WATCHES_ANNOTATION};
+use procwatch_e2e::processwatch::{
+    describe_status, has_agent, metric_value, pw_table, pw_yaml, wait_for_watch,
+};
+use procwatch_e2e::{Cluster, Operator, TestNamespace, Wait, wait_for};
+
+/// A watch named `name` selecting `app=<app>`, every 2 s.
+fn watch_yaml(name: &str, app: &str, existing_pods: &str) -> String {
+    format!(
+        r#"
+apiVersion: procwatch.dev/v1alpha1
+kind: ProcessWatch
+metadata: {{name: {name}}}
+spec:
+  selector: {{matchLabels: {{app: {app}}}}}
+  interval: 2s
+  attach: {{existingPods: {existing_pods}}}
+"#
+    )
+}
+
+/// A Deployment of busybox pods on the host network whose container `app` runs a known process
+/// tree: `sh -c 'sleep 3600 & sleep 3601 & wait'`.
+fn sleeper_deployment(name: &str, app: &str, replicas: u32) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {app}}}}}
+  template:
+    metadata: {{labels: {{app: {app}}}}}
+    spec:
+      hostNetwork: true
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: app
+        image: localhost/busybox:local
+        imagePullPolicy: Never
+        command: [sh, -c, "sleep 3600 & sleep 3601 & wait"]
+"#
+    )
+}
+
+/// A bare busybox pod labelled `app=<app>`.
+fn bare_pod(name: &str, app: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, labels: {{app: {app}}}}}
+spec:
+  hostNetwork: true
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: localhost/busybox:local
+    imagePullPolicy: Never
+    command: [sh, -c, "sleep 3600 & sleep 3601 & wait"]
+"#
+    )
+}
+
+/// Applies a watch and waits until the operator has seen it (status.observedGeneration), so
+/// pods created afterwards meet a webhook that knows it.
+async fn apply_watch(ns: &TestNamespace, yaml: &str, name: &str) -> anyhow::Result<()> {
+    ns.apply_yaml(yaml).await?;
+    wait_for_watch(
+        ns,
+        name,
+        &format!("the operator to observe watch {name}"),
+        Duration::from_secs(30),
+        |pw| (pw.status.as_ref()?.observed_generation? >= pw.metadata.generation?).then_some(()),
+    )
+    .await
+}
+
+fn is_running(pod: &Pod) -> bool {
+    let Some(status) = &pod.status else {
+        return false;
+    };
+    status.phase.as_deref() == Some("Running")
+        && status
+            .container_statuses
+            .iter()
+            .flatten()
+            .all(|c| c.ready && c.state.as_ref().is_some_and(|s| s.running.is_some()))
+}
+
+/// Waits until `count` pods with `labels` run, all containers ready, none terminating.
+async fn running_pods(ns: &TestNamespace, labels: &str, count: usize) -> anyhow::Result<Vec<Pod>> {
+    let pods = ns.api::<Pod>();
+    wait_for(
+        &format!("{count} running pods {labels}"),
+        Duration::from_secs(120),
+        || async {
+            let list = pods.list(&ListParams::default().labels(labels)).await?;
+            let live: Vec<Pod> = list
+                .items
+                .into_iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .collect();
+            let running = live.iter().filter(|p| is_running(p)).count();
+            Ok(if running == count && live.len() == count {
+                Wait::Done(live)
+            } else {
+                Wait::not_yet(format!("{running} running of {}", live.len()))
+            })
+        },
+    )
+    .await
+}
+
+fn pod_name(pod: &Pod) -> &str {
+    pod.metadata.name.as_deref().unwrap_or("?")
+}
+
+fn container_id(pod: &Pod, container: &str) -> Option<String> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .iter()
+        .flatten()
+        .find(|c| c.name == container)?
+        .container_id
+        .clone()
+}
+
+/// One row of `ps -o pid,ppid,comm,args` as a container of the shared-PID pod sees it.
+#[derive(Debug)]
+struct PsRow {
+    pid: i32,
+    ppid: i32,
+    comm: String,
+    args: String,
+}
+
+async fn ps(ns: &TestNamespace, pod: &str, container: &str) -> anyhow::Result<Vec<PsRow>> {
+    let out = ns
+        .exec(pod, container, &["ps", "-o", "pid,ppid,comm,args"])
+        .await?;
+    out.lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let mut parts = line.split_whitespace();
+            let mut next = || parts.next().context("short ps line");
+            let pid = next()?.parse()?;
+            let ppid = next()?.parse()?;
+            let comm = next()?.to_string();
+            let args = parts.collect::<Vec<_>>().join(" ");
+            Ok(PsRow {
+                pid,
+                ppid,
+                comm,
+                args,
+            })
+        })
+        .collect()
+}
 
 /// 1. The operator deployed from config/ through the loopback overlay reaches Ready, its RBAC
-///    suffices (no "forbidden" in its log), it made its certificate and leads.
+///    suffices (no "forbidden" in its log), it leads and serves metrics.
 #[tokio::test]
 async fn operator_deploys_from_config_and_is_ready() -> anyhow::Result<()> {
     let cluster = Cluster::connect().await?;
@@ -23,18 +188,16 @@ async fn operator_deploys_from_config_and_is_ready() -> anyhow::Result<()> {
         "operator Ready {:.1}s after kubectl apply -k",
         t0.elapsed().as_secs_f64()
     );
-
-    // The controller starts once it leads; give the log a moment to show it.
-    procwatch_e2e::wait_for(
+    wait_for(
         "the operator to lead and sync its caches",
         Duration::from_secs(30),
         || async {
             let logs = operator.logs().await;
             Ok(
                 if logs.contains("leading") && logs.contains("pod cache synced") {
-                    procwatch_e2e::Wait::Done(())
+                    Wait::Done(())
                 } else {
-                    procwatch_e2e::Wait::not_yet(logs.lines().last().unwrap_or("").to_owned())
+                    Wait::not_yet(logs.lines().last().unwrap_or("").to_owned())
                 },
             )
         },
@@ -48,9 +211,346 @@ async fn operator_deploys_from_config_and_is_ready() -> anyhow::Result<()> {
     );
     let metrics = operator.metrics().await?;
     ensure!(
-        metrics.contains("procwatch_"),
-        "no procwatch metrics:\n{metrics}"
+        metric_value(
+            &metrics,
+            "procwatch_admissions_total",
+            &[("outcome", "injected")]
+        )
+        .is_some(),
+        "no admission metrics:\n{metrics}"
     );
+    operator.finish();
+    Ok(())
+}
+
+/// 2. A Deployment selected by a watch gets shared-PID pods with the agent; they run; the real
+///    processes of the app container, attributed to it by name, appear in `kubectl get pw -o
+///    yaml` and in the columns of `kubectl get pw`, and in the per-container metrics.
+#[tokio::test]
+async fn selected_deployment_reports_its_processes() -> anyhow::Result<()> {
+    let cluster = Cluster::connect().await?;
+    let operator = Operator::deploy(&cluster).await?;
+    let ns = cluster.namespace("op-report").await?;
+    apply_watch(
+        &ns,
+        &watch_yaml("sleepers", "sleeper", "Report"),
+        "sleepers",
+    )
+    .await?;
+
+    let t_apply = Instant::now();
+    ns.apply_yaml(&sleeper_deployment("sleeper", "sleeper", 2))
+        .await?;
+    let pods = running_pods(&ns, "app=sleeper", 2).await?;
+    println!(
+        "2 pods running {:.1}s after applying the Deployment",
+        t_apply.elapsed().as_secs_f64()
+    );
+
+    // The webhook's work, on the pods as the API server stored them.
+    for pod in &pods {
+        let spec = pod.spec.as_ref().context("pod spec")?;
+        ensure!(
+            spec.share_process_namespace == Some(true),
+            "{}: no shareProcessNamespace",
+            pod_name(pod)
+        );
+        ensure!(has_agent(pod), "{}: no agent container", pod_name(pod));
+        let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+        ensure!(
+            annotations.get(WATCHES_ANNOTATION).map(String::as_str) == Some("sleepers"),
+            "{}: annotations {annotations:?}",
+            pod_name(pod)
+        );
+        // The projected token (audience procwatch) is mounted into the agent only.
+        let token_volume = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| {
+                v.projected.as_ref().is_some_and(|p| {
+                    p.sources.iter().flatten().any(|s| {
+                        s.service_account_token
+                            .as_ref()
+                            .is_some_and(|t| t.audience.as_deref() == Some(TOKEN_AUDIENCE))
+                    })
+                })
+            })
+            .context("no projected token volume with audience procwatch")?;
+        for c in &spec.containers {
+            let mounts_it = c
+                .volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.name == token_volume.name);
+            ensure!(
+                mounts_it == (c.name == AGENT_CONTAINER_NAME),
+                "container {} mounts the token: {mounts_it}",
+                c.name
+            );
+        }
+    }
+
+    // Reports reach the status.
+    let pw = wait_for_watch(
+        &ns,
+        "sleepers",
+        "both pods reporting 3 processes each",
+        Duration::from_secs(60),
+        |pw| {
+            let s = pw.status.as_ref()?;
+            (s.reporting_pods == 2
+                && s.pods.len() == 2
+                && s.processes == 6
+                && s.pods.iter().all(|p| p.reported_at.is_some()))
+            .then(|| pw.clone())
+        },
+    )
+    .await?;
+    println!(
+        "apply -> both pods' findings in status: {:.1}s",
+        t_apply.elapsed().as_secs_f64()
+    );
+    println!("status: {}", describe_status(&pw));
+
+    // What kubectl -o yaml shows, checked against what ps sees in the pod.
+    let pw: ProcessWatch = pw_yaml(&ns, "sleepers").await?;
+    let status = pw.status.context("no status")?;
+    ensure!(
+        (
+            status.selected_pods,
+            status.attached_pods,
+            status.reporting_pods
+        ) == (2, 2, 2),
+        "{status:?}"
+    );
+    ensure!(
+        status.needs_restart.is_empty(),
+        "{:?}",
+        status.needs_restart
+    );
+    for pod in &pods {
+        let name = pod_name(pod);
+        let report = status
+            .pods
+            .iter()
+            .find(|p| p.name == name)
+            .with_context(|| format!("pod {name} not in status.pods"))?;
+        ensure!(report.uid == pod.metadata.uid, "uid of {name}");
+        let names: Vec<&str> = report.containers.iter().map(|c| c.name.as_str()).collect();
+        ensure!(
+            names == ["app"],
+            "{name}: containers {names:?} (only the app, never the agent)"
+        );
+        let app = &report.containers[0];
+        let real_id = container_id(pod, "app").context("app container ID")?;
+        ensure!(
+            real_id.starts_with("containerd://") && app.container_id.as_deref() == Some(&real_id),
+            "{name}: containerID {:?} vs {real_id}",
+            app.container_id
+        );
+        ensure!(app.process_count == 3, "{name}: {app:?}");
+
+        let truth = ps(&ns, name, "app").await?;
+        let find = |args: &str| {
+            truth
+                .iter()
+                .find(|r| r.args == args)
+                .with_context(|| format!("{name}: ps shows no {args:?}: {truth:?}"))
+        };
+        let sh = find("sh -c sleep 3600 & sleep 3601 & wait")?;
+        let pause = truth
+            .iter()
+            .find(|r| r.pid == 1)
+            .context("no pid 1 in ps")?;
+        ensure!(
+            pause.comm == "pause",
+            "{name}: pid 1 is {pause:?}, not the pause process"
+        );
+        let agent = truth
+            .iter()
+            .find(|r| r.comm.starts_with("procwatch-agent") || r.args.contains("procwatch-agent"))
+            .with_context(|| format!("{name}: ps shows no agent: {truth:?}"))?;
+        for args in ["sleep 3600", "sleep 3601"] {
+            let row = find(args)?;
+            let listed = app
+                .processes
+                .iter()
+                .find(|p| p.pid == row.pid)
+                .with_context(|| format!("{name}: pid {} ({args}) not listed", row.pid))?;
+            ensure!(
+                listed.command == "sleep" && listed.args == args && listed.ppid == sh.pid,
+                "{name}: {listed:?} vs ps {row:?}"
+            );
+            ensure!(row.ppid == sh.pid, "{name}: ps {row:?}");
+        }
+        let listed_sh = app
+            .processes
+            .iter()
+            .find(|p| p.pid == sh.pid)
+            .with_context(|| format!("{name}: the shell pid {} not listed", sh.pid))?;
+        ensure!(
+            listed_sh.command == "sh" && listed_sh.args == sh.args,
+            "{listed_sh:?}"
+        );
+        for c in &report.containers {
+            for p in &c.processes {
+                ensure!(
+                    p.pid != agent.pid && p.pid != pause.pid,
+                    "{name}: container {} lists pid {} (agent {}, pause {})",
+                    c.name,
+                    p.pid,
+                    agent.pid,
+                    pause.pid
+                );
+                ensure!(!p.command.contains("procwatch"), "{name}: lists {p:?}");
+            }
+        }
+        println!(
+            "{name}: app = sh {} -> sleep {}; agent pid {} and pause pid 1 under no container",
+            sh.pid,
+            app.processes
+                .iter()
+                .filter(|p| p.command == "sleep")
+                .map(|p| p.pid.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            agent.pid
+        );
+    }
+    let summary = status
+        .summary
+        .iter()
+        .find(|s| s.container == "app")
+        .context("no summary for app")?;
+    ensure!(
+        summary.pods == 2 && summary.processes == 6 && summary.commands == ["sh", "sleep"],
+        "{summary:?}"
+    );
+    ensure!(status.summary.len() == 1, "{:?}", status.summary);
+
+    // The columns of kubectl get pw.
+    let rows = pw_table(&ns).await?;
+    ensure!(rows.len() == 1, "{rows:?}");
+    let row = &rows[0];
+    let cells: Vec<&str> = [
+        "NAME",
+        "SELECTED",
+        "ATTACHED",
+        "REPORTING",
+        "PROCESSES",
+        "READY",
+    ]
+    .iter()
+    .map(|c| row.get(*c).map(String::as_str).unwrap_or("<missing>"))
+    .collect();
+    ensure!(
+        cells == ["sleepers", "2", "2", "2", "6", "True"],
+        "kubectl get pw: {row:?}"
+    );
+    ensure!(row.contains_key("AGE"), "{row:?}");
+
+    // Per-container gauges.
+    let metrics = operator.metrics().await?;
+    for pod in &pods {
+        let labels = [
+            ("namespace", ns.name()),
+            ("watch", "sleepers"),
+            ("pod", pod_name(pod)),
+            ("container", "app"),
+        ];
+        for (metric, expected) in [
+            ("procwatch_container_processes", Some(3.0)),
+            ("procwatch_container_memory_bytes", None),
+            ("procwatch_container_cpu_millicores", None),
+        ] {
+            let value = metric_value(&metrics, metric, &labels)
+                .with_context(|| format!("no {metric} for {}", pod_name(pod)))?;
+            if let Some(expected) = expected {
+                ensure!(value == expected, "{metric} = {value}");
+            }
+        }
+    }
+    ensure!(
+        metric_value(
+            &metrics,
+            "procwatch_container_processes",
+            &[("container", AGENT_CONTAINER_NAME)]
+        )
+        .is_none(),
+        "the agent has a gauge"
+    );
+    let forbidden = operator.forbidden_log_lines().await;
+    ensure!(forbidden.is_empty(), "{forbidden:?}");
+    ns.finish();
+    operator.finish();
+    Ok(())
+}
+
+/// 3. A pod that no watch selects, in a namespace with a watch, is left as it was submitted.
+#[tokio::test]
+async fn unselected_pod_is_untouched() -> anyhow::Result<()> {
+    let cluster = Cluster::connect().await?;
+    let operator = Operator::deploy(&cluster).await?;
+    let ns = cluster.namespace("op-untouched").await?;
+    apply_watch(
+        &ns,
+        &watch_yaml("sleepers", "sleeper", "Report"),
+        "sleepers",
+    )
+    .await?;
+    let skipped = |m: &str| {
+        metric_value(
+            m,
+            "procwatch_admissions_total",
+            &[("outcome", "skipped_not_selected")],
+        )
+        .unwrap_or(0.0)
+    };
+    let before = skipped(&operator.metrics().await?);
+
+    ns.apply_yaml(&bare_pod("other", "other")).await?;
+    let pod = running_pods(&ns, "app=other", 1).await?.remove(0);
+    let spec = pod.spec.as_ref().context("spec")?;
+    ensure!(!has_agent(&pod), "agent injected");
+    let containers: Vec<&str> = spec.containers.iter().map(|c| c.name.as_str()).collect();
+    ensure!(containers == ["app"], "{containers:?}");
+    ensure!(spec.init_containers.is_none(), "{:?}", spec.init_containers);
+    ensure!(
+        spec.share_process_namespace.is_none(),
+        "shareProcessNamespace {:?}",
+        spec.share_process_namespace
+    );
+    let annotations: BTreeMap<String, String> =
+        pod.metadata.annotations.clone().unwrap_or_default();
+    ensure!(
+        !annotations.keys().any(|k| k.starts_with("procwatch.dev/")),
+        "{annotations:?}"
+    );
+    ensure!(
+        !spec
+            .volumes
+            .iter()
+            .flatten()
+            .any(|v| v.name.contains("procwatch")),
+        "{:?}",
+        spec.volumes
+    );
+    // The webhook was asked and said no (rather than never being asked).
+    let after = skipped(&operator.metrics().await?);
+    ensure!(
+        after >= before + 1.0,
+        "skipped_not_selected {before} -> {after}"
+    );
+    // And the watch does not count it.
+    let pw = pw_yaml(&ns, "sleepers").await?;
+    let status = pw.status.context("status")?;
+    ensure!(
+        status.selected_pods == 0 && status.pods.is_empty(),
+        "{}",
+        describe_status(&pw_yaml(&ns, "sleepers").await?)
+    );
+    ns.finish();
     operator.finish();
     Ok(())
 }

@@ -1,0 +1,169 @@
+//! Reading ProcessWatches the way a user does (`kubectl get pw`, `kubectl get pw -o yaml`) and
+//! the operator's Prometheus metrics.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use procwatch_crds::ProcessWatch;
+use procwatch_crds::constants::AGENT_CONTAINER_NAME;
+
+use crate::cluster::TestNamespace;
+use crate::wait::{Wait, wait_for};
+
+/// `kubectl get pw` of the namespace, one map per row: column header (as printed, e.g.
+/// `SELECTED`) to cell.
+pub async fn pw_table(ns: &TestNamespace) -> anyhow::Result<Vec<BTreeMap<String, String>>> {
+    let out = ns.kubectl(&["get", "processwatches"]).await?;
+    parse_table(&out)
+}
+
+/// Parses kubectl's default table output (cells separated by whitespace, none empty).
+pub fn parse_table(out: &str) -> anyhow::Result<Vec<BTreeMap<String, String>>> {
+    let mut lines = out.lines().filter(|l| !l.trim().is_empty());
+    let Some(header) = lines.next() else {
+        bail!("no table in {out:?}");
+    };
+    let columns: Vec<&str> = header.split_whitespace().collect();
+    lines
+        .map(|line| {
+            let cells: Vec<&str> = line.split_whitespace().collect();
+            if cells.len() != columns.len() {
+                bail!("row {line:?} does not fit header {header:?}");
+            }
+            Ok(columns
+                .iter()
+                .zip(cells)
+                .map(|(c, v)| (c.to_string(), v.to_string()))
+                .collect())
+        })
+        .collect()
+}
+
+/// `kubectl get pw NAME -o yaml`, parsed.
+pub async fn pw_yaml(ns: &TestNamespace, name: &str) -> anyhow::Result<ProcessWatch> {
+    let out = ns
+        .kubectl(&["get", "processwatch", name, "-o", "yaml"])
+        .await?;
+    serde_yaml::from_str(&out).with_context(|| format!("parsing kubectl get pw {name} -o yaml"))
+}
+
+/// Polls the watch (API) until `check` returns `Some`; the text of `seen` describes it.
+pub async fn wait_for_watch<T>(
+    ns: &TestNamespace,
+    name: &str,
+    desc: &str,
+    timeout: Duration,
+    check: impl Fn(&ProcessWatch) -> Option<T>,
+) -> anyhow::Result<T> {
+    let api: Api<ProcessWatch> = ns.api();
+    wait_for(desc, timeout, || async {
+        let pw = api.get(name).await?;
+        Ok(match check(&pw) {
+            Some(v) => Wait::Done(v),
+            None => Wait::not_yet(describe_status(&pw)),
+        })
+    })
+    .await
+}
+
+/// The status counters and conditions, in one line.
+pub fn describe_status(pw: &ProcessWatch) -> String {
+    let Some(s) = &pw.status else {
+        return "no status".into();
+    };
+    let conditions: Vec<String> = s
+        .conditions
+        .iter()
+        .map(|c| format!("{}={}({})", c.type_, c.status, c.reason))
+        .collect();
+    format!(
+        "observedGeneration={:?} selected={} attached={} reporting={} processes={} needsRestart={:?} pods=[{}] conditions=[{}]",
+        s.observed_generation,
+        s.selected_pods,
+        s.attached_pods,
+        s.reporting_pods,
+        s.processes,
+        s.needs_restart,
+        s.pods
+            .iter()
+            .map(|p| format!(
+                "{}@{}",
+                p.name,
+                p.reported_at
+                    .as_ref()
+                    .map(|t| t.0.to_string())
+                    .unwrap_or_default()
+            ))
+            .collect::<Vec<_>>()
+            .join(","),
+        conditions.join(" ")
+    )
+}
+
+/// Whether the webhook gave the pod the agent (a container or native sidecar of that name).
+pub fn has_agent(pod: &Pod) -> bool {
+    pod.spec.as_ref().is_some_and(|s| {
+        s.containers
+            .iter()
+            .chain(s.init_containers.iter().flatten())
+            .any(|c| c.name == AGENT_CONTAINER_NAME)
+    })
+}
+
+/// The value of the sample `name{labels...}` in Prometheus/OpenMetrics text; every given label
+/// must match, others may exist.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, label_text) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest.strip_suffix('}')?),
+                None => (series, ""),
+            };
+            if metric != name {
+                return None;
+            }
+            let present = labels
+                .iter()
+                .all(|(k, v)| label_text.contains(&format!("{k}=\"{v}\"")));
+            present.then(|| value.parse().ok()).flatten()
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_and_metrics_parse() {
+        let rows = parse_table(
+            "NAME   SELECTED   ATTACHED   REPORTING   PROCESSES   READY   AGE\n\
+             web    2          2          2           6           True    3m\n",
+        )
+        .unwrap();
+        assert_eq!(rows[0]["PROCESSES"], "6");
+        assert_eq!(rows[0]["READY"], "True");
+        let text = "# TYPE x counter\nprocwatch_reports_total{result=\"accepted\"} 7\n\
+                    procwatch_container_processes{namespace=\"a\",watch=\"w\",pod=\"p\",container=\"app\"} 3\n";
+        assert_eq!(
+            metric_value(text, "procwatch_reports_total", &[("result", "accepted")]),
+            Some(7.0)
+        );
+        assert_eq!(
+            metric_value(
+                text,
+                "procwatch_container_processes",
+                &[("pod", "p"), ("container", "app")]
+            ),
+            Some(3.0)
+        );
+        assert_eq!(
+            metric_value(text, "procwatch_reports_total", &[("result", "x")]),
+            None
+        );
+    }
+}
