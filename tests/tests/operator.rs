@@ -554,3 +554,53 @@ async fn unselected_pod_is_untouched() -> anyhow::Result<()> {
     operator.finish();
     Ok(())
 }
+
+/// 4. With the operator scaled to zero, creating a pod that a watch selects still succeeds
+///    (the webhook fails open) and the pod runs without the agent; once the operator is back,
+///    the watch lists it as needing a restart.
+#[tokio::test]
+async fn pods_are_created_while_the_operator_is_away() -> anyhow::Result<()> {
+    let cluster = Cluster::connect().await?;
+    let operator = Operator::deploy(&cluster).await?;
+    let ns = cluster.namespace("op-away").await?;
+    apply_watch(
+        &ns,
+        &watch_yaml("sleepers", "sleeper", "Report"),
+        "sleepers",
+    )
+    .await?;
+
+    operator.scale(0).await?;
+    let t0 = Instant::now();
+    ns.apply_yaml(&bare_pod("during-outage", "sleeper")).await?;
+    println!(
+        "pod created in {:.2}s with no operator behind the webhook",
+        t0.elapsed().as_secs_f64()
+    );
+    let pod = running_pods(&ns, "app=sleeper", 1).await?.remove(0);
+    ensure!(!has_agent(&pod), "agent injected without an operator?");
+    ensure!(
+        pod.spec
+            .as_ref()
+            .and_then(|s| s.share_process_namespace)
+            .is_none(),
+        "shareProcessNamespace set"
+    );
+
+    operator.scale(1).await?;
+    wait_for_watch(
+        &ns,
+        "sleepers",
+        "the pod listed as needing a restart",
+        Duration::from_secs(60),
+        |pw| {
+            let s = pw.status.as_ref()?;
+            (s.selected_pods == 1 && s.attached_pods == 0 && s.needs_restart == ["during-outage"])
+                .then_some(())
+        },
+    )
+    .await?;
+    ns.finish();
+    operator.finish();
+    Ok(())
+}
