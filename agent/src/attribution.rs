@@ -151,6 +151,12 @@ fn is_container_id(text: &str) -> bool {
 /// Commands of pod infrastructure processes (the sandbox's PID 1).
 const INFRA_COMMANDS: [&str; 2] = ["pause", "catatonit"];
 
+/// Whether a command is that of a pod infrastructure process (`pause`, `catatonit`), which
+/// belongs to no container when it is a sandbox's PID 1 or in a container the pod does not name.
+pub fn is_infra_command(command: &str) -> bool {
+    INFRA_COMMANDS.contains(&command)
+}
+
 /// What attribution needs to know about one process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessIdentity {
@@ -194,7 +200,7 @@ pub fn attribute(
         .collect();
     let in_pod = |container: &ContainerId| pod_names.contains_key(container.id.as_str());
     let is_infra = |process: &ProcessIdentity, container: Option<&ContainerId>| {
-        INFRA_COMMANDS.contains(&process.command.as_str())
+        is_infra_command(&process.command)
             && (process.pid == 1 || container.is_some_and(|c| !in_pod(c)))
     };
 

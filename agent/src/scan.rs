@@ -1,9 +1,9 @@
 //! The scanner: one pass over a proc root turned into per-container findings.
 //!
-//! A scan reads `stat` and `cgroup` of every process, and its mount namespace where there are
-//! containers (cheap: enough to attribute and rank them), then reads the details (status, command line, descriptors,
-//! environment, exe, cwd, user) only of the processes it will list: the busiest
-//! `max_processes` of each container. A process that exits meanwhile is skipped and counted;
+//! A scan reads `stat` and the mount namespace of every process, and `cgroup` of only a few per
+//! mount namespace (enough to attribute and rank them all), then reads the details (status,
+//! command line, descriptors, environment, exe, cwd, user) only of the processes it will list:
+//! the busiest `max_processes` of each container. A process that exits meanwhile is skipped and counted;
 //! a file the agent may not read becomes a line in the container's `unreadable`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -75,6 +75,11 @@ const STATUS_LIMIT: usize = 16 * 1024;
 const ENVIRON_LIMIT: usize = 64 * 1024;
 const MAPS_LIMIT: usize = 4 * 1024 * 1024;
 const NET_TABLE_LIMIT: usize = 16 * 1024 * 1024;
+const CGROUP_LIMIT: usize = 64 * 1024;
+/// Cgroup files read per mount namespace, in pid order, when none names a container (the
+/// host's namespace): a process started into a container's namespace from outside it keeps
+/// an outside cgroup, and the container's own processes come after it only when pids wrap.
+const UNNAMED_CGROUPS_PER_NAMESPACE: u32 = 3;
 
 /// Scans one proc root, keeping the previous scan's CPU times to compute CPU millicores.
 #[derive(Debug)]
@@ -100,6 +105,25 @@ struct Candidate {
     stat: stat::PidStat,
     identity: ProcessIdentity,
     cpu_millicores: u64,
+}
+
+/// What the cgroup files read so far say about one mount namespace.
+///
+/// A container has a mount namespace of its own, so a process in the namespace of a process
+/// that its cgroup places in a container is in that container: one cgroup read (rendering it
+/// costs the kernel more than anything else a scan reads on a host with many cgroup
+/// hierarchies) attributes the whole namespace. The reading stops at the first cgroup naming a
+/// container, or after [`UNNAMED_CGROUPS_PER_NAMESPACE`] that name none.
+#[derive(Debug, Default)]
+struct NamespaceCgroups {
+    unnamed: u32,
+    named: bool,
+}
+
+impl NamespaceCgroups {
+    fn wants_more(&self) -> bool {
+        !self.named && self.unnamed < UNNAMED_CGROUPS_PER_NAMESPACE
+    }
 }
 
 /// The process exited while its details were read.
@@ -158,12 +182,7 @@ impl Scanner {
     ) -> Result<Scan, ProcRootError> {
         let scanned_at = Time(Timestamp::now());
         let mut vanished = 0u32;
-        let mut candidates = self.read_candidates(&mut vanished)?;
-        // Mount namespaces join cgroup-less processes to a container and tell the agent's own
-        // container apart; on a host without containers there is nothing to join.
-        if pod.is_some() || candidates.iter().any(|c| c.identity.container.is_some()) {
-            self.read_mount_namespaces(&mut candidates, &mut vanished);
-        }
+        let candidates = self.read_candidates(&mut vanished)?;
         let identities: Vec<ProcessIdentity> =
             candidates.iter().map(|c| c.identity.clone()).collect();
         let groups = attribution::attribute(&identities, pod, self.root.self_pid());
@@ -189,14 +208,16 @@ impl Scanner {
         })
     }
 
-    /// First pass: stat, cgroup and mount namespace of every process; records the CPU sample.
+    /// First pass: stat and mount namespace of every process, cgroup where it tells something
+    /// new; records the CPU sample.
     fn read_candidates(&mut self, vanished: &mut u32) -> Result<Vec<Candidate>, ProcRootError> {
         let now = Instant::now();
         let mut ticks = HashMap::new();
         let mut buffer = Vec::with_capacity(4096);
         let mut candidates = Vec::new();
+        let mut namespaces = HashMap::new();
         for pid in self.root.pids()? {
-            match self.read_candidate(pid, &mut buffer) {
+            match self.read_candidate(pid, &mut buffer, &mut namespaces) {
                 Ok(Some(candidate)) => {
                     let used = candidate.stat.utime_ticks + candidate.stat.stime_ticks;
                     ticks.insert((pid, candidate.stat.start_ticks), used);
@@ -224,10 +245,13 @@ impl Scanner {
     }
 
     /// `Ok(None)` for a process the agent cannot see at all (an unreadable or malformed stat).
+    /// A process whose cgroup is not read has no container of its own: attribution gives it
+    /// the container of its mount namespace.
     fn read_candidate(
         &self,
         pid: i32,
         buffer: &mut Vec<u8>,
+        namespaces: &mut HashMap<u64, NamespaceCgroups>,
     ) -> Result<Option<Candidate>, Vanished> {
         let stat = match self.root.read_record(pid, "stat", buffer, 4096) {
             Ok(text) => match stat::parse_pid_stat(text) {
@@ -237,37 +261,41 @@ impl Scanner {
             Err(ReadFailure::Gone) => return Err(Vanished),
             Err(_) => return Ok(None),
         };
-        let container = match self.root.read_record(pid, "cgroup", buffer, 64 * 1024) {
-            Ok(text) => attribution::container_from_cgroup(text),
-            Err(ReadFailure::Gone) => return Err(Vanished),
+        let mount_namespace = match self.root.namespace_inode(pid, "ns/mnt") {
+            Ok(inode) => Some(inode),
+            Err(ReadFailure::Gone) if !self.root.is_alive(pid) => return Err(Vanished),
+            // Unreadable without ptrace access, and gone from a zombie: its cgroup tells.
             Err(_) => None,
+        };
+        // An infrastructure process's own cgroup decides whether it is one (see attribution).
+        let infra = attribution::is_infra_command(&stat.comm);
+        let mut namespace = mount_namespace.map(|inode| namespaces.entry(inode).or_default());
+        let container = if infra || namespace.as_ref().is_none_or(|n| n.wants_more()) {
+            let container = match self.root.read_record(pid, "cgroup", buffer, CGROUP_LIMIT) {
+                Ok(text) => attribution::container_from_cgroup(text),
+                Err(ReadFailure::Gone) => return Err(Vanished),
+                Err(_) => None,
+            };
+            if let Some(namespace) = namespace.as_mut().filter(|_| !infra) {
+                match container {
+                    Some(_) => namespace.named = true,
+                    None => namespace.unnamed += 1,
+                }
+            }
+            container
+        } else {
+            None
         };
         Ok(Some(Candidate {
             identity: ProcessIdentity {
                 pid,
                 command: stat.comm.clone(),
                 container,
-                mount_namespace: None,
+                mount_namespace,
             },
             stat,
             cpu_millicores: 0,
         }))
-    }
-
-    fn read_mount_namespaces(&self, candidates: &mut Vec<Candidate>, vanished: &mut u32) {
-        candidates.retain_mut(|candidate| {
-            let pid = candidate.stat.pid;
-            match self.root.namespace_inode(pid, "ns/mnt") {
-                Ok(inode) => candidate.identity.mount_namespace = Some(inode),
-                Err(ReadFailure::Gone) if !self.root.is_alive(pid) => {
-                    *vanished += 1;
-                    return false;
-                }
-                // Unreadable without ptrace access, and gone from a zombie.
-                Err(_) => {}
-            }
-            true
-        });
     }
 
     fn denied_reason(&self) -> &'static str {

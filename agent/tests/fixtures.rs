@@ -318,6 +318,69 @@ fn container_totals_count_the_processes_not_listed() {
     assert_eq!(nginx.memory_bytes, 400 * page_size);
 }
 
+/// Members of each reported group, by pid.
+fn members(containers: &[ContainerReport]) -> Vec<(&str, Vec<i32>)> {
+    containers
+        .iter()
+        .map(|c| {
+            let mut pids: Vec<i32> = c.processes.iter().map(|p| p.pid).collect();
+            pids.sort_unstable();
+            (c.name.as_str(), pids)
+        })
+        .collect()
+}
+
+#[test]
+fn a_mount_namespace_is_attributed_by_the_cgroup_of_one_process() {
+    let proc = pod();
+    // Another nginx worker, in the master's mount namespace, whose cgroup file is not there:
+    // had the scan read it, the process would count as vanished.
+    let mut worker = FakeProcess::new(9, "nginx", b"nginx: worker process\0");
+    worker.ppid = 7;
+    worker.mount_namespace = Some(20);
+    proc.add(&worker);
+    std::fs::remove_file(proc.pid_dir(9).join("cgroup")).unwrap();
+    // Started into flux's mount namespace from outside (nsenter): its cgroup names nothing,
+    // so the next process's cgroup is read too.
+    let mut entered = FakeProcess::new(18, "sh", b"sh\0");
+    entered.cgroup = "0::/user.slice/user-0.slice/session-1.scope\n".into();
+    entered.mount_namespace = Some(30);
+    proc.add(&entered);
+    // A mount namespace link the agent may not read (no ptrace access; a zombie has none):
+    // the process's own cgroup tells.
+    let mut helper = FakeProcess::new(25, "flux-helper", b"flux-helper\0");
+    helper.cgroup = format!("0::/../cri-containerd-{FLUX_ID}.scope\n");
+    helper.mount_namespace = None;
+    proc.add(&helper);
+    let mut scanner = Scanner::new(proc.path()).unwrap();
+    let statuses = pod_statuses();
+    let scan = scanner.scan(&all(), Some(&statuses)).unwrap();
+    assert_eq!(scan.vanished, 0);
+    assert_eq!(
+        members(&scan.containers),
+        [("flux", vec![18, 19, 25]), ("nginx", vec![7, 8, 9])]
+    );
+}
+
+#[test]
+fn the_host_mount_namespace_costs_a_few_cgroup_reads() {
+    let proc = FakeProc::new(1);
+    for pid in 1..=6 {
+        proc.add(&FakeProcess::new(pid, "sh", b"sh\0"));
+    }
+    // Cgroups of the first three processes name no container: the others' are not read.
+    for pid in 4..=6 {
+        std::fs::remove_file(proc.pid_dir(pid).join("cgroup")).unwrap();
+    }
+    let mut scanner = Scanner::new(proc.path()).unwrap();
+    let scan = scanner.scan(&all(), None).unwrap();
+    assert_eq!(scan.vanished, 0);
+    assert_eq!(
+        members(&scan.containers),
+        [("host", vec![1, 2, 3, 4, 5, 6])]
+    );
+}
+
 #[test]
 fn a_process_vanishing_between_reads_is_skipped_and_counted() {
     let proc = pod();
