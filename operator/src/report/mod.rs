@@ -21,7 +21,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -41,6 +41,12 @@ use store::{FindingsStore, PodFindings, PodKey};
 pub const DEFAULT_MAX_REPORT_BYTES: usize = 2 * 1024 * 1024;
 /// Seconds an agent is asked to wait before retrying a 503.
 const RETRY_AFTER_SECONDS: u64 = 2;
+/// An oversized body is still read, and dropped, up to this much: an HTTP/1.1 client writes its
+/// whole body before it reads the answer, and a server that closes the connection on unread
+/// data makes it see a reset (EPIPE) instead of the 413. Only authenticated agents get here.
+const DRAIN_MAX_BYTES: usize = 16 * 1024 * 1024;
+/// How long draining an oversized body may take.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Clone)]
 pub struct ReportState {
@@ -127,6 +133,11 @@ impl IntoResponse for ReportError {
             StatusCode::SERVICE_UNAVAILABLE => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
             }
+            // What is left of a body past the drain limit is not read: do not reuse the
+            // connection.
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             _ => {}
         }
         response
@@ -157,21 +168,49 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ReportError> {
+async fn read_body(
+    headers: &HeaderMap,
+    mut body: Body,
+    limit: usize,
+) -> Result<Bytes, ReportError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
+    let mut read = 0usize;
     if declared.is_some_and(|length| length > limit) {
+        if declared.is_some_and(|length| length <= DRAIN_MAX_BYTES) {
+            drain(body, read).await;
+        }
         return Err(ReportError::TooLarge(limit));
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(ReportError::TooLarge(limit))
+    let mut kept = Vec::with_capacity(declared.unwrap_or(0));
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|error| ReportError::Body(error.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            read += data.len();
+            if read > limit {
+                drain(body, read).await;
+                return Err(ReportError::TooLarge(limit));
+            }
+            kept.extend_from_slice(&data);
         }
-        Err(error) => Err(ReportError::Body(error.to_string())),
     }
+    Ok(Bytes::from(kept))
+}
+
+/// Reads and drops the rest of a refused body, at most up to [`DRAIN_MAX_BYTES`] in all and
+/// for [`DRAIN_TIMEOUT`], so the client gets to read the refusal.
+async fn drain(mut body: Body, mut read: usize) {
+    let drained = async {
+        while read <= DRAIN_MAX_BYTES {
+            match body.frame().await {
+                Some(Ok(frame)) => read += frame.data_ref().map_or(0, Bytes::len),
+                Some(Err(_)) | None => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, drained).await;
 }
 
 async fn handle(

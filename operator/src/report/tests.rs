@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::http::{Request, StatusCode};
+use futures::StreamExt;
 use http_body_util::BodyExt;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewStatus, UserInfo};
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
@@ -271,6 +272,41 @@ async fn oversized_body_is_refused_with_a_message() {
     assert!(String::from_utf8_lossy(&body).contains("larger than 65536 bytes"));
     assert!(fixture.state.findings.is_empty());
     assert!(metric(&fixture.registry, "too_large"));
+}
+
+/// The client of an oversized report reads the 413 only after it has written its body: the
+/// handler reads (and drops) the rest instead of leaving it unread, with or without a declared
+/// length.
+#[tokio::test]
+async fn oversized_body_is_read_to_the_end_before_the_refusal() {
+    let fixture = fixture();
+    for declared in [false, true] {
+        let polled = Arc::new(AtomicUsize::new(0));
+        let counter = polled.clone();
+        // 200 KiB in 1 KiB chunks, over the fixture's 64 KiB limit.
+        let chunks = futures::stream::iter(0..200).map(move |_| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, std::io::Error>(axum::body::Bytes::from(vec![b' '; 1024]))
+        });
+        let mut request = Request::post(REPORT_PATH)
+            .header("content-type", "application/json")
+            .header("authorization", "Bearer pod:web-1");
+        if declared {
+            request = request.header("content-length", 200 * 1024);
+        }
+        let response = router(fixture.state.clone())
+            .oneshot(request.body(axum::body::Body::from_stream(chunks)).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(response.headers()["connection"], "close");
+        assert_eq!(
+            polled.load(Ordering::SeqCst),
+            200,
+            "declared length: {declared}"
+        );
+    }
+    assert!(fixture.state.findings.is_empty());
 }
 
 #[tokio::test]
