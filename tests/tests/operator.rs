@@ -11,14 +11,17 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::ListParams;
-use procwatch_crds::ProcessWatch;
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, ListParams, PostParams};
 use procwatch_crds::constants::{AGENT_CONTAINER_NAME, TOKEN_AUDIENCE, WATCHES_ANNOTATION};
+use procwatch_crds::report::{AgentReport, ReportResponse};
+use procwatch_crds::{ContainerReport, ProcessInfo, ProcessWatch};
 use procwatch_e2e::processwatch::{
     describe_status, has_agent, metric_value, pw_table, pw_yaml, wait_for_watch,
 };
-use procwatch_e2e::{Cluster, Operator, TestNamespace, Wait, wait_for};
+use procwatch_e2e::{Cluster, Operator, REPORT_URL, TestNamespace, Wait, wait_for};
 
 /// A watch named `name` selecting `app=<app>`, every 2 s.
 fn watch_yaml(name: &str, app: &str, existing_pods: &str) -> String {
@@ -600,6 +603,228 @@ async fn pods_are_created_while_the_operator_is_away() -> anyhow::Result<()> {
         },
     )
     .await?;
+    ns.finish();
+    operator.finish();
+    Ok(())
+}
+
+/// A token of the namespace's `default` service account from the TokenRequest API, bound to
+/// `pod`, for `audiences` (empty: the API server's own).
+async fn token_for_pod(
+    ns: &TestNamespace,
+    pod: &Pod,
+    audiences: &[&str],
+) -> anyhow::Result<String> {
+    let accounts: Api<ServiceAccount> = ns.api();
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: audiences.iter().map(|a| a.to_string()).collect(),
+            bound_object_ref: Some(BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: pod.metadata.name.clone(),
+                uid: pod.metadata.uid.clone(),
+            }),
+            expiration_seconds: Some(600),
+        },
+        ..Default::default()
+    };
+    let account = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.clone())
+        .unwrap_or_else(|| "default".into());
+    let answer = accounts
+        .create_token_request(&account, &PostParams::default(), &request)
+        .await
+        .context("TokenRequest")?;
+    Ok(answer.status.context("TokenRequest without status")?.token)
+}
+
+/// The status code and body of one POST to the report endpoint.
+async fn post_report(
+    client: &reqwest::Client,
+    token: Option<&str>,
+    body: Vec<u8>,
+) -> anyhow::Result<(u16, String)> {
+    let mut request = client
+        .post(REPORT_URL)
+        .header("content-type", "application/json")
+        .body(body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request
+        .send()
+        .await
+        .context("POST to the report endpoint")?;
+    Ok((response.status().as_u16(), response.text().await?))
+}
+
+/// The process the forged reports claim; must never reach the status.
+const FORGED_COMMAND: &str = "forged-by-test";
+
+/// 6. The report endpoint refuses, and changes nothing for: a token (TokenRequest API) of
+///    another pod, a token with the API server's audience, a garbage token, no token, an
+///    oversized body; the refusals are counted by reason. The same report with the pod's own
+///    procwatch token is accepted (the refusals are the token's doing, not the body's).
+#[tokio::test]
+async fn report_endpoint_refuses_forged_reports() -> anyhow::Result<()> {
+    let cluster = Cluster::connect().await?;
+    let operator = Operator::deploy(&cluster).await?;
+    let ns = cluster.namespace("op-refuse").await?;
+    apply_watch(
+        &ns,
+        &watch_yaml("sleepers", "sleeper", "Report"),
+        "sleepers",
+    )
+    .await?;
+    ns.apply_yaml(&sleeper_deployment("sleeper", "sleeper", 1))
+        .await?;
+    ns.apply_yaml(&bare_pod("bystander", "other")).await?;
+    let target = running_pods(&ns, "app=sleeper", 1).await?.remove(0);
+    let bystander = running_pods(&ns, "app=other", 1).await?.remove(0);
+    let target_name = pod_name(&target).to_owned();
+    wait_for_watch(
+        &ns,
+        "sleepers",
+        "the agent reporting",
+        Duration::from_secs(60),
+        |pw| (pw.status.as_ref()?.reporting_pods == 1).then_some(()),
+    )
+    .await?;
+
+    // What an attacker would post: the target's identity, a process that is not there.
+    let report = AgentReport {
+        pod_name: target_name.clone(),
+        pod_namespace: ns.name().to_owned(),
+        pod_uid: target.metadata.uid.clone().unwrap_or_default(),
+        scanned_at: Some(Time(k8s_openapi::jiff::Timestamp::now())),
+        containers: vec![ContainerReport {
+            name: "app".into(),
+            container_id: container_id(&target, "app"),
+            process_count: 1,
+            processes: vec![ProcessInfo {
+                pid: 4242,
+                ppid: 1,
+                command: FORGED_COMMAND.into(),
+                args: format!("{FORGED_COMMAND} --evil"),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let body = serde_json::to_vec(&report)?;
+    let other_pods_token = token_for_pod(&ns, &bystander, &[TOKEN_AUDIENCE]).await?;
+    let api_audience_token = token_for_pod(&ns, &target, &[]).await?;
+    let own_token = token_for_pod(&ns, &target, &[TOKEN_AUDIENCE]).await?;
+    // 3 MiB of JSON (the limit is 2 MiB), with a valid token so only the size is wrong.
+    let mut oversized = report.clone();
+    oversized.containers[0].processes[0].args = "x".repeat(3 * 1024 * 1024);
+    let oversized = serde_json::to_vec(&oversized)?;
+
+    let client = operator.https_client().await?;
+    let counters = |m: &str| {
+        [
+            "accepted",
+            "unauthenticated",
+            "forbidden",
+            "too_large",
+            "malformed",
+        ]
+        .map(|r| metric_value(m, "procwatch_reports_total", &[("result", r)]).unwrap_or(0.0))
+    };
+    let before = counters(&operator.metrics().await?);
+
+    let cases: [(&str, Option<&str>, &Vec<u8>, u16); 5] = [
+        (
+            "another pod's token (TokenRequest)",
+            Some(&other_pods_token),
+            &body,
+            403,
+        ),
+        (
+            "the API server's audience",
+            Some(&api_audience_token),
+            &body,
+            401,
+        ),
+        ("a garbage token", Some("not.a.token"), &body, 401),
+        ("no token", None, &body, 401),
+        ("an oversized body", Some(&own_token), &oversized, 413),
+    ];
+    for (what, token, body, expected) in cases {
+        let (status, answer) = post_report(&client, token, body.clone()).await?;
+        println!("{what}: {status} {}", answer.trim());
+        ensure!(
+            status == expected,
+            "{what}: {status} (expected {expected}): {answer}"
+        );
+    }
+    let after = counters(&operator.metrics().await?);
+    // unauthenticated +3, forbidden +1, too_large +1; malformed unchanged.
+    for (i, (name, delta)) in [
+        ("unauthenticated", 3.0),
+        ("forbidden", 1.0),
+        ("too_large", 1.0),
+        ("malformed", 0.0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        ensure!(
+            after[i + 1] - before[i + 1] == delta,
+            "procwatch_reports_total{{result={name}}}: {} -> {}",
+            before[i + 1],
+            after[i + 1]
+        );
+    }
+
+    // Three intervals on: the real agent's reports go on, the forged process never shows.
+    let pws: Api<ProcessWatch> = ns.api();
+    let first = pws.get("sleepers").await?;
+    let reported_at = |pw: &ProcessWatch| {
+        pw.status
+            .as_ref()
+            .and_then(|s| s.pods.iter().find(|p| p.name == target_name))
+            .and_then(|p| p.reported_at.clone())
+    };
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(6) {
+        let pw = pws.get("sleepers").await?;
+        let text = serde_json::to_string(&pw.status)?;
+        ensure!(
+            !text.contains(FORGED_COMMAND),
+            "a forged process in the status: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let last = pws.get("sleepers").await?;
+    ensure!(
+        reported_at(&last) > reported_at(&first),
+        "the agent's reports stopped: {:?} then {:?}",
+        reported_at(&first),
+        reported_at(&last)
+    );
+    let status = last.status.clone().context("status")?;
+    ensure!(
+        status.pods.len() == 1 && status.processes == 3,
+        "{}",
+        describe_status(&last)
+    );
+
+    // Control: the pod's own token with audience procwatch is accepted.
+    let (status, answer) = post_report(&client, Some(&own_token), body.clone()).await?;
+    ensure!(status == 200, "own token: {status} {answer}");
+    let response: ReportResponse = serde_json::from_str(&answer)?;
+    ensure!(response.watched, "{response:?}");
+    ensure!(
+        response.containers.iter().any(|c| c.name == "app"),
+        "{response:?}"
+    );
+    let accepted = counters(&operator.metrics().await?)[0];
+    ensure!(accepted > after[0], "accepted {accepted}");
     ns.finish();
     operator.finish();
     Ok(())
