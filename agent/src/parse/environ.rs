@@ -47,7 +47,12 @@ pub fn parse_environ(raw: &[u8], policy: EnvironmentPolicy) -> Environment {
             break;
         }
         let entry = String::from_utf8_lossy(entry);
-        let (name, value) = entry.split_once('=').unwrap_or((&entry, ""));
+        // Without `=` it is no variable: typically the end of a process title written over the
+        // environment (nginx's `nginx: master process …` reaches into it), which is cmdline
+        // text, not a name.
+        let Some((name, value)) = entry.split_once('=') else {
+            continue;
+        };
         environment.entries.push(match policy {
             EnvironmentPolicy::Names | EnvironmentPolicy::None => name.to_string(),
             EnvironmentPolicy::Redacted if looks_secret(name) || has_credentials(value) => {
@@ -116,8 +121,7 @@ PLAIN_URL=https://example.org/a:b@c\0EMPTY=\0NOVALUE\0";
                 "DB_PWD",
                 "DATABASE_URL",
                 "PLAIN_URL",
-                "EMPTY",
-                "NOVALUE"
+                "EMPTY"
             ]
         );
         assert!(!env.truncated);
@@ -138,8 +142,7 @@ PLAIN_URL=https://example.org/a:b@c\0EMPTY=\0NOVALUE\0";
                 "DB_PWD=<redacted>",
                 "DATABASE_URL=<redacted>",
                 "PLAIN_URL=https://example.org/a:b@c",
-                "EMPTY=",
-                "NOVALUE="
+                "EMPTY="
             ]
         );
         let joined = env.entries.join(" ");
@@ -183,6 +186,17 @@ PLAIN_URL=https://example.org/a:b@c\0EMPTY=\0NOVALUE\0";
             env.entries[0],
             format!("V0={}…", "x".repeat(MAX_VALUE_CHARS))
         );
+    }
+
+    #[test]
+    fn a_process_title_over_the_environment_is_no_variable() {
+        // /proc/<pid>/environ of an nginx master: its title ran past argv into the environment.
+        let raw = b"aster process nginx\0 master process nginx\0\0HOME=/\0";
+        for policy in [EnvironmentPolicy::Names, EnvironmentPolicy::Redacted] {
+            let env = parse_environ(raw, policy);
+            assert_eq!(env.entries.len(), 1, "{env:?}");
+            assert!(env.entries[0].starts_with("HOME"), "{env:?}");
+        }
     }
 
     #[test]
