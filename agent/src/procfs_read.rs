@@ -13,7 +13,7 @@ use std::ffi::{CStr, OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{Dir, Mode, OFlags, ResolveFlags};
@@ -189,8 +189,16 @@ impl ProcRoot {
 
     /// The inode of a namespace link (`ns/mnt`, `ns/net`).
     pub fn namespace_inode(&self, pid: i32, name: &str) -> Result<u64, ReadFailure> {
-        let target = self.read_link(pid, name)?;
-        let bytes = target.as_os_str().as_bytes();
+        // `mnt:[4026531840]`: read into the stack, as every process's is read.
+        let mut target = [0u8; 64];
+        let len = self.in_process_dir(pid, |directory| {
+            Ok(rustix::fs::readlinkat_raw(
+                directory,
+                name,
+                &mut target[..],
+            )?)
+        })?;
+        let bytes = &target[..len];
         let start = bytes.iter().position(|&b| b == b'[').map_or(0, |p| p + 1);
         let end = bytes
             .iter()
@@ -198,8 +206,10 @@ impl ProcRoot {
             .unwrap_or(bytes.len());
         std::str::from_utf8(bytes.get(start..end).unwrap_or_default())
             .ok()
+            .filter(|_| len < target.len())
             .and_then(|inode| inode.parse().ok())
             .ok_or_else(|| {
+                let target = String::from_utf8_lossy(bytes);
                 ReadFailure::Other(io::Error::other(format!("odd namespace link {target:?}")))
             })
     }

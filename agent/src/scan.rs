@@ -3,8 +3,10 @@
 //! A scan reads `stat` and the mount namespace of every process, and `cgroup` of only a few per
 //! mount namespace (enough to attribute and rank them all), then reads the details (status,
 //! command line, descriptors, environment, exe, cwd, user) only of the processes it will list:
-//! the busiest `max_processes` of each container. A process that exits meanwhile is skipped and counted;
-//! a file the agent may not read becomes a line in the container's `unreadable`.
+//! the busiest `max_processes` of each container. When that is every process, the details are
+//! read in the same pass, so each process's /proc directory is opened once. A process that
+//! exits meanwhile is skipped and counted; a file the agent may not read becomes a line in the
+//! container's `unreadable`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
@@ -105,6 +107,22 @@ struct Candidate {
     stat: stat::PidStat,
     identity: ProcessIdentity,
     cpu_millicores: u64,
+    /// Read in the first pass too when every process will be listed.
+    details: Option<ProcessDetails>,
+}
+
+/// The facts of one listed process that its own files give, with what could not be read. Its
+/// user name and CPU use are added when its container is known.
+struct ProcessDetails {
+    process: ProcessInfo,
+    /// `unreadable` lines for its container: what, and why.
+    notes: Vec<(&'static str, String)>,
+    /// Inodes of the sockets it holds (when listening sockets are collected).
+    sockets: Vec<u64>,
+    /// Its network namespace (when listening sockets are collected and it is readable).
+    net_namespace: Option<u64>,
+    /// Part of its environment was left out.
+    truncated: bool,
 }
 
 /// What the cgroup files read so far say about one mount namespace.
@@ -182,7 +200,7 @@ impl Scanner {
     ) -> Result<Scan, ProcRootError> {
         let scanned_at = Time(Timestamp::now());
         let mut vanished = 0u32;
-        let candidates = self.read_candidates(&mut vanished)?;
+        let mut candidates = self.read_candidates(options, &mut vanished)?;
         let identities: Vec<ProcessIdentity> =
             candidates.iter().map(|c| c.identity.clone()).collect();
         let groups = attribution::attribute(&identities, pod, self.root.self_pid());
@@ -196,7 +214,7 @@ impl Scanner {
         };
         let mut reports: Vec<GroupReport> = groups
             .into_iter()
-            .map(|group| context.report_group(group, &candidates, &mut vanished))
+            .map(|group| context.report_group(group, &mut candidates, &mut vanished))
             .collect();
         if options.sockets {
             context.attach_listeners(&mut reports, &candidates);
@@ -209,15 +227,21 @@ impl Scanner {
     }
 
     /// First pass: stat and mount namespace of every process, cgroup where it tells something
-    /// new; records the CPU sample.
-    fn read_candidates(&mut self, vanished: &mut u32) -> Result<Vec<Candidate>, ProcRootError> {
+    /// new, and the details too when every process will be listed; records the CPU sample.
+    fn read_candidates(
+        &mut self,
+        options: &ScanOptions,
+        vanished: &mut u32,
+    ) -> Result<Vec<Candidate>, ProcRootError> {
         let now = Instant::now();
         let mut ticks = HashMap::new();
         let mut buffer = Vec::with_capacity(4096);
-        let mut candidates = Vec::new();
+        let pids = self.root.pids()?;
+        let mut candidates = Vec::with_capacity(pids.len());
         let mut namespaces = HashMap::new();
-        for pid in self.root.pids()? {
-            match self.read_candidate(pid, &mut buffer, &mut namespaces) {
+        let details = (options.max_processes >= pids.len()).then_some(options);
+        for pid in pids {
+            match self.read_candidate(pid, &mut buffer, &mut namespaces, details) {
                 Ok(Some(candidate)) => {
                     let used = candidate.stat.utime_ticks + candidate.stat.stime_ticks;
                     ticks.insert((pid, candidate.stat.start_ticks), used);
@@ -246,12 +270,13 @@ impl Scanner {
 
     /// `Ok(None)` for a process the agent cannot see at all (an unreadable or malformed stat).
     /// A process whose cgroup is not read has no container of its own: attribution gives it
-    /// the container of its mount namespace.
+    /// the container of its mount namespace. `details`: read those too, as these options say.
     fn read_candidate(
         &self,
         pid: i32,
         buffer: &mut Vec<u8>,
         namespaces: &mut HashMap<u64, NamespaceCgroups>,
+        details: Option<&ScanOptions>,
     ) -> Result<Option<Candidate>, Vanished> {
         let stat = match self.root.read_record(pid, "stat", buffer, 4096) {
             Ok(text) => match stat::parse_pid_stat(text) {
@@ -286,6 +311,10 @@ impl Scanner {
         } else {
             None
         };
+        let details = match details {
+            Some(options) => Some(self.process_details(&stat, options, buffer)?),
+            None => None,
+        };
         Ok(Some(Candidate {
             identity: ProcessIdentity {
                 pid,
@@ -295,7 +324,132 @@ impl Scanner {
             },
             stat,
             cpu_millicores: 0,
+            details,
         }))
+    }
+
+    /// Every fact of one process that its own files give. Fails only when the process is gone.
+    fn process_details(
+        &self,
+        stat: &stat::PidStat,
+        options: &ScanOptions,
+        buffer: &mut Vec<u8>,
+    ) -> Result<ProcessDetails, Vanished> {
+        let root = &self.root;
+        let pid = stat.pid;
+        let gone =
+            |failure: &ReadFailure| matches!(failure, ReadFailure::Gone) && !root.is_alive(pid);
+        let mut details = ProcessDetails {
+            process: ProcessInfo::default(),
+            notes: Vec::new(),
+            sockets: Vec::new(),
+            net_namespace: None,
+            truncated: false,
+        };
+
+        let status = match root.read_record(pid, "status", buffer, STATUS_LIMIT) {
+            Ok(text) => status::parse_pid_status(text),
+            Err(ReadFailure::Gone) => return Err(Vanished),
+            Err(failure) => {
+                details.notes.push(("status", self.reason(&failure)));
+                status::PidStatus::default()
+            }
+        };
+        let args = match root.read_record(pid, "cmdline", buffer, cmdline::MAX_ARGS_BYTES + 1) {
+            Ok(text) => cmdline::parse_cmdline(text),
+            Err(ReadFailure::Gone) => return Err(Vanished),
+            Err(failure) => {
+                details.notes.push(("cmdline", self.reason(&failure)));
+                String::new()
+            }
+        };
+        let ticks = self.ticks_per_second;
+        details.process = ProcessInfo {
+            pid,
+            ppid: stat.ppid,
+            uid: status.effective_uid.unwrap_or_default(),
+            command: stat.comm.clone(),
+            args,
+            state: stat.state,
+            threads: stat.threads,
+            cpu_time_millis: (stat.utime_ticks + stat.stime_ticks) * 1000 / ticks,
+            memory_bytes: status.rss_bytes.unwrap_or(stat.rss_pages * self.page_size),
+            started_at: Timestamp::from_millisecond(
+                (self.boot_time * 1000 + stat.start_ticks * 1000 / ticks) as i64,
+            )
+            .ok()
+            .map(Time),
+            capabilities: status
+                .effective_capabilities
+                .map(status::capability_names)
+                .unwrap_or_default(),
+            seccomp: status.seccomp,
+            no_new_privs: status.no_new_privs.unwrap_or(false),
+            ..ProcessInfo::default()
+        };
+        if status.effective_uid.is_none() {
+            details
+                .notes
+                .push(("uid", "no Uid line in status".to_string()));
+        }
+
+        if options.open_files || options.sockets {
+            let mut count = 0u32;
+            let mut kinds: BTreeMap<String, u32> = BTreeMap::new();
+            let sockets = &mut details.sockets;
+            let listed = root.for_each_fd_target(pid, |target| {
+                count += 1;
+                let kind = fd::classify_fd_target(target);
+                *kinds.entry(kind.name().to_string()).or_default() += 1;
+                if options.sockets
+                    && let Some(inode) = fd::socket_inode(target)
+                {
+                    sockets.push(inode);
+                }
+            });
+            match listed {
+                Ok(()) if options.open_files => {
+                    details.process.open_files = Some(count);
+                    details.process.open_file_kinds = kinds;
+                }
+                Ok(()) => {}
+                Err(failure) if gone(&failure) => return Err(Vanished),
+                // A zombie has no descriptors left.
+                Err(ReadFailure::Gone) => {}
+                Err(failure) => details.notes.push(("open files", self.reason(&failure))),
+            }
+        }
+
+        if options.environment != EnvironmentPolicy::None {
+            match root.read_record(pid, "environ", buffer, ENVIRON_LIMIT) {
+                Ok(text) => {
+                    let environment = environ::parse_environ(text, options.environment);
+                    details.truncated |= environment.truncated;
+                    details.process.environment = environment.entries;
+                }
+                Err(failure) if gone(&failure) => return Err(Vanished),
+                Err(ReadFailure::Gone) => {}
+                Err(failure) => details.notes.push(("environ", self.reason(&failure))),
+            }
+        }
+
+        if options.paths {
+            let process = &mut details.process;
+            for (name, field) in [("exe", &mut process.exe), ("cwd", &mut process.cwd)] {
+                match root.read_link(pid, name) {
+                    Ok(target) => *field = Some(target.to_string_lossy().into_owned()),
+                    Err(failure) if gone(&failure) => return Err(Vanished),
+                    // Kernel threads and zombies have neither.
+                    Err(ReadFailure::Gone) => {}
+                    Err(failure) => details.notes.push((name, self.reason(&failure))),
+                }
+            }
+        }
+
+        if options.sockets {
+            details.net_namespace = root.namespace_inode(pid, "ns/net").ok();
+        }
+        Ok(details)
     }
 
     fn denied_reason(&self) -> &'static str {
@@ -386,7 +540,7 @@ impl ScanContext<'_> {
     fn report_group(
         &mut self,
         group: Group,
-        candidates: &[Candidate],
+        candidates: &mut [Candidate],
         vanished: &mut u32,
     ) -> GroupReport {
         self.users.clear();
@@ -419,16 +573,18 @@ impl ScanContext<'_> {
                 rest.push(index);
                 continue;
             }
-            let candidate = &candidates[index];
-            match self.process_details(candidate, &mut report) {
-                Ok(process) => {
-                    if self.options.sockets {
-                        self.note_net_source(
-                            candidate.stat.pid,
-                            &mut seen_net_namespaces,
-                            &mut report,
-                        );
-                    }
+            let candidate = &mut candidates[index];
+            let details = match candidate.details.take() {
+                Some(details) => Ok(details),
+                None => {
+                    self.scanner
+                        .process_details(&candidate.stat, self.options, &mut self.buffer)
+                }
+            };
+            match details {
+                Ok(details) => {
+                    let process =
+                        self.listed(candidate, details, &mut seen_net_namespaces, &mut report);
                     report.report.processes.push(process);
                     detailed.push(index);
                 }
@@ -466,136 +622,35 @@ impl ScanContext<'_> {
         report
     }
 
-    /// Every fact of one process. Fails only when the process is gone.
-    fn process_details(
+    /// A listed process joins its container's report: its notes, sockets and network namespace
+    /// go to the container; it gets its CPU use and user name.
+    fn listed(
         &mut self,
         candidate: &Candidate,
+        details: ProcessDetails,
+        seen_net_namespaces: &mut HashSet<Option<u64>>,
         group: &mut GroupReport,
-    ) -> Result<ProcessInfo, Vanished> {
-        let root = &self.scanner.root;
-        let stat = &candidate.stat;
-        let pid = stat.pid;
-        let gone =
-            |failure: &ReadFailure| matches!(failure, ReadFailure::Gone) && !root.is_alive(pid);
-
-        let status = match root.read_record(pid, "status", &mut self.buffer, STATUS_LIMIT) {
-            Ok(text) => status::parse_pid_status(text),
-            Err(ReadFailure::Gone) => return Err(Vanished),
-            Err(failure) => {
-                group
-                    .notes
-                    .add("status", pid, self.scanner.reason(&failure));
-                status::PidStatus::default()
-            }
-        };
-        let args = match root.read_record(
-            pid,
-            "cmdline",
-            &mut self.buffer,
-            cmdline::MAX_ARGS_BYTES + 1,
-        ) {
-            Ok(text) => cmdline::parse_cmdline(text),
-            Err(ReadFailure::Gone) => return Err(Vanished),
-            Err(failure) => {
-                group
-                    .notes
-                    .add("cmdline", pid, self.scanner.reason(&failure));
-                String::new()
-            }
-        };
-        let ticks = self.scanner.ticks_per_second;
-        let mut process = ProcessInfo {
-            pid,
-            ppid: stat.ppid,
-            uid: status.effective_uid.unwrap_or_default(),
-            user: None,
-            command: stat.comm.clone(),
-            args,
-            state: stat.state,
-            threads: stat.threads,
-            cpu_millicores: candidate.cpu_millicores,
-            cpu_time_millis: (stat.utime_ticks + stat.stime_ticks) * 1000 / ticks,
-            memory_bytes: status
-                .rss_bytes
-                .unwrap_or(stat.rss_pages * self.scanner.page_size),
-            started_at: Timestamp::from_millisecond(
-                (self.scanner.boot_time * 1000 + stat.start_ticks * 1000 / ticks) as i64,
-            )
-            .ok()
-            .map(Time),
-            capabilities: status
-                .effective_capabilities
-                .map(status::capability_names)
-                .unwrap_or_default(),
-            seccomp: status.seccomp,
-            no_new_privs: status.no_new_privs.unwrap_or(false),
-            ..ProcessInfo::default()
-        };
-        if status.effective_uid.is_none() {
+    ) -> ProcessInfo {
+        let pid = candidate.stat.pid;
+        let mut process = details.process;
+        process.cpu_millicores = candidate.cpu_millicores;
+        for (what, reason) in details.notes {
+            group.notes.add(what, pid, reason);
+        }
+        for inode in details.sockets {
             group
-                .notes
-                .add("uid", pid, "no Uid line in status".to_string());
+                .socket_owners
+                .entry(inode)
+                .and_modify(|owner| *owner = (*owner).min(pid))
+                .or_insert(pid);
         }
-
-        if self.options.open_files || self.options.sockets {
-            let mut count = 0u32;
-            let mut kinds: BTreeMap<String, u32> = BTreeMap::new();
-            let owners = &mut group.socket_owners;
-            let listed = root.for_each_fd_target(pid, |target| {
-                count += 1;
-                let kind = fd::classify_fd_target(target);
-                *kinds.entry(kind.name().to_string()).or_default() += 1;
-                if let Some(inode) = fd::socket_inode(target) {
-                    owners
-                        .entry(inode)
-                        .and_modify(|owner| *owner = (*owner).min(pid))
-                        .or_insert(pid);
-                }
-            });
-            match listed {
-                Ok(()) if self.options.open_files => {
-                    process.open_files = Some(count);
-                    process.open_file_kinds = kinds;
-                }
-                Ok(()) => {}
-                Err(failure) if gone(&failure) => return Err(Vanished),
-                // A zombie has no descriptors left.
-                Err(ReadFailure::Gone) => {}
-                Err(failure) => group
-                    .notes
-                    .add("open files", pid, self.scanner.reason(&failure)),
-            }
+        group.report.truncated |= details.truncated;
+        // Unknown namespaces (no ptrace access) are read through the group's first process.
+        if self.options.sockets && seen_net_namespaces.insert(details.net_namespace) {
+            group.net_sources.push(pid);
         }
-
-        if self.options.environment != EnvironmentPolicy::None {
-            match root.read_record(pid, "environ", &mut self.buffer, ENVIRON_LIMIT) {
-                Ok(text) => {
-                    let environment = environ::parse_environ(text, self.options.environment);
-                    group.report.truncated |= environment.truncated;
-                    process.environment = environment.entries;
-                }
-                Err(failure) if gone(&failure) => return Err(Vanished),
-                Err(ReadFailure::Gone) => {}
-                Err(failure) => group
-                    .notes
-                    .add("environ", pid, self.scanner.reason(&failure)),
-            }
-        }
-
-        if self.options.paths {
-            for (name, field) in [("exe", &mut process.exe), ("cwd", &mut process.cwd)] {
-                match root.read_link(pid, name) {
-                    Ok(target) => *field = Some(target.to_string_lossy().into_owned()),
-                    Err(failure) if gone(&failure) => return Err(Vanished),
-                    // Kernel threads and zombies have neither.
-                    Err(ReadFailure::Gone) => {}
-                    Err(failure) => group.notes.add(name, pid, self.scanner.reason(&failure)),
-                }
-            }
-        }
-
         process.user = self.user_name(candidate, process.uid, group);
-        Ok(process)
+        process
     }
 
     /// The user name from the process's own /etc/passwd, read once per group and mount namespace.
@@ -636,15 +691,6 @@ impl ScanContext<'_> {
         match failure {
             ReadFailure::Gone => "not found".to_string(),
             failure => self.scanner.reason(failure),
-        }
-    }
-
-    /// Remembers a pid to read the socket tables through, once per network namespace.
-    fn note_net_source(&self, pid: i32, seen: &mut HashSet<Option<u64>>, group: &mut GroupReport) {
-        let namespace = self.scanner.root.namespace_inode(pid, "ns/net").ok();
-        // Unknown namespaces (no ptrace access) are read through the group's first process.
-        if seen.insert(namespace) {
-            group.net_sources.push(pid);
         }
     }
 

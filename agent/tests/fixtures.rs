@@ -236,6 +236,32 @@ fn max_processes_keeps_the_busiest_and_marks_truncation() {
 }
 
 #[test]
+fn details_read_in_the_first_pass_or_the_second_are_the_same() {
+    let proc = pod();
+    let statuses = pod_statuses();
+    let options = |max_processes| ScanOptions {
+        files: vec!["/etc/nginx/nginx.conf".into()],
+        environment: EnvironmentPolicy::Redacted,
+        libraries: true,
+        max_processes,
+        ..ScanOptions::default()
+    };
+    // Every process will be listed: one pass.
+    let one_pass = Scanner::new(proc.path())
+        .unwrap()
+        .scan(&options(usize::MAX), Some(&statuses))
+        .unwrap();
+    // Fewer than the processes of the pod, more than any container has: two passes, the
+    // same processes listed.
+    let two_passes = Scanner::new(proc.path())
+        .unwrap()
+        .scan(&options(2), Some(&statuses))
+        .unwrap();
+    assert_eq!(one_pass.containers, two_passes.containers);
+    assert_eq!(container(&one_pass.containers, "nginx").processes.len(), 2);
+}
+
+#[test]
 fn collection_switched_off_reads_nothing_of_it() {
     let proc = pod();
     let mut scanner = Scanner::new(proc.path()).unwrap();

@@ -39,12 +39,16 @@ pub fn parse_pid_stat(text: &[u8]) -> Result<PidStat, ParseError> {
         .ok_or_else(|| err("pid is not a number"))?;
     let comm = String::from_utf8_lossy(&text[open + 1..close]).into_owned();
     let rest = std::str::from_utf8(&text[close + 1..]).map_err(|_| err("fields are not text"))?;
-    // fields[0] is field 3 of proc(5) (state), fields[n] is field n + 3.
-    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
-    if fields.len() < 22 {
+    // fields[0] is field 3 of proc(5) (state), fields[n] is field n + 3; the rest is not used.
+    let mut fields = [""; 22];
+    let mut count = 0;
+    for (slot, field) in fields.iter_mut().zip(rest.split_ascii_whitespace()) {
+        *slot = field;
+        count += 1;
+    }
+    if count < fields.len() {
         return Err(err(&format!(
-            "{} fields after the command name, need 22",
-            fields.len()
+            "{count} fields after the command name, need 22"
         )));
     }
     let number = |index: usize, name: &str| -> Result<u64, ParseError> {

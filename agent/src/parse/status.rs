@@ -20,42 +20,59 @@ pub struct PidStatus {
 
 pub fn parse_pid_status(text: &[u8]) -> PidStatus {
     let mut status = PidStatus::default();
-    for line in String::from_utf8_lossy(text).lines() {
-        let Some((key, value)) = line.split_once(':') else {
+    // Bytes, not text: a thousand processes' status files add up, and only the values of the
+    // keys below need to be text (the `Name:` line may not be UTF-8).
+    for line in text.split(|&b| b == b'\n') {
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
             continue;
         };
-        let value = value.trim();
-        match key {
-            "Uid" => {
-                status.effective_uid = value
+        let value = || {
+            std::str::from_utf8(&line[colon + 1..])
+                .unwrap_or_default()
+                .trim()
+        };
+        match &line[..colon] {
+            b"Uid" => {
+                status.effective_uid = value()
                     .split_ascii_whitespace()
                     .nth(1)
                     .and_then(|v| v.parse().ok());
             }
-            "Threads" => status.threads = value.parse().ok(),
-            "VmRSS" => {
-                status.rss_bytes = value
+            b"Threads" => status.threads = value().parse().ok(),
+            b"VmRSS" => {
+                status.rss_bytes = value()
                     .strip_suffix(" kB")
                     .and_then(|kib| kib.trim().parse::<u64>().ok())
                     .map(|kib| kib * 1024)
             }
-            "CapEff" => status.effective_capabilities = u64::from_str_radix(value, 16).ok(),
-            "NoNewPrivs" => {
-                status.no_new_privs = match value {
+            b"CapEff" => status.effective_capabilities = u64::from_str_radix(value(), 16).ok(),
+            b"NoNewPrivs" => {
+                status.no_new_privs = match value() {
                     "0" => Some(false),
                     "1" => Some(true),
                     _ => None,
                 }
             }
-            "Seccomp" => {
-                status.seccomp = match value {
+            b"Seccomp" => {
+                status.seccomp = match value() {
                     "0" => Some(SeccompMode::Disabled),
                     "1" => Some(SeccompMode::Strict),
                     "2" => Some(SeccompMode::Filter),
                     _ => None,
                 }
             }
-            _ => {}
+            _ => continue,
+        }
+        // The rest of the file (signal, CPU and memory masks, context switches) says nothing
+        // the scanner uses.
+        if status.effective_uid.is_some()
+            && status.threads.is_some()
+            && status.rss_bytes.is_some()
+            && status.effective_capabilities.is_some()
+            && status.no_new_privs.is_some()
+            && status.seccomp.is_some()
+        {
+            break;
         }
     }
     status
