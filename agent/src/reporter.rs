@@ -34,6 +34,10 @@ pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// How often an agent whose pod no watch selects asks again.
 pub const UNWATCHED_RECHECK: Duration = Duration::from_secs(300);
+/// When the operator's answer asks for something other than the last scan collected (the first
+/// answer always does: files, names of the containers), the next scan comes this soon instead
+/// of an interval later, so the status is complete within seconds of the pod's start.
+pub const FOLLOW_UP: Duration = Duration::from_secs(1);
 /// The operator's answer is small; anything bigger is refused.
 const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 /// How much of an error response is logged.
@@ -310,6 +314,9 @@ pub async fn run(
                 } else if !instructions.watched && response.watched {
                     tracing::info!("this pod is watched again: reporting resumed");
                 }
+                // `instructions` are what the reported scan used.
+                let changed = response.collect != instructions.collect
+                    || response.containers != instructions.containers;
                 instructions = Instructions {
                     interval: Duration::from_secs(response.interval_seconds.clamp(1, 3600)),
                     collect: response.collect,
@@ -317,8 +324,12 @@ pub async fn run(
                     watched: response.watched,
                 };
                 if instructions.watched {
-                    tracing::debug!(interval = ?instructions.interval, "report accepted");
-                    instructions.interval
+                    tracing::debug!(interval = ?instructions.interval, changed, "report accepted");
+                    if changed {
+                        FOLLOW_UP.min(instructions.interval)
+                    } else {
+                        instructions.interval
+                    }
                 } else {
                     UNWATCHED_RECHECK
                 }

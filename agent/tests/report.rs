@@ -159,6 +159,52 @@ async fn reports_with_a_fresh_token_backs_off_and_follows_the_operator() {
     assert!(stop_at.elapsed() < Duration::from_secs(1));
 }
 
+/// The first answer names the containers and says what to collect: the agent scans again a
+/// second later instead of an interval later, then keeps the interval.
+#[tokio::test]
+async fn new_instructions_are_followed_up_at_once_then_the_interval_holds() {
+    let ca = TestCa::new();
+    let script = Arc::new(|_: usize| {
+        let (status, body) = answer(true, minimal_collect());
+        let mut response: ReportResponse = serde_json::from_str(&body).unwrap();
+        response.interval_seconds = 30;
+        (status, serde_json::to_string(&response).unwrap())
+    });
+    let mut operator = FakeOperator::start(&ca, script).await;
+    let proc = pod();
+    let token = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(token.path(), "token\n").unwrap();
+    let client = ReportClient::new(&operator.url, &ca.pem, token.path()).unwrap();
+    let config = RunConfig {
+        proc_root: proc.path().to_path_buf(),
+        pod_name: "web-0".into(),
+        pod_namespace: "shop".into(),
+        pod_uid: "uid-1".into(),
+        interval: Duration::from_secs(30),
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let agent = tokio::spawn(reporter::run(config, client, async {
+        let _ = stopped.await;
+    }));
+
+    let (first_at, first) = next(&mut operator).await;
+    assert_eq!(first.report.containers[0].name, "containerd-3f2a9c1b7e0d");
+    let (second_at, second) = next(&mut operator).await;
+    assert!(
+        second_at - first_at < Duration::from_secs(3),
+        "{:?}",
+        second_at - first_at
+    );
+    assert_eq!(second.report.containers[0].name, "nginx");
+    assert_eq!(second.report.containers[0].processes.len(), 1);
+    // Nothing changed since: the 30s interval.
+    let quiet = tokio::time::timeout(Duration::from_secs(3), operator.received.recv()).await;
+    assert!(quiet.is_err(), "a third report within 3s");
+
+    stop.send(()).unwrap();
+    agent.await.unwrap().unwrap();
+}
+
 #[tokio::test]
 async fn trusts_only_the_given_ca() {
     let (trusted, other) = (TestCa::new(), TestCa::new());
