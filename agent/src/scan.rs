@@ -107,8 +107,9 @@ struct Candidate {
     stat: stat::PidStat,
     identity: ProcessIdentity,
     cpu_millicores: u64,
-    /// Read in the first pass too when every process will be listed.
-    details: Option<ProcessDetails>,
+    /// Read in the first pass too when every process will be listed (boxed: most candidates
+    /// have none).
+    details: Option<Box<ProcessDetails>>,
 }
 
 /// The facts of one listed process that its own files give, with what could not be read. Its
@@ -312,7 +313,7 @@ impl Scanner {
             None
         };
         let details = match details {
-            Some(options) => Some(self.process_details(&stat, options, buffer)?),
+            Some(options) => Some(Box::new(self.process_details(&stat, options, buffer)?)),
             None => None,
         };
         Ok(Some(Candidate {
@@ -566,8 +567,10 @@ impl ScanContext<'_> {
             notes: Notes::default(),
         };
         let mut seen_net_namespaces = HashSet::new();
-        let mut detailed = Vec::new();
-        let mut rest = Vec::new();
+        let listed = ranked.len().min(self.options.max_processes);
+        report.report.processes.reserve_exact(listed);
+        let mut detailed = Vec::with_capacity(listed);
+        let mut rest = Vec::with_capacity(ranked.len() - listed);
         for index in ranked {
             if detailed.len() == self.options.max_processes {
                 rest.push(index);
@@ -575,7 +578,7 @@ impl ScanContext<'_> {
             }
             let candidate = &mut candidates[index];
             let details = match candidate.details.take() {
-                Some(details) => Ok(details),
+                Some(details) => Ok(*details),
                 None => {
                     self.scanner
                         .process_details(&candidate.stat, self.options, &mut self.buffer)
