@@ -29,7 +29,8 @@ use crate::scan::{Scan, ScanOptions, Scanner};
 
 /// No report exchange may take longer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Retry delays grow from the first to the last, jittered.
+/// Retry delays grow from the first to the last, jittered, and never beyond the interval (see
+/// [`Backoff::cap`]).
 pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// How often an agent whose pod no watch selects asks again.
@@ -234,6 +235,14 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.base = self.min;
     }
+
+    /// Lowers the largest delay to `max` (never below the smallest): an agent retries at least
+    /// once per interval, so the status catches up within two intervals of the operator's
+    /// return, and no agent asks more often than it reports anyway.
+    pub fn cap(&mut self, max: Duration) {
+        self.max = max.clamp(self.min, BACKOFF_MAX);
+        self.base = self.base.min(self.max);
+    }
 }
 
 /// Who the agent is and where it reports.
@@ -273,6 +282,7 @@ pub async fn run(
         watched: true,
     };
     let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
+    backoff.cap(config.interval);
     // Only the latest findings are kept while the operator is away.
     let mut pending: Option<(Instant, AgentReport)> = None;
     // A short first wait so the first report already has CPU figures.
@@ -323,6 +333,7 @@ pub async fn run(
                     containers: response.containers,
                     watched: response.watched,
                 };
+                backoff.cap(instructions.interval);
                 if instructions.watched {
                     tracing::debug!(interval = ?instructions.interval, changed, "report accepted");
                     if changed {
@@ -376,6 +387,32 @@ mod tests {
         }
         backoff.reset();
         assert!(backoff.next_delay() <= Duration::from_secs(1));
+    }
+
+    #[test]
+    fn backoff_is_capped_at_the_interval_with_jitter() {
+        let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
+        backoff.cap(Duration::from_secs(2));
+        let delays: Vec<Duration> = (0..20).map(|_| backoff.next_delay()).collect();
+        assert!(
+            delays.iter().all(|d| *d <= Duration::from_secs(2)),
+            "{delays:?}"
+        );
+        // At the cap the delays still spread over its upper half.
+        assert!(
+            delays[5..].iter().all(|d| *d >= Duration::from_secs(1)),
+            "{delays:?}"
+        );
+        // A longer interval lets it grow again, up to the overall maximum; a shorter one than
+        // the smallest delay keeps the smallest.
+        backoff.cap(Duration::from_secs(3600));
+        let grown = (0..20).map(|_| backoff.next_delay()).max().unwrap();
+        assert!(
+            grown > Duration::from_secs(2) && grown <= BACKOFF_MAX,
+            "{grown:?}"
+        );
+        backoff.cap(Duration::from_millis(10));
+        assert!(backoff.next_delay() <= BACKOFF_MIN);
     }
 
     #[test]
