@@ -23,6 +23,9 @@ use procwatch_e2e::processwatch::{
 };
 use procwatch_e2e::{Cluster, Operator, REPORT_URL, TestNamespace, Wait, wait_for};
 
+/// The sampling interval of the tests' watches (`interval: 2s`).
+const INTERVAL: Duration = Duration::from_secs(2);
+
 /// A watch named `name` selecting `app=<app>`, every 2 s.
 fn watch_yaml(name: &str, app: &str, existing_pods: &str) -> String {
     format!(
@@ -825,6 +828,151 @@ async fn report_endpoint_refuses_forged_reports() -> anyhow::Result<()> {
     );
     let accepted = counters(&operator.metrics().await?)[0];
     ensure!(accepted > after[0], "accepted {accepted}");
+    ns.finish();
+    operator.finish();
+    Ok(())
+}
+
+/// The time a status entry was reported at, as a `SystemTime`.
+fn reported_at(pw: &ProcessWatch, pod: &str) -> Option<std::time::SystemTime> {
+    let at = pw
+        .status
+        .as_ref()?
+        .pods
+        .iter()
+        .find(|p| p.name == pod)?
+        .reported_at
+        .clone()?;
+    let nanos = at.0.as_nanosecond();
+    Some(std::time::UNIX_EPOCH + Duration::from_nanos(u64::try_from(nanos).ok()?))
+}
+
+/// 7. The operator pod is deleted while agents report: a new one becomes Ready, leads, and the
+///    status catches up — every pod's `reportedAt` advances past the new operator's Ready — within
+///    two intervals.
+#[tokio::test]
+async fn new_operator_takes_over_and_status_catches_up() -> anyhow::Result<()> {
+    let cluster = Cluster::connect().await?;
+    let operator = Operator::deploy(&cluster).await?;
+    let ns = cluster.namespace("op-takeover").await?;
+    apply_watch(
+        &ns,
+        &watch_yaml("sleepers", "sleeper", "Report"),
+        "sleepers",
+    )
+    .await?;
+    ns.apply_yaml(&sleeper_deployment("sleeper", "sleeper", 2))
+        .await?;
+    let pods = running_pods(&ns, "app=sleeper", 2).await?;
+    let names: Vec<String> = pods.iter().map(|p| pod_name(p).to_owned()).collect();
+    wait_for_watch(
+        &ns,
+        "sleepers",
+        "both agents reporting",
+        Duration::from_secs(60),
+        |pw| (pw.status.as_ref()?.reporting_pods == 2).then_some(()),
+    )
+    .await?;
+    // Reports flow: reportedAt advances.
+    let pws: Api<ProcessWatch> = ns.api();
+    let before = pws.get("sleepers").await?;
+    wait_for_watch(
+        &ns,
+        "sleepers",
+        "reportedAt advancing",
+        Duration::from_secs(10),
+        |pw| {
+            names
+                .iter()
+                .all(|n| reported_at(pw, n) > reported_at(&before, n))
+                .then_some(())
+        },
+    )
+    .await?;
+
+    let old = operator.pods().await?;
+    let old_name = old
+        .first()
+        .map(pod_name)
+        .context("no operator pod")?
+        .to_owned();
+    let t_kill = Instant::now();
+    let wall_kill = std::time::SystemTime::now();
+    cluster
+        .kubectl(&[
+            "-n",
+            procwatch_e2e::OPERATOR_NAMESPACE,
+            "delete",
+            "pod",
+            &old_name,
+            "--wait=false",
+        ])
+        .await?;
+    let new = operator.wait_ready(Duration::from_secs(120)).await?;
+    let t_ready = Instant::now();
+    let wall_ready = std::time::SystemTime::now();
+    ensure!(pod_name(&new) != old_name, "the same operator pod");
+    println!(
+        "operator pod {old_name} deleted; {} Ready {:.1}s later",
+        pod_name(&new),
+        (t_ready - t_kill).as_secs_f64()
+    );
+    // reportedAt has a resolution of a second: count a report from the second the new
+    // operator became Ready on.
+    let ready_second = wall_ready.duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let caught_up = wait_for_watch(
+        &ns,
+        "sleepers",
+        "every pod reported to the new operator",
+        Duration::from_secs(60),
+        |pw| {
+            let s = pw.status.as_ref()?;
+            let fresh = names.iter().all(|n| {
+                reported_at(pw, n)
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .is_some_and(|t| t.as_secs() >= ready_second)
+            });
+            (fresh && s.reporting_pods == 2 && s.processes == 6).then(|| pw.clone())
+        },
+    )
+    .await?;
+    let t_caught = Instant::now();
+    let catch_up = t_caught - t_ready;
+    println!(
+        "status caught up {:.1}s after the new operator was Ready ({:.1}s after the delete; interval {}s): {}",
+        catch_up.as_secs_f64(),
+        (t_caught - t_kill).as_secs_f64(),
+        INTERVAL.as_secs(),
+        describe_status(&caught_up)
+    );
+    let _ = wall_kill;
+    // What the agents went through while the operator was away.
+    for name in &names {
+        let logs = ns
+            .kubectl(&["logs", name, "-c", AGENT_CONTAINER_NAME])
+            .await
+            .unwrap_or_default();
+        let retries: Vec<&str> = logs
+            .lines()
+            .filter(|l| l.contains("not delivered") || l.contains("refused"))
+            .collect();
+        println!(
+            "agent of {name}: {} reports not delivered meanwhile; the last: {}",
+            retries.len(),
+            retries.last().map_or("-", |l| l.trim())
+        );
+    }
+    let logs = operator.logs().await;
+    ensure!(
+        logs.contains("became the leader"),
+        "the new operator does not lead:\n{logs}"
+    );
+    ensure!(
+        catch_up <= 2 * INTERVAL,
+        "the status caught up only {:.1}s after the new operator was Ready (limit {}s)",
+        catch_up.as_secs_f64(),
+        (2 * INTERVAL).as_secs()
+    );
     ns.finish();
     operator.finish();
     Ok(())
