@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType};
 
 use super::conditions::READY;
@@ -62,7 +63,23 @@ pub fn became_ready(
 }
 
 impl Change {
-    pub fn event(&self) -> Event {
+    /// The pod the change is about, if any.
+    fn pod(&self) -> Option<&str> {
+        match self {
+            Change::PodAttached(pod)
+            | Change::PodNeedsRestart(pod)
+            | Change::PodEvicted(pod)
+            | Change::EvictionBlocked { pod, .. } => Some(pod),
+            Change::Ready(_) => None,
+        }
+    }
+
+    /// The Event about the watch; a pod it concerns (in `namespace`, the watch's) is its
+    /// related object. That matters: an event recorder folds events with the same reason,
+    /// action, regarding and related object into one series and keeps the first note, so
+    /// without it the second eviction of a watch would only count up the first one's event
+    /// ("evicted pod A", x2) and never name pod B.
+    pub fn event(&self, namespace: &str) -> Event {
         let (type_, reason, action, note) = match self {
             Change::PodAttached(pod) => (
                 EventType::Normal,
@@ -95,7 +112,13 @@ impl Change {
             reason: reason.to_string(),
             note: Some(note),
             action: action.to_string(),
-            secondary: None,
+            secondary: self.pod().map(|pod| ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: Some(pod.to_string()),
+                namespace: Some(namespace.to_string()),
+                ..ObjectReference::default()
+            }),
         }
     }
 }
@@ -132,6 +155,31 @@ mod tests {
         );
     }
 
+    #[test]
+    fn events_about_pods_name_the_pod_as_related_object() {
+        let first = Change::PodEvicted("web-1".into()).event("shop");
+        let second = Change::PodEvicted("web-2".into()).event("shop");
+        // Same reason and action: only the related pod keeps them apart in a recorder.
+        assert_eq!(
+            (&first.reason, &first.action),
+            (&second.reason, &second.action)
+        );
+        let related = first.secondary.expect("a related pod");
+        assert_eq!(
+            (
+                related.kind.as_deref(),
+                related.name.as_deref(),
+                related.namespace.as_deref()
+            ),
+            (Some("Pod"), Some("web-1"), Some("shop"))
+        );
+        assert_ne!(Some(related), second.secondary);
+        assert!(
+            Change::Ready("ok".into()).event("shop").secondary.is_none(),
+            "the watch's own events concern no pod"
+        );
+    }
+
     fn with_ready(status: &str) -> ProcessWatchStatus {
         ProcessWatchStatus {
             conditions: vec![Condition {
@@ -154,7 +202,7 @@ mod tests {
             Some(Change::Ready("3 pods report 27 processes".into()))
         );
         assert_eq!(
-            became_ready(None, &ready).map(|c| c.event().reason),
+            became_ready(None, &ready).map(|c| c.event("shop").reason),
             Some("Ready".into())
         );
         assert_eq!(became_ready(Some(&ready), &ready), None);

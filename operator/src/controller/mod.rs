@@ -470,8 +470,13 @@ async fn write_status(
 /// Events are best effort: a failure is logged, never fails the reconcile.
 async fn publish(ctx: &Context, watch: &ProcessWatch, changes: &[Change]) {
     let reference = watch.object_ref(&());
+    let namespace = watch.namespace().unwrap_or_default();
     for change in changes {
-        if let Err(error) = ctx.recorder.publish(&change.event(), &reference).await {
+        if let Err(error) = ctx
+            .recorder
+            .publish(&change.event(&namespace), &reference)
+            .await
+        {
             tracing::warn!(
                 namespace = watch.namespace().unwrap_or_default(),
                 watch = watch.name_any(),
