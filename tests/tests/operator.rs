@@ -977,3 +977,214 @@ async fn new_operator_takes_over_and_status_catches_up() -> anyhow::Result<()> {
     operator.finish();
     Ok(())
 }
+
+/// A pod seen while the evictions went on.
+#[derive(Debug, Default)]
+struct Seen {
+    name: String,
+    original: bool,
+    first_running_ready: Option<Duration>,
+    terminating_or_gone: Option<Duration>,
+}
+
+/// 5. `existingPods: Evict` replaces a Deployment's old pods one at a time: polled every
+///    250 ms, never more than one old pod is evicted (terminating or gone) before its
+///    replacement runs ready; in the end every pod of the Deployment runs the agent. A bare
+///    pod the watch also selects is listed in needsRestart and never evicted.
+#[tokio::test]
+async fn evict_replaces_old_pods_one_at_a_time() -> anyhow::Result<()> {
+    let cluster = Cluster::connect().await?;
+    let operator = Operator::deploy(&cluster).await?;
+    let ns = cluster.namespace("op-evict").await?;
+    const REPLICAS: usize = 3;
+    ns.apply_yaml(&sleeper_deployment("web", "evictme", REPLICAS as u32))
+        .await?;
+    ns.apply_yaml(&bare_pod("lonely", "evictme")).await?;
+    let before = running_pods(&ns, "app=evictme", REPLICAS + 1).await?;
+    ensure!(
+        before.iter().all(|p| !has_agent(p)),
+        "agent before any watch"
+    );
+    let bare_uid = before
+        .iter()
+        .find(|p| pod_name(p) == "lonely")
+        .and_then(|p| p.metadata.uid.clone())
+        .context("bare pod")?;
+    let mut seen: BTreeMap<String, Seen> = before
+        .iter()
+        .filter(|p| pod_name(p) != "lonely")
+        .map(|p| {
+            let uid = p.metadata.uid.clone().unwrap_or_default();
+            let entry = Seen {
+                name: pod_name(p).to_owned(),
+                original: true,
+                ..Default::default()
+            };
+            (uid, entry)
+        })
+        .collect();
+    // The watch must be younger than the pods: creation times have whole seconds.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    let t0 = Instant::now();
+    ns.apply_yaml(&watch_yaml("web", "evictme", "Evict"))
+        .await?;
+    let pods_api = ns.api::<Pod>();
+    let pws: Api<ProcessWatch> = ns.api();
+    let mut worst_gap = 0i64;
+    let final_status = loop {
+        ensure!(
+            t0.elapsed() < Duration::from_secs(240),
+            "evictions not done after 240s: {seen:#?}"
+        );
+        let now = t0.elapsed();
+        let list = pods_api
+            .list(&ListParams::default().labels("app=evictme"))
+            .await?;
+        let present: BTreeMap<String, &Pod> = list
+            .items
+            .iter()
+            .filter_map(|p| Some((p.metadata.uid.clone()?, p)))
+            .collect();
+        // The bare pod stays, untouched.
+        let bare = present
+            .get(&bare_uid)
+            .context("the bare pod was deleted or evicted")?;
+        ensure!(
+            bare.metadata.deletion_timestamp.is_none(),
+            "the bare pod is terminating"
+        );
+        for (uid, pod) in &present {
+            if *uid == bare_uid {
+                continue;
+            }
+            let entry = seen.entry(uid.clone()).or_insert_with(|| Seen {
+                name: pod_name(pod).to_owned(),
+                ..Default::default()
+            });
+            if pod.metadata.deletion_timestamp.is_some() {
+                entry.terminating_or_gone.get_or_insert(now);
+            } else if is_running(pod) && entry.first_running_ready.is_none() {
+                entry.first_running_ready = Some(now);
+                ensure!(
+                    entry.original || has_agent(pod),
+                    "replacement {} without the agent",
+                    entry.name
+                );
+            }
+        }
+        for (uid, entry) in seen.iter_mut() {
+            if !present.contains_key(uid) {
+                entry.terminating_or_gone.get_or_insert(now);
+            }
+        }
+        // Old pods evicted so far, and replacements running: at most one old pod missing.
+        let evicted = seen
+            .values()
+            .filter(|s| s.original && s.terminating_or_gone.is_some())
+            .count() as i64;
+        let replaced = seen
+            .values()
+            .filter(|s| !s.original && s.first_running_ready.is_some())
+            .count() as i64;
+        worst_gap = worst_gap.max(evicted - replaced);
+        ensure!(
+            evicted - replaced <= 1,
+            "{evicted} old pods evicted but only {replaced} replacements running at {:.1}s: {seen:#?}",
+            now.as_secs_f64()
+        );
+
+        let pw = pws.get("web").await?;
+        let done = pw.status.as_ref().is_some_and(|s| {
+            s.attached_pods == REPLICAS as u32
+                && s.selected_pods == REPLICAS as u32 + 1
+                && s.needs_restart == ["lonely"]
+        });
+        if done && evicted == REPLICAS as i64 && replaced == REPLICAS as i64 {
+            break pw;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+
+    let mut order: Vec<&Seen> = seen
+        .values()
+        .filter(|s| s.original && s.terminating_or_gone.is_some())
+        .collect();
+    order.sort_by_key(|s| s.terminating_or_gone);
+    let mut replacements: Vec<&Seen> = seen.values().filter(|s| !s.original).collect();
+    replacements.sort_by_key(|s| s.first_running_ready);
+    println!("evictions (seconds after the watch was applied):");
+    for (i, old) in order.iter().enumerate() {
+        let new = replacements.get(i);
+        println!(
+            "  {:>5.1}s evicted {}; {:>5.1}s replacement {} running with the agent",
+            old.terminating_or_gone.unwrap_or_default().as_secs_f64(),
+            old.name,
+            new.and_then(|n| n.first_running_ready)
+                .unwrap_or_default()
+                .as_secs_f64(),
+            new.map_or("?", |n| n.name.as_str())
+        );
+    }
+    // Each eviction came after the previous replacement ran.
+    for i in 1..order.len() {
+        let previous_ready = replacements[i - 1].first_running_ready;
+        ensure!(
+            order[i].terminating_or_gone >= previous_ready,
+            "eviction {} before replacement {} ran: {seen:#?}",
+            i + 1,
+            i
+        );
+    }
+    ensure!(worst_gap <= 1, "{worst_gap}");
+    println!("status: {}", describe_status(&final_status));
+
+    // All pods of the Deployment now run the agent, and report.
+    let after = running_pods(&ns, "app=evictme", REPLICAS + 1).await?;
+    for pod in &after {
+        ensure!(
+            has_agent(pod) == (pod_name(pod) != "lonely"),
+            "{}: agent {}",
+            pod_name(pod),
+            has_agent(pod)
+        );
+    }
+    wait_for_watch(
+        &ns,
+        "web",
+        "the replacements reporting",
+        Duration::from_secs(60),
+        |pw| (pw.status.as_ref()?.reporting_pods == REPLICAS as u32).then_some(()),
+    )
+    .await?;
+    let metrics = operator.metrics().await?;
+    let evictions = metric_value(
+        &metrics,
+        "procwatch_evictions_total",
+        &[("result", "evicted")],
+    )
+    .unwrap_or(0.0);
+    ensure!(
+        evictions == REPLICAS as f64,
+        "procwatch_evictions_total{{evicted}} = {evictions}"
+    );
+    let events = ns
+        .kubectl(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.kind=ProcessWatch",
+            "-o",
+            "custom-columns=REASON:.reason,MESSAGE:.message",
+        ])
+        .await?;
+    println!("events of the watch:\n{events}");
+    ensure!(
+        events.matches("PodEvicted").count() == REPLICAS,
+        "PodEvicted events: {events}"
+    );
+    ensure!(!events.contains("evicted pod lonely"), "{events}");
+    ns.finish();
+    operator.finish();
+    Ok(())
+}
