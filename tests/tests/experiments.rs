@@ -198,6 +198,17 @@ fn nginx_problems(
             ));
         }
     }
+    // environ of the master holds the end of its process title (nginx writes it over argv and
+    // the environment): never reported as a variable.
+    for p in &nginx.processes {
+        if let Some(bad) = p
+            .environment
+            .iter()
+            .find(|e| e.contains(' ') || e.is_empty())
+        {
+            problems.push(format!("pid {} has an environment entry {bad:?}", p.pid));
+        }
+    }
     let want = ListeningSocket {
         protocol: SocketProtocol::Tcp,
         address: Some(listen.to_owned()),
