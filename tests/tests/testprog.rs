@@ -95,3 +95,39 @@ fn comm_soon(pid: u32, want: &str) -> String {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+#[test]
+fn trainer_stops_its_workers_on_sigterm() {
+    let mut trainer = std::process::Command::new(EXE)
+        .args(["trainer", "--workers", "2"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(trainer.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.starts_with("trainer pid") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "no trainer line");
+    }
+    let workers: Vec<String> = line
+        .split(": ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(comm_soon(trainer.id(), "trainer"), "trainer");
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &trainer.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    assert!(trainer.wait().unwrap().success(), "exit 0 on SIGTERM");
+    for pid in workers {
+        // Reaped by the trainer before it exited: gone, not even a zombie.
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "worker {pid} left behind"
+        );
+    }
+}
