@@ -99,8 +99,8 @@ impl Operator {
     /// Deploys the operator from the kustomize directory `overlay` (which must keep the
     /// namespace, Deployment, Secret and webhook configuration names of `config/`).
     pub async fn deploy_overlay(cluster: &Cluster, overlay: &Path) -> anyhow::Result<Operator> {
-        let t0 = Instant::now();
         let lock = lock_cluster().await?;
+        let t0 = Instant::now();
         warn_if_image_is_stale();
         let operator = Operator {
             cluster: cluster.clone(),
@@ -382,18 +382,32 @@ impl Operator {
         self.finished.store(true, Ordering::SeqCst);
     }
 
-    async fn anything_installed(&self) -> anyhow::Result<bool> {
+    /// Which of the operator's namespace, CRD and webhook configuration exist.
+    async fn installed(&self) -> anyhow::Result<Vec<&'static str>> {
         let namespaces: Api<Namespace> = Api::all(self.cluster.client());
         let crds: Api<CustomResourceDefinition> = Api::all(self.cluster.client());
         let hooks: Api<MutatingWebhookConfiguration> = Api::all(self.cluster.client());
-        Ok(namespaces.get_opt(OPERATOR_NAMESPACE).await?.is_some()
-            || crds.get_opt(CRD_NAME).await?.is_some()
-            || hooks.get_opt(WEBHOOK_CONFIGURATION).await?.is_some())
+        let mut present = Vec::new();
+        if namespaces.get_opt(OPERATOR_NAMESPACE).await?.is_some() {
+            present.push("namespace");
+        }
+        if crds.get_opt(CRD_NAME).await?.is_some() {
+            present.push("CRD");
+        }
+        if hooks.get_opt(WEBHOOK_CONFIGURATION).await?.is_some() {
+            present.push("webhook configuration");
+        }
+        Ok(present)
+    }
+
+    async fn anything_installed(&self) -> anyhow::Result<bool> {
+        Ok(!self.installed().await?.is_empty())
     }
 
     /// `kubectl delete -k` of the overlay, then waits until the namespace, the CRD and the
     /// webhook configuration are gone.
     pub async fn remove(&self) -> anyhow::Result<()> {
+        let t0 = Instant::now();
         let overlay_arg = self.overlay.to_string_lossy().into_owned();
         self.cluster
             .kubectl(&[
@@ -405,18 +419,37 @@ impl Operator {
             ])
             .await
             .context("removing the operator")?;
+        // When each part went, for the log: namespace finalization is the slow one.
+        let gone_at = std::sync::Mutex::new(Vec::<(&str, Duration)>::new());
         wait_for(
             "the operator's namespace, CRD and webhook configuration to be gone",
             REMOVE_TIMEOUT,
             || async {
-                Ok(if self.anything_installed().await? {
-                    Wait::not_yet("still there")
-                } else {
+                let present = self.installed().await?;
+                let mut gone = gone_at.lock().unwrap_or_else(|e| e.into_inner());
+                for part in ["webhook configuration", "CRD", "namespace"] {
+                    if !present.contains(&part) && !gone.iter().any(|(p, _)| *p == part) {
+                        gone.push((part, t0.elapsed()));
+                    }
+                }
+                Ok(if present.is_empty() {
                     Wait::Done(())
+                } else {
+                    Wait::not_yet(format!("still there: {}", present.join(", ")))
                 })
             },
         )
-        .await
+        .await?;
+        let gone = gone_at.into_inner().unwrap_or_else(|e| e.into_inner());
+        eprintln!(
+            "procwatch-e2e: operator removed in {:.1}s ({})",
+            t0.elapsed().as_secs_f64(),
+            gone.iter()
+                .map(|(part, at)| format!("{part} gone after {:.1}s", at.as_secs_f64()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        Ok(())
     }
 }
 
