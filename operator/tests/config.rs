@@ -438,6 +438,11 @@ fn loopback_overlay_renders_with_every_kubectl() {
             kubectl.display()
         );
         assert_eq!(container["imagePullPolicy"], "Never");
+        assert!(
+            find("Service")["spec"].get("selector").is_none(),
+            "{}: the loopback Service selects no pod (no endpoints of 127.0.0.1)",
+            kubectl.display()
+        );
         let client = &find("MutatingWebhookConfiguration")["webhooks"][0]["clientConfig"];
         assert!(client.get("service").is_none(), "{client}");
         assert_eq!(

@@ -215,6 +215,30 @@ async fn operator_deploys_from_config_and_is_ready() -> anyhow::Result<()> {
         "RBAC refusals in the operator's log:\n{}",
         forbidden.join("\n")
     );
+    // Nothing in its namespace went wrong (a readiness probe may fail while caches sync).
+    let warnings = cluster
+        .kubectl(&[
+            "-n",
+            procwatch_e2e::OPERATOR_NAMESPACE,
+            "get",
+            "events",
+            "--field-selector",
+            "type=Warning",
+            "-o",
+            "custom-columns=REASON:.reason,OBJECT:.involvedObject.name,MESSAGE:.message",
+            "--no-headers",
+        ])
+        .await?;
+    let unexpected: Vec<&str> = warnings
+        .lines()
+        .filter(|l| !l.starts_with("Unhealthy "))
+        .collect();
+    ensure!(
+        unexpected.is_empty(),
+        "warning events in {}:\n{}",
+        procwatch_e2e::OPERATOR_NAMESPACE,
+        unexpected.join("\n")
+    );
     let metrics = operator.metrics().await?;
     ensure!(
         metric_value(
