@@ -241,22 +241,49 @@ impl Cluster {
             finished: AtomicBool::new(false),
         };
         let sas: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &guard.name);
+        // Before 1.24 the ServiceAccount admission plugin refuses pods ("No API token found for
+        // service account") until the token controller has given `default` its token Secret,
+        // a moment after the ServiceAccount itself.
+        let needs_token_secret = minor_version(&self.server_version).is_some_and(|m| m < 24);
         wait_for(
             &format!(
-                "ServiceAccount {}/default (made by the controller-manager)",
-                guard.name
+                "ServiceAccount {}/default (made by the controller-manager){}",
+                guard.name,
+                if needs_token_secret {
+                    " and its token Secret"
+                } else {
+                    ""
+                }
             ),
             Duration::from_secs(60),
             || async {
-                Ok(sas
-                    .get_opt("default")
-                    .await?
-                    .map_or(Wait::not_yet("absent"), Wait::Done))
+                Ok(match sas.get_opt("default").await? {
+                    None => Wait::not_yet("absent"),
+                    Some(sa)
+                        if needs_token_secret && sa.secrets.as_ref().is_none_or(Vec::is_empty) =>
+                    {
+                        Wait::not_yet("no token Secret yet")
+                    }
+                    Some(sa) => Wait::Done(sa),
+                })
             },
         )
         .await?;
         Ok(guard)
     }
+}
+
+/// The minor version of a 1.x server (`"20"`, or `"20+"` on some distributions).
+fn minor_version(info: &Info) -> Option<u32> {
+    if info.major.trim_end_matches('+') != "1" {
+        return None;
+    }
+    let digits: String = info
+        .minor
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
 }
 
 fn no_cluster_help(source: &KubeconfigSource) -> String {
@@ -441,6 +468,19 @@ impl Drop for TestNamespace {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn minor_versions() {
+        let info = |major: &str, minor: &str| Info {
+            major: major.into(),
+            minor: minor.into(),
+            ..Default::default()
+        };
+        assert_eq!(minor_version(&info("1", "20")), Some(20));
+        assert_eq!(minor_version(&info("1", "27+")), Some(27));
+        assert_eq!(minor_version(&info("2", "0")), None);
+        assert_eq!(minor_version(&info("", "")), None);
+    }
 
     #[test]
     fn namespace_names_are_dns_labels() {
