@@ -71,7 +71,7 @@ fn trainer_runs_its_workers_as_children_and_finishes() {
         let after = &stat[stat.rfind(')').unwrap() + 2..];
         let ppid: u32 = after.split(' ').nth(1).unwrap().parse().unwrap();
         assert_eq!(ppid, trainer.id());
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        let cmdline = cmdline_soon(*pid);
         assert_eq!(
             String::from_utf8(cmdline).unwrap(),
             format!("procwatch-testprog\0worker\0--rank\0{rank}\0--seconds\x002\0")
@@ -129,5 +129,18 @@ fn trainer_stops_its_workers_on_sigterm() {
             !std::path::Path::new(&format!("/proc/{pid}")).exists(),
             "worker {pid} left behind"
         );
+    }
+}
+
+/// The process's command line once it has one: the parent sees a successful exec (the
+/// close-on-exec pipe closes) a moment before the kernel has set up the new argv.
+fn cmdline_soon(pid: u32) -> Vec<u8> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if !cmdline.is_empty() || std::time::Instant::now() > deadline {
+            return cmdline;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
