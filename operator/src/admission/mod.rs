@@ -177,7 +177,9 @@ pub fn watches_selecting<'a>(
         .filter(|w| match selector::matches(&w.spec.selector, labels) {
             Ok(matched) => matched,
             Err(error) => {
-                tracing::warn!(
+                // Debug only: this runs for every admission and report, and the controller
+                // already tells the user once, in the watch's Ready condition (InvalidSpec).
+                tracing::debug!(
                     namespace,
                     watch = w.metadata.name.as_deref().unwrap_or_default(),
                     %error,
