@@ -170,12 +170,12 @@ impl Metrics {
         );
         registry.register(
             "procwatch_container_cpu_millicores",
-            "CPU use of the listed processes of a container",
+            "CPU use of every process of a container of a reporting pod",
             metrics.container_cpu.clone(),
         );
         registry.register(
             "procwatch_container_memory_bytes",
-            "Resident memory of the listed processes of a container",
+            "Resident memory of every process of a container of a reporting pod",
             metrics.container_memory.clone(),
         );
         metrics
