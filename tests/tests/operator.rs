@@ -480,27 +480,43 @@ async fn selected_deployment_reports_its_processes() -> anyhow::Result<()> {
     );
     ensure!(row.contains_key("AGE"), "{row:?}");
 
-    // Per-container gauges.
-    let metrics = operator.metrics().await?;
-    for pod in &pods {
-        let labels = [
-            ("namespace", ns.name()),
-            ("watch", "sleepers"),
-            ("pod", pod_name(pod)),
-            ("container", "app"),
-        ];
-        for (metric, expected) in [
-            ("procwatch_container_processes", Some(3.0)),
-            ("procwatch_container_memory_bytes", None),
-            ("procwatch_container_cpu_millicores", None),
-        ] {
-            let value = metric_value(&metrics, metric, &labels)
-                .with_context(|| format!("no {metric} for {}", pod_name(pod)))?;
-            if let Some(expected) = expected {
-                ensure!(value == expected, "{metric} = {value}");
+    // Per-container gauges. The `ps` this test ran in the app container through `kubectl exec`
+    // may be in the latest report (it counts as the container's process while it runs), so wait
+    // for a report without it.
+    let metrics = wait_for(
+        "the per-container gauges of both pods, 3 processes each",
+        Duration::from_secs(15),
+        || async {
+            let metrics = operator.metrics().await?;
+            for pod in &pods {
+                let labels = [
+                    ("namespace", ns.name()),
+                    ("watch", "sleepers"),
+                    ("pod", pod_name(pod)),
+                    ("container", "app"),
+                ];
+                for metric in [
+                    "procwatch_container_memory_bytes",
+                    "procwatch_container_cpu_millicores",
+                ] {
+                    metric_value(&metrics, metric, &labels)
+                        .with_context(|| format!("no {metric} for {}", pod_name(pod)))?;
+                }
+                let processes = metric_value(&metrics, "procwatch_container_processes", &labels)
+                    .with_context(|| {
+                        format!("no procwatch_container_processes for {}", pod_name(pod))
+                    })?;
+                if processes != 3.0 {
+                    return Ok(Wait::not_yet(format!(
+                        "procwatch_container_processes = {processes} for {}",
+                        pod_name(pod)
+                    )));
+                }
             }
-        }
-    }
+            Ok(Wait::Done(metrics))
+        },
+    )
+    .await?;
     ensure!(
         metric_value(
             &metrics,
