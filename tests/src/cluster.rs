@@ -1,5 +1,6 @@
 //! Connecting to the cluster, and a fresh namespace per test.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Mutex;
@@ -422,47 +423,59 @@ async fn diagnostics(cluster: &Cluster, namespace: &str) -> String {
 
 impl Drop for TestNamespace {
     fn drop(&mut self) {
-        let failed = std::thread::panicking() || !self.finished.load(Ordering::SeqCst);
-        let keep = failed && std::env::var("PROCWATCH_E2E_KEEP").is_ok_and(|v| v == "1");
+        let (failed, keep) = failed_and_kept(&self.finished);
         let name = self.name.clone();
-        // The test's runtime may be single-threaded and busy unwinding: talk to the server from
-        // a thread of our own with its own runtime and a fresh client (a kube Client belongs to
-        // the runtime that made it).
-        let work = std::thread::spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    return eprintln!(
-                        "procwatch-e2e: no runtime to clean up namespace {name}: {e}"
-                    );
-                }
+        let what = format!("clean up namespace {name}");
+        run_cleanup(&what, move || async move {
+            let Ok(fresh) = Cluster::try_connect().await else {
+                eprintln!("procwatch-e2e: cluster gone; namespace {name} not deleted");
+                return;
             };
-            rt.block_on(async {
-                let Ok(fresh) = Cluster::try_connect().await else {
-                    eprintln!("procwatch-e2e: cluster gone; namespace {name} not deleted");
-                    return;
-                };
-                if failed {
-                    eprintln!(
-                        "\n===== procwatch-e2e: test failed; diagnostics of namespace {name} =====\n{}\n===== end of diagnostics =====",
-                        diagnostics(&fresh, &name).await
-                    );
+            if failed {
+                eprintln!(
+                    "\n===== procwatch-e2e: test failed; diagnostics of namespace {name} =====\n{}\n===== end of diagnostics =====",
+                    diagnostics(&fresh, &name).await
+                );
+            }
+            if keep {
+                eprintln!("procwatch-e2e: PROCWATCH_E2E_KEEP=1: namespace {name} kept");
+            } else {
+                let api: Api<Namespace> = Api::all(fresh.client());
+                if let Err(e) = api.delete(&name, &DeleteParams::background()).await {
+                    eprintln!("procwatch-e2e: deleting namespace {name}: {e}");
                 }
-                if keep {
-                    eprintln!("procwatch-e2e: PROCWATCH_E2E_KEEP=1: namespace {name} kept");
-                } else {
-                    let api: Api<Namespace> = Api::all(fresh.client());
-                    if let Err(e) = api.delete(&name, &DeleteParams::background()).await {
-                        eprintln!("procwatch-e2e: deleting namespace {name}: {e}");
-                    }
-                }
-            });
+            }
         });
-        let _ = work.join();
     }
+}
+
+/// Whether the guarded test failed (panicking, or never called `finish`), and whether the user
+/// asked to keep what a failed test leaves (`PROCWATCH_E2E_KEEP=1`).
+pub(crate) fn failed_and_kept(finished: &AtomicBool) -> (bool, bool) {
+    let failed = std::thread::panicking() || !finished.load(Ordering::SeqCst);
+    let keep = failed && std::env::var("PROCWATCH_E2E_KEEP").is_ok_and(|v| v == "1");
+    (failed, keep)
+}
+
+/// Runs a guard's clean-up to its end from a thread of its own with its own runtime: the
+/// test's runtime may be single-threaded and busy unwinding, and a kube Client belongs to the
+/// runtime that made it, so the clean-up makes a fresh one.
+pub(crate) fn run_cleanup<F, Fut>(what: &str, cleanup: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    let what = what.to_string();
+    let work = std::thread::spawn(move || {
+        match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt.block_on(cleanup()),
+            Err(e) => eprintln!("procwatch-e2e: no runtime to {what}: {e}"),
+        }
+    });
+    let _ = work.join();
 }
 
 #[cfg(test)]

@@ -104,20 +104,24 @@ pub async fn namespace_report(client: &Client, namespace: &str) -> String {
             });
             let _ = writeln!(out, "--- events of {namespace} ({}) ---", items.len());
             for e in items {
-                let _ = writeln!(
-                    out,
-                    "{} {} {}/{}: {} (x{})",
-                    e.type_.as_deref().unwrap_or("?"),
-                    e.reason.as_deref().unwrap_or("?"),
-                    e.involved_object.kind.as_deref().unwrap_or("?"),
-                    e.involved_object.name.as_deref().unwrap_or("?"),
-                    e.message.as_deref().unwrap_or("").trim(),
-                    e.count.unwrap_or(1)
-                );
+                let _ = writeln!(out, "{}", event_line(&e));
             }
         }
     }
     out
+}
+
+/// One event as a line: `Normal PodAttached ProcessWatch/web: pod … runs the agent (x1)`.
+pub(crate) fn event_line(e: &Event) -> String {
+    format!(
+        "{} {} {}/{}: {} (x{})",
+        e.type_.as_deref().unwrap_or("?"),
+        e.reason.as_deref().unwrap_or("?"),
+        e.involved_object.kind.as_deref().unwrap_or("?"),
+        e.involved_object.name.as_deref().unwrap_or("?"),
+        e.message.as_deref().unwrap_or("").trim(),
+        e.count.unwrap_or(1)
+    )
 }
 
 fn describe_state(state: Option<&ContainerState>) -> String {

@@ -45,7 +45,7 @@ use k8s_openapi::api::core::v1::{Event, Namespace, Pod, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, LogParams, Patch, PatchParams};
 
-use crate::cluster::{Cluster, cluster_dir};
+use crate::cluster::{Cluster, cluster_dir, failed_and_kept, run_cleanup};
 use crate::wait::{Wait, wait_for};
 
 /// Namespace of the operator (config/manager/namespace.yaml).
@@ -357,16 +357,7 @@ impl Operator {
             Ok(list) => {
                 let _ = writeln!(out, "--- events of {OPERATOR_NAMESPACE} ---");
                 for e in list.items {
-                    let _ = writeln!(
-                        out,
-                        "{} {} {}/{}: {} (x{})",
-                        e.type_.as_deref().unwrap_or("?"),
-                        e.reason.as_deref().unwrap_or("?"),
-                        e.involved_object.kind.as_deref().unwrap_or("?"),
-                        e.involved_object.name.as_deref().unwrap_or("?"),
-                        e.message.as_deref().unwrap_or("").trim(),
-                        e.count.unwrap_or(1)
-                    );
+                    let _ = writeln!(out, "{}", crate::diagnostics::event_line(&e));
                 }
             }
             Err(e) => {
@@ -458,48 +449,34 @@ impl Drop for Operator {
         if self.lock.is_none() {
             return;
         }
-        let failed = std::thread::panicking() || !self.finished.load(Ordering::SeqCst);
-        let keep = failed && std::env::var("PROCWATCH_E2E_KEEP").is_ok_and(|v| v == "1");
+        let (failed, keep) = failed_and_kept(&self.finished);
         let overlay = self.overlay.clone();
-        // As for TestNamespace: a thread with a runtime and a client of its own.
-        let work = std::thread::spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
+        // The lock stays with `self` until the clean-up has run.
+        run_cleanup("remove the operator", move || async move {
+            let cluster = match Cluster::connect().await {
+                Ok(c) => c,
                 Err(e) => {
-                    return eprintln!("procwatch-e2e: no runtime to remove the operator: {e}");
+                    return eprintln!("procwatch-e2e: operator not removed: {e:#}");
                 }
             };
-            rt.block_on(async {
-                let cluster = match Cluster::connect().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        return eprintln!("procwatch-e2e: operator not removed: {e:#}");
-                    }
-                };
-                let operator = Operator {
-                    cluster,
-                    overlay,
-                    finished: AtomicBool::new(true),
-                    // The lock stays with `self` until this thread is joined.
-                    lock: None,
-                };
-                if failed {
-                    eprintln!(
-                        "\n===== procwatch-e2e: test failed; the operator =====\n{}===== end of the operator =====",
-                        operator.diagnostics().await
-                    );
-                }
-                if keep {
-                    eprintln!("procwatch-e2e: PROCWATCH_E2E_KEEP=1: operator kept");
-                } else if let Err(e) = operator.remove().await {
-                    eprintln!("procwatch-e2e: removing the operator: {e:#}");
-                }
-            });
+            let operator = Operator {
+                cluster,
+                overlay,
+                finished: AtomicBool::new(true),
+                lock: None,
+            };
+            if failed {
+                eprintln!(
+                    "\n===== procwatch-e2e: test failed; the operator =====\n{}===== end of the operator =====",
+                    operator.diagnostics().await
+                );
+            }
+            if keep {
+                eprintln!("procwatch-e2e: PROCWATCH_E2E_KEEP=1: operator kept");
+            } else if let Err(e) = operator.remove().await {
+                eprintln!("procwatch-e2e: removing the operator: {e:#}");
+            }
         });
-        let _ = work.join();
     }
 }
 
