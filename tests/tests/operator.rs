@@ -85,6 +85,23 @@ spec:
     )
 }
 
+/// The common start of the tests: the operator deployed, a fresh namespace, and in it the watch
+/// `sleepers` (pods labelled `app: sleeper`, old pods reported) observed by the operator.
+async fn operator_watching_sleepers(
+    namespace_prefix: &str,
+) -> anyhow::Result<(Cluster, Operator, TestNamespace)> {
+    let cluster = Cluster::connect().await?;
+    let operator = Operator::deploy(&cluster).await?;
+    let ns = cluster.namespace(namespace_prefix).await?;
+    apply_watch(
+        &ns,
+        &watch_yaml("sleepers", "sleeper", "Report"),
+        "sleepers",
+    )
+    .await?;
+    Ok((cluster, operator, ns))
+}
+
 /// Applies a watch and waits until the operator has seen it (status.observedGeneration), so
 /// pods created afterwards meet a webhook that knows it.
 async fn apply_watch(ns: &TestNamespace, yaml: &str, name: &str) -> anyhow::Result<()> {
@@ -258,15 +275,7 @@ async fn operator_deploys_from_config_and_is_ready() -> anyhow::Result<()> {
 ///    yaml` and in the columns of `kubectl get pw`, and in the per-container metrics.
 #[tokio::test]
 async fn selected_deployment_reports_its_processes() -> anyhow::Result<()> {
-    let cluster = Cluster::connect().await?;
-    let operator = Operator::deploy(&cluster).await?;
-    let ns = cluster.namespace("op-report").await?;
-    apply_watch(
-        &ns,
-        &watch_yaml("sleepers", "sleeper", "Report"),
-        "sleepers",
-    )
-    .await?;
+    let (_cluster, operator, ns) = operator_watching_sleepers("op-report").await?;
 
     let t_apply = Instant::now();
     ns.apply_yaml(&sleeper_deployment("sleeper", "sleeper", 2))
@@ -536,15 +545,7 @@ async fn selected_deployment_reports_its_processes() -> anyhow::Result<()> {
 /// 3. A pod that no watch selects, in a namespace with a watch, is left as it was submitted.
 #[tokio::test]
 async fn unselected_pod_is_untouched() -> anyhow::Result<()> {
-    let cluster = Cluster::connect().await?;
-    let operator = Operator::deploy(&cluster).await?;
-    let ns = cluster.namespace("op-untouched").await?;
-    apply_watch(
-        &ns,
-        &watch_yaml("sleepers", "sleeper", "Report"),
-        "sleepers",
-    )
-    .await?;
+    let (_cluster, operator, ns) = operator_watching_sleepers("op-untouched").await?;
     let skipped = |m: &str| {
         metric_value(
             m,
@@ -606,15 +607,7 @@ async fn unselected_pod_is_untouched() -> anyhow::Result<()> {
 ///    the watch lists it as needing a restart.
 #[tokio::test]
 async fn pods_are_created_while_the_operator_is_away() -> anyhow::Result<()> {
-    let cluster = Cluster::connect().await?;
-    let operator = Operator::deploy(&cluster).await?;
-    let ns = cluster.namespace("op-away").await?;
-    apply_watch(
-        &ns,
-        &watch_yaml("sleepers", "sleeper", "Report"),
-        "sleepers",
-    )
-    .await?;
+    let (_cluster, operator, ns) = operator_watching_sleepers("op-away").await?;
 
     operator.scale(0).await?;
     let t0 = Instant::now();
@@ -713,15 +706,7 @@ const FORGED_COMMAND: &str = "forged-by-test";
 ///    procwatch token is accepted (the refusals are the token's doing, not the body's).
 #[tokio::test]
 async fn report_endpoint_refuses_forged_reports() -> anyhow::Result<()> {
-    let cluster = Cluster::connect().await?;
-    let operator = Operator::deploy(&cluster).await?;
-    let ns = cluster.namespace("op-refuse").await?;
-    apply_watch(
-        &ns,
-        &watch_yaml("sleepers", "sleeper", "Report"),
-        "sleepers",
-    )
-    .await?;
+    let (_cluster, operator, ns) = operator_watching_sleepers("op-refuse").await?;
     ns.apply_yaml(&sleeper_deployment("sleeper", "sleeper", 1))
         .await?;
     ns.apply_yaml(&bare_pod("bystander", "other")).await?;
@@ -892,15 +877,7 @@ fn reported_at(pw: &ProcessWatch, pod: &str) -> Option<std::time::SystemTime> {
 ///    two intervals.
 #[tokio::test]
 async fn new_operator_takes_over_and_status_catches_up() -> anyhow::Result<()> {
-    let cluster = Cluster::connect().await?;
-    let operator = Operator::deploy(&cluster).await?;
-    let ns = cluster.namespace("op-takeover").await?;
-    apply_watch(
-        &ns,
-        &watch_yaml("sleepers", "sleeper", "Report"),
-        "sleepers",
-    )
-    .await?;
+    let (cluster, operator, ns) = operator_watching_sleepers("op-takeover").await?;
     ns.apply_yaml(&sleeper_deployment("sleeper", "sleeper", 2))
         .await?;
     let pods = running_pods(&ns, "app=sleeper", 2).await?;
