@@ -200,6 +200,14 @@ async fn ps(ns: &TestNamespace, pod: &str, container: &str) -> anyhow::Result<Ve
         .collect()
 }
 
+/// A warning line (`REASON OBJECT MESSAGE`) of the kubelet failing a mount because its watch of
+/// the referenced secret or configmap did not sync within its fixed one-second wait (it retries).
+fn is_kubelet_cache_sync_retry(line: &str) -> bool {
+    line.starts_with("FailedMount ")
+        && line.contains("failed to sync ")
+        && line.contains(" cache: timed out waiting for the condition")
+}
+
 /// 1. The operator deployed from config/ through the loopback overlay reaches Ready, its RBAC
 ///    suffices (no "forbidden" in its log), it leads and serves metrics.
 #[tokio::test]
@@ -232,7 +240,11 @@ async fn operator_deploys_from_config_and_is_ready() -> anyhow::Result<()> {
         "RBAC refusals in the operator's log:\n{}",
         forbidden.join("\n")
     );
-    // Nothing in its namespace went wrong (a readiness probe may fail while caches sync).
+    // Nothing in its namespace went wrong. Two kinds of warning are transient retries of the
+    // cluster, not faults of our manifests: a readiness probe may fail while caches sync, and a
+    // token mount may fail once when the kubelet asks for the secret before the API server's node
+    // authorizer has seen the new pod (kubernetes/kubernetes#128910; seen in CI). The pod reached
+    // Ready above, so the kubelet's retry succeeded.
     let warnings = cluster
         .kubectl(&[
             "-n",
@@ -248,7 +260,7 @@ async fn operator_deploys_from_config_and_is_ready() -> anyhow::Result<()> {
         .await?;
     let unexpected: Vec<&str> = warnings
         .lines()
-        .filter(|l| !l.starts_with("Unhealthy "))
+        .filter(|l| !l.starts_with("Unhealthy ") && !is_kubelet_cache_sync_retry(l))
         .collect();
     ensure!(
         unexpected.is_empty(),
