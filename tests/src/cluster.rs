@@ -126,7 +126,10 @@ impl Cluster {
             }
             None => PathBuf::from("kubectl"),
         };
-        tracing::info!(%server, version = %server_version.git_version, ?source, "connected");
+        eprintln!(
+            "procwatch-e2e: connected to {server} ({}, kubeconfig from {source:?})",
+            server_version.git_version
+        );
         Ok(Cluster {
             client,
             source,

@@ -39,7 +39,12 @@ where
         // A hanging check must not outlive the deadline either.
         match tokio::time::timeout(remaining.max(Duration::from_millis(1)), check()).await {
             Ok(Ok(Wait::Done(value))) => {
-                tracing::debug!(desc, elapsed = ?start.elapsed(), "condition met");
+                // Shown with a failing test's output: how close each earlier wait came to its limit.
+                eprintln!(
+                    "procwatch-e2e: {desc}: after {:.1}s (limit {:.0}s)",
+                    start.elapsed().as_secs_f64(),
+                    timeout.as_secs_f64()
+                );
                 return Ok(value);
             }
             Ok(Ok(Wait::NotYet(seen))) => last_seen = seen,
