@@ -265,8 +265,9 @@ struct Instructions {
     watched: bool,
 }
 
-/// Scans and reports until `shutdown` completes. Fails only when the proc root cannot be
-/// scanned at all.
+/// Scans and reports until `shutdown` completes or the operator answers that the pod's other
+/// containers have finished for good (the agent must exit for the pod to complete). Fails only
+/// when the proc root cannot be scanned at all.
 pub async fn run(
     config: RunConfig,
     client: ReportClient,
@@ -314,6 +315,12 @@ pub async fn run(
         };
         delay = match outcome {
             Ok(response) => {
+                if response.workload_finished {
+                    tracing::info!(
+                        "the pod's other containers have finished: the agent exits so that the pod can complete"
+                    );
+                    return Ok(());
+                }
                 pending = None;
                 backoff.reset();
                 if instructions.watched && !response.watched {

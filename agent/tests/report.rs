@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -44,6 +45,7 @@ fn answer(watched: bool, collect: CollectRequest) -> (StatusCode, String) {
             name: "nginx".into(),
             container_id: format!("containerd://{NGINX_ID}"),
         }],
+        workload_finished: false,
     };
     (StatusCode::OK, serde_json::to_string(&response).unwrap())
 }
@@ -236,15 +238,15 @@ async fn trusts_only_the_given_ca() {
     );
 }
 
-#[tokio::test]
-async fn the_binary_reports_and_stops_promptly_on_sigterm() {
-    let ca = TestCa::new();
-    let mut operator =
-        FakeOperator::start(&ca, Arc::new(|_| answer(true, CollectRequest::default()))).await;
-    let proc = pod();
-    let token = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(token.path(), "token-1").unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_procwatch-agent"))
+/// `procwatch-agent run` as the webhook configures it (environment only), pod `shop/web-0`,
+/// reporting every second.
+fn spawn_agent_binary(
+    proc: &FakeProc,
+    operator: &FakeOperator,
+    ca: &TestCa,
+    token: &Path,
+) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_procwatch-agent"))
         .args(["run", "--proc-root"])
         .arg(proc.path())
         .env_clear()
@@ -253,10 +255,21 @@ async fn the_binary_reports_and_stops_promptly_on_sigterm() {
         .env("POD_UID", "uid-1")
         .env("PROCWATCH_REPORT_URL", &operator.url)
         .env("PROCWATCH_CA_PEM", &ca.pem)
-        .env("PROCWATCH_TOKEN_FILE", token.path())
+        .env("PROCWATCH_TOKEN_FILE", token)
         .env("PROCWATCH_INTERVAL", "1s")
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_binary_reports_and_stops_promptly_on_sigterm() {
+    let ca = TestCa::new();
+    let mut operator =
+        FakeOperator::start(&ca, Arc::new(|_| answer(true, CollectRequest::default()))).await;
+    let proc = pod();
+    let token = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(token.path(), "token-1").unwrap();
+    let mut child = spawn_agent_binary(&proc, &operator, &ca, token.path());
     let (_, first) = next(&mut operator).await;
     assert_eq!(first.report.pod_name, "web-0");
     assert_eq!(first.authorization.as_deref(), Some("Bearer token-1"));
@@ -270,4 +283,33 @@ async fn the_binary_reports_and_stops_promptly_on_sigterm() {
         .expect("stops within 2s of SIGTERM")
         .unwrap();
     assert!(status.success(), "{status}");
+}
+
+/// A Job's pod on a server without native sidecars: once the operator says the other containers
+/// have finished, the agent process exits 0 (so the pod can complete) and reports no more.
+#[tokio::test]
+async fn the_binary_exits_successfully_once_the_workload_has_finished() {
+    let ca = TestCa::new();
+    let script = Arc::new(|n: usize| {
+        let (status, body) = answer(true, minimal_collect());
+        let mut response: ReportResponse = serde_json::from_str(&body).unwrap();
+        response.workload_finished = n >= 1;
+        (status, serde_json::to_string(&response).unwrap())
+    });
+    let mut operator = FakeOperator::start(&ca, script).await;
+    let proc = pod();
+    let token = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(token.path(), "token").unwrap();
+    let mut child = spawn_agent_binary(&proc, &operator, &ca, token.path());
+    let _ = next(&mut operator).await;
+    let _ = next(&mut operator).await;
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("the agent exits after the answer that the workload finished")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    assert!(
+        operator.received.try_recv().is_err(),
+        "no report after the workload finished"
+    );
 }

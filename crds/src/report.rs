@@ -38,6 +38,10 @@ pub struct ReportResponse {
     /// The pod's `status.containerStatuses`, name to runtime ID, for naming process groups.
     #[serde(default)]
     pub containers: Vec<ContainerIdentity>,
+    /// Every other container of the pod has finished for good (a Job's pod where the agent is a
+    /// plain container, not a native sidecar): the agent exits 0 so that the pod can complete.
+    #[serde(default)]
+    pub workload_finished: bool,
 }
 
 /// The union of what every watch selecting the pod asks for.

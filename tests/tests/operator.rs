@@ -1,6 +1,6 @@
 //! Issue 4, end to end on a real cluster: the operator deployed from `config/` (loopback
 //! overlay), injecting the agent, the agent reporting, the report endpoint refusing what it must,
-//! leader takeover and eviction of old pods.
+//! leader takeover, eviction of old pods, and a selected Job that still completes.
 //!
 //! Needs a cluster with the image `localhost/procwatch:dev` (tests/run builds it; see
 //! tests/README.md) where the loopback overlay works: host network, API server and webhook on
@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams, PostParams};
@@ -1230,6 +1231,117 @@ async fn evict_replaces_old_pods_one_at_a_time() -> anyhow::Result<()> {
         "PodEvicted events: {events}"
     );
     ensure!(!events.contains("evicted pod lonely"), "{events}");
+    ns.finish();
+    operator.finish();
+    Ok(())
+}
+
+/// 8. A Job's pod with the agent (a plain container on servers before 1.29): it reports while the
+///    job runs, and once the job's own container has exited the agent exits 0 too, so the pod
+///    succeeds and the Job completes.
+#[tokio::test]
+async fn selected_job_runs_to_completion() -> anyhow::Result<()> {
+    const WORK_SECONDS: u32 = 20;
+    let cluster = Cluster::connect().await?;
+    let operator = Operator::deploy(&cluster).await?;
+    let ns = cluster.namespace("op-job").await?;
+    apply_watch(&ns, &watch_yaml("batch", "batch", "Report"), "batch").await?;
+
+    let t_apply = Instant::now();
+    ns.apply_yaml(&format!(
+        r#"
+apiVersion: batch/v1
+kind: Job
+metadata: {{name: work}}
+spec:
+  backoffLimit: 0
+  template:
+    metadata: {{labels: {{app: batch}}}}
+    spec:
+      hostNetwork: true
+      restartPolicy: Never
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: work
+        image: localhost/busybox:local
+        imagePullPolicy: Never
+        command: [sleep, "{WORK_SECONDS}"]
+"#
+    ))
+    .await?;
+
+    // While it runs: its `sleep` is in the status, under container `work`.
+    wait_for_watch(
+        &ns,
+        "batch",
+        "the job's sleep in the status of ProcessWatch batch",
+        Duration::from_secs(u64::from(WORK_SECONDS)),
+        |pw| {
+            let pod = pw.status.as_ref()?.pods.first()?;
+            let work = pod.containers.iter().find(|c| c.name == "work")?;
+            work.processes
+                .iter()
+                .any(|p| p.command == "sleep")
+                .then_some(())
+        },
+    )
+    .await?;
+    println!(
+        "job reporting {:.1}s after apply",
+        t_apply.elapsed().as_secs_f64()
+    );
+
+    let jobs: Api<Job> = ns.api();
+    wait_for(
+        "Job work to complete",
+        Duration::from_secs(u64::from(WORK_SECONDS) + 120),
+        || async {
+            let job = jobs.get("work").await?;
+            let conditions = job.status.and_then(|s| s.conditions).unwrap_or_default();
+            Ok(match conditions.iter().find(|c| c.status == "True") {
+                Some(c) if c.type_ == "Complete" => Wait::Done(()),
+                Some(c) => anyhow::bail!("Job work is {}: {:?}", c.type_, c.message),
+                None => Wait::not_yet(format!("conditions {conditions:?}")),
+            })
+        },
+    )
+    .await?;
+    let pods = ns
+        .api::<Pod>()
+        .list(&ListParams::default().labels("app=batch"))
+        .await?
+        .items;
+    ensure!(pods.len() == 1, "{} pods of the job", pods.len());
+    let pod = &pods[0];
+    let status = pod.status.as_ref().context("pod status")?;
+    ensure!(
+        status.phase.as_deref() == Some("Succeeded"),
+        "pod phase {:?}",
+        status.phase
+    );
+    // Every container exited 0, the agent included, whether plain container or native sidecar.
+    let statuses = status
+        .container_statuses
+        .iter()
+        .chain(&status.init_container_statuses)
+        .flatten();
+    let mut exits = BTreeMap::new();
+    for container in statuses {
+        let terminated = container
+            .state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .with_context(|| format!("container {} not terminated", container.name))?;
+        exits.insert(container.name.clone(), terminated.exit_code);
+    }
+    ensure!(
+        exits == BTreeMap::from([("work".to_owned(), 0), (AGENT_CONTAINER_NAME.to_owned(), 0)]),
+        "exit codes {exits:?}"
+    );
+    println!(
+        "job complete {:.1}s after apply ({WORK_SECONDS}s of work)",
+        t_apply.elapsed().as_secs_f64()
+    );
     ns.finish();
     operator.finish();
     Ok(())

@@ -250,7 +250,7 @@ async fn handle(
     if selecting.is_empty() {
         state.findings.remove(&key);
         tracing::debug!(pod = %key.name, namespace = %key.namespace, "report from a pod no watch selects");
-        return Ok((ReportResult::Unwatched, response::unwatched()));
+        return Ok((ReportResult::Unwatched, response::unwatched(&pod)));
     }
     let containers = response::rename_containers(report.containers, &pod);
     tracing::debug!(

@@ -63,6 +63,49 @@ pub fn pod_containers(pod: &Pod) -> Vec<ContainerIdentity> {
     containers
 }
 
+/// Whether every container of the pod but the agent has finished for good, so that an agent
+/// running as a plain container must exit for the pod to complete (a Job's pod on a server
+/// without native sidecars). Only restart policies that leave finished containers finished
+/// qualify, and only a regular agent container: the kubelet stops a native sidecar itself.
+pub fn workload_finished(pod: &Pod) -> bool {
+    let (Some(spec), Some(status)) = (&pod.spec, &pod.status) else {
+        return false;
+    };
+    let failures_restart = match spec.restart_policy.as_deref() {
+        Some("Never") => false,
+        Some("OnFailure") => true,
+        // Always, also when unset: the kubelet restarts whatever exits.
+        _ => return false,
+    };
+    if !spec
+        .containers
+        .iter()
+        .any(|c| c.name == AGENT_CONTAINER_NAME)
+    {
+        return false;
+    }
+    let terminated: HashMap<&str, i32> = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .filter_map(|status| {
+            let terminated = status.state.as_ref()?.terminated.as_ref()?;
+            Some((status.name.as_str(), terminated.exit_code))
+        })
+        .collect();
+    let mut workload = spec
+        .containers
+        .iter()
+        .filter(|c| c.name != AGENT_CONTAINER_NAME)
+        .peekable();
+    workload.peek().is_some()
+        && workload.all(|container| {
+            terminated
+                .get(container.name.as_str())
+                .is_some_and(|&exit_code| !failures_restart || exit_code == 0)
+        })
+}
+
 /// Names the reported containers from the pod's statuses by container ID (the agent may not
 /// have known the names yet). A container the pod does not have (the sandbox, a finished
 /// one) and the agent's own container are dropped.
@@ -103,7 +146,7 @@ pub fn rename_containers(reported: Vec<ContainerReport>, pod: &Pod) -> Vec<Conta
 /// what they collect, the largest process limit, and the pod's containers.
 pub fn merge(watches: &[&ProcessWatch], pod: &Pod) -> ReportResponse {
     let Some(first) = watches.first() else {
-        return unwatched();
+        return unwatched(pod);
     };
     let mut interval = first.spec.interval;
     let mut collect = CollectRequest {
@@ -131,23 +174,29 @@ pub fn merge(watches: &[&ProcessWatch], pod: &Pod) -> ReportResponse {
         interval_seconds: interval.as_duration().as_secs(),
         collect,
         containers: pod_containers(pod),
+        workload_finished: workload_finished(pod),
     }
 }
 
-/// The answer for a pod no watch selects: the agent stops reporting.
-pub fn unwatched() -> ReportResponse {
+/// The answer for a pod no watch selects: the agent stops reporting (and exits once the pod's
+/// workload has finished, as when it is watched).
+pub fn unwatched(pod: &Pod) -> ReportResponse {
     ReportResponse {
         watched: false,
         interval_seconds: Interval::DEFAULT.as_duration().as_secs(),
         collect: CollectRequest::default(),
         containers: Vec::new(),
+        workload_finished: workload_finished(pod),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{Container, PodSpec, PodStatus};
+    use k8s_openapi::api::core::v1::{
+        Container, ContainerState, ContainerStateRunning, ContainerStateTerminated, PodSpec,
+        PodStatus,
+    };
     use procwatch_crds::{Collect, ProcessWatchSpec, ReportLimits};
 
     fn status(name: &str, id: Option<&str>) -> ContainerStatus {
@@ -290,5 +339,108 @@ mod tests {
         let response = merge(&[], &pod());
         assert!(!response.watched);
         assert!(response.containers.is_empty());
+    }
+
+    /// A Job-like pod with the agent as a plain container: `restart_policy`, and for each
+    /// workload container its exit code once terminated (None: still running).
+    fn job_pod(restart_policy: Option<&str>, workload: &[(&str, Option<i32>)]) -> Pod {
+        let mut containers: Vec<Container> = workload
+            .iter()
+            .map(|(name, _)| Container {
+                name: (*name).into(),
+                ..Container::default()
+            })
+            .collect();
+        containers.push(Container {
+            name: AGENT_CONTAINER_NAME.into(),
+            ..Container::default()
+        });
+        let state = |exit_code: Option<i32>| match exit_code {
+            Some(exit_code) => ContainerState {
+                terminated: Some(ContainerStateTerminated {
+                    exit_code,
+                    ..ContainerStateTerminated::default()
+                }),
+                ..ContainerState::default()
+            },
+            None => ContainerState {
+                running: Some(ContainerStateRunning::default()),
+                ..ContainerState::default()
+            },
+        };
+        let statuses = workload
+            .iter()
+            .map(|(name, exit_code)| ContainerStatus {
+                state: Some(state(*exit_code)),
+                ..status(name, Some("containerd://aaa"))
+            })
+            .chain([ContainerStatus {
+                state: Some(state(None)),
+                ..status(AGENT_CONTAINER_NAME, Some("containerd://ccc"))
+            }])
+            .collect();
+        Pod {
+            spec: Some(PodSpec {
+                containers,
+                restart_policy: restart_policy.map(String::from),
+                ..PodSpec::default()
+            }),
+            status: Some(PodStatus {
+                container_statuses: Some(statuses),
+                ..PodStatus::default()
+            }),
+            ..Pod::default()
+        }
+    }
+
+    #[test]
+    fn workload_finished_only_when_no_container_will_run_again() {
+        let cases = [
+            // Never: whatever the exit code, a terminated container stays so.
+            (
+                Some("Never"),
+                vec![("train", Some(0)), ("upload", Some(1))],
+                true,
+            ),
+            (
+                Some("Never"),
+                vec![("train", Some(0)), ("upload", None)],
+                false,
+            ),
+            // OnFailure: a failed container is restarted.
+            (Some("OnFailure"), vec![("train", Some(0))], true),
+            (Some("OnFailure"), vec![("train", Some(137))], false),
+            // Always (also unset): everything is restarted.
+            (Some("Always"), vec![("train", Some(0))], false),
+            (None, vec![("train", Some(0))], false),
+            // Nothing but the agent: there is no workload to wait for.
+            (Some("Never"), vec![], false),
+        ];
+        for (policy, workload, finished) in cases {
+            let pod = job_pod(policy, &workload);
+            assert_eq!(workload_finished(&pod), finished, "{policy:?} {workload:?}");
+            let response = merge(&[], &pod);
+            assert_eq!(response.workload_finished, finished, "also when unwatched");
+        }
+    }
+
+    #[test]
+    fn workload_finished_waits_for_containers_without_status() {
+        let mut pod = job_pod(Some("Never"), &[("train", Some(0)), ("upload", Some(0))]);
+        let statuses = pod.status.as_mut().unwrap().container_statuses.as_mut();
+        statuses.unwrap().retain(|status| status.name != "upload");
+        assert!(!workload_finished(&pod), "upload has not started yet");
+    }
+
+    #[test]
+    fn native_sidecar_is_stopped_by_the_kubelet_not_told_to_exit() {
+        let mut pod = job_pod(Some("Never"), &[("train", Some(0))]);
+        let spec = pod.spec.as_mut().unwrap();
+        let agent = spec.containers.pop().unwrap();
+        spec.init_containers = Some(vec![Container {
+            restart_policy: Some("Always".into()),
+            ..agent
+        }]);
+        assert!(!workload_finished(&pod));
     }
 }
