@@ -10,8 +10,7 @@ fn broker_answers_on_every_socket_and_connect_prints_it() {
     let base = std::env::temp_dir().join(format!("pw-testprog-{}", std::process::id()));
     std::fs::create_dir_all(&base).unwrap();
     let prefix = format!("{}/flux-", base.display());
-    let exe = EXE;
-    let mut broker = std::process::Command::new(exe)
+    let mut broker = std::process::Command::new(EXE)
         .args(["broker", "--sockets", "2", "--dir-prefix", &prefix])
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -27,7 +26,7 @@ fn broker_answers_on_every_socket_and_connect_prints_it() {
     );
     for index in 0..2 {
         let path = format!("{dir}/local-{index}");
-        let out = std::process::Command::new(exe)
+        let out = std::process::Command::new(EXE)
             .args(["connect", &path])
             .output()
             .unwrap();
@@ -45,27 +44,8 @@ fn broker_answers_on_every_socket_and_connect_prints_it() {
 
 #[test]
 fn trainer_runs_its_workers_as_children_and_finishes() {
-    let exe = EXE;
-    let mut trainer = std::process::Command::new(exe)
-        .args(["trainer", "--workers", "3", "--seconds", "2"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(trainer.stdout.take().unwrap());
-    // Workers share the pipe and may speak first.
-    let mut first = String::new();
-    while !first.starts_with("trainer pid") {
-        first.clear();
-        assert!(out.read_line(&mut first).unwrap() > 0, "no trainer line");
-    }
-    let pids: Vec<u32> = first
-        .split(": ")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .map(|p| p.parse().unwrap())
-        .collect();
-    assert_eq!(pids.len(), 3, "{first}");
+    let (mut trainer, _stdout, pids) = spawn_trainer(&["--workers", "3", "--seconds", "2"]);
+    assert_eq!(pids.len(), 3, "{pids:?}");
     for (rank, pid) in pids.iter().enumerate() {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
         let after = &stat[stat.rfind(')').unwrap() + 2..];
@@ -80,6 +60,39 @@ fn trainer_runs_its_workers_as_children_and_finishes() {
     }
     assert_eq!(comm_soon(trainer.id(), "trainer"), "trainer");
     assert!(trainer.wait().unwrap().success());
+}
+
+/// Starts `procwatch-testprog trainer ARGS...` and returns it with the worker pids its
+/// `trainer pid N started K workers: W1 W2 ...` line names, and its stdout, which must stay open
+/// while it runs (the trainer and its workers go on writing to it).
+fn spawn_trainer(
+    args: &[&str],
+) -> (
+    std::process::Child,
+    BufReader<std::process::ChildStdout>,
+    Vec<u32>,
+) {
+    let mut trainer = std::process::Command::new(EXE)
+        .arg("trainer")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(trainer.stdout.take().unwrap());
+    // Workers share the pipe and may speak first.
+    let mut line = String::new();
+    while !line.starts_with("trainer pid") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "no trainer line");
+    }
+    let workers = line
+        .split(": ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    (trainer, out, workers)
 }
 
 /// The process's name once it is `want`, or what it is after 5 s (a process names itself
@@ -98,24 +111,7 @@ fn comm_soon(pid: u32, want: &str) -> String {
 
 #[test]
 fn trainer_stops_its_workers_on_sigterm() {
-    let mut trainer = std::process::Command::new(EXE)
-        .args(["trainer", "--workers", "2"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(trainer.stdout.take().unwrap());
-    let mut line = String::new();
-    while !line.starts_with("trainer pid") {
-        line.clear();
-        assert!(out.read_line(&mut line).unwrap() > 0, "no trainer line");
-    }
-    let workers: Vec<String> = line
-        .split(": ")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect();
+    let (mut trainer, _stdout, workers) = spawn_trainer(&["--workers", "2"]);
     assert_eq!(comm_soon(trainer.id(), "trainer"), "trainer");
     let kill = std::process::Command::new("kill")
         .args(["-TERM", &trainer.id().to_string()])
