@@ -13,6 +13,27 @@ use procwatch_crds::constants::AGENT_CONTAINER_NAME;
 use crate::cluster::TestNamespace;
 use crate::wait::{Wait, wait_for};
 
+/// The columns `kubectl get pw` prints, in order: NAME, the CRD's printer columns, AGE.
+pub const PW_COLUMNS: [&str; 7] = [
+    "NAME",
+    "SELECTED",
+    "ATTACHED",
+    "REPORTING",
+    "PROCESSES",
+    "READY",
+    "AGE",
+];
+
+/// The cells of a [`pw_table`] row under every column of [`PW_COLUMNS`] but AGE (which changes
+/// with time), in that order; `<missing>` for a column the row lacks.
+pub fn pw_cells(row: &BTreeMap<String, String>) -> Vec<&str> {
+    PW_COLUMNS
+        .iter()
+        .filter(|c| **c != "AGE")
+        .map(|c| row.get(*c).map_or("<missing>", String::as_str))
+        .collect()
+}
+
 /// `kubectl get pw` of the namespace, one map per row: column header (as printed, e.g.
 /// `SELECTED`) to cell.
 pub async fn pw_table(ns: &TestNamespace) -> anyhow::Result<Vec<BTreeMap<String, String>>> {
@@ -147,6 +168,7 @@ mod tests {
         .unwrap();
         assert_eq!(rows[0]["PROCESSES"], "6");
         assert_eq!(rows[0]["READY"], "True");
+        assert_eq!(pw_cells(&rows[0]), ["web", "2", "2", "2", "6", "True"]);
         let text = "# TYPE x counter\nprocwatch_reports_total{result=\"accepted\"} 7\n\
                     procwatch_container_processes{namespace=\"a\",watch=\"w\",pod=\"p\",container=\"app\"} 3\n";
         assert_eq!(

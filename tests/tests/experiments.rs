@@ -35,6 +35,7 @@ use procwatch_crds::{
     ContainerReport, ListeningSocket, PodReport, ProcessInfo, ProcessWatch, ProcessWatchStatus,
     SocketProtocol,
 };
+use procwatch_e2e::processwatch::{PW_COLUMNS, parse_table, pw_cells};
 use procwatch_e2e::{Cluster, Operator, TestNamespace, Wait, repo_root, wait_for};
 use sha2::{Digest, Sha256};
 
@@ -882,43 +883,25 @@ async fn expect_columns(
     pods: u32,
     processes: u64,
 ) -> anyhow::Result<()> {
-    let want: BTreeMap<&str, String> = [
-        ("NAME", watch.to_owned()),
-        ("SELECTED", pods.to_string()),
-        ("ATTACHED", pods.to_string()),
-        ("REPORTING", pods.to_string()),
-        ("PROCESSES", processes.to_string()),
-        ("READY", "True".to_owned()),
-    ]
-    .into();
+    let pods = pods.to_string();
+    let processes = processes.to_string();
+    let want = [watch, &pods, &pods, &pods, &processes, "True"];
     let out = wait_for(
         &format!("kubectl get pw {watch} to show the counts"),
         Duration::from_secs(30),
         || async {
             let out = ns.kubectl(&["get", "pw", watch]).await?;
-            let mut lines = out.lines();
-            let header: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
-            let row: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
-            if header
-                != [
-                    "NAME",
-                    "SELECTED",
-                    "ATTACHED",
-                    "REPORTING",
-                    "PROCESSES",
-                    "READY",
-                    "AGE",
-                ]
-            {
+            let header: Vec<&str> = out
+                .lines()
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .collect();
+            if header != PW_COLUMNS {
                 bail!("kubectl get pw printed the columns {header:?}");
             }
-            let got: BTreeMap<&str, String> = header
-                .iter()
-                .copied()
-                .zip(row.iter().map(|v| v.to_string()))
-                .filter(|(k, _)| *k != "AGE")
-                .collect();
-            Ok(if got == want {
+            let rows = parse_table(&out)?;
+            Ok(if rows.first().map(pw_cells) == Some(want.to_vec()) {
                 Wait::Done(out)
             } else {
                 Wait::not_yet(out)

@@ -20,7 +20,7 @@ use procwatch_crds::constants::{AGENT_CONTAINER_NAME, TOKEN_AUDIENCE, WATCHES_AN
 use procwatch_crds::report::{AgentReport, ReportResponse};
 use procwatch_crds::{ContainerReport, ProcessInfo, ProcessWatch};
 use procwatch_e2e::processwatch::{
-    describe_status, has_agent, metric_value, pw_table, pw_yaml, wait_for_watch,
+    describe_status, has_agent, metric_value, pw_cells, pw_table, pw_yaml, wait_for_watch,
 };
 use procwatch_e2e::{Cluster, Operator, REPORT_URL, TestNamespace, Wait, wait_for};
 
@@ -485,19 +485,8 @@ async fn selected_deployment_reports_its_processes() -> anyhow::Result<()> {
     let rows = pw_table(&ns).await?;
     ensure!(rows.len() == 1, "{rows:?}");
     let row = &rows[0];
-    let cells: Vec<&str> = [
-        "NAME",
-        "SELECTED",
-        "ATTACHED",
-        "REPORTING",
-        "PROCESSES",
-        "READY",
-    ]
-    .iter()
-    .map(|c| row.get(*c).map(String::as_str).unwrap_or("<missing>"))
-    .collect();
     ensure!(
-        cells == ["sleepers", "2", "2", "2", "6", "True"],
+        pw_cells(row) == ["sleepers", "2", "2", "2", "6", "True"],
         "kubectl get pw: {row:?}"
     );
     ensure!(row.contains_key("AGE"), "{row:?}");
