@@ -35,7 +35,7 @@ use procwatch_crds::{
     ContainerReport, ListeningSocket, PodReport, ProcessInfo, ProcessWatch, ProcessWatchStatus,
     SocketProtocol,
 };
-use procwatch_e2e::processwatch::{PW_COLUMNS, parse_table, pw_cells};
+use procwatch_e2e::processwatch::{PW_COLUMNS, has_agent, parse_table, pw_cells, wait_for_watch};
 use procwatch_e2e::{Cluster, Operator, TestNamespace, Wait, repo_root, wait_for};
 use sha2::{Digest, Sha256};
 
@@ -47,7 +47,6 @@ const INTERVAL: Duration = Duration::from_secs(5);
 const REPORT_TIMEOUT: Duration = Duration::from_secs(180);
 /// The file tests/images/nginx installs as /etc/nginx/nginx.conf.
 const NGINX_CONF: &[u8] = include_bytes!("../images/nginx.conf");
-const AGENT: &str = "procwatch-agent";
 
 // ---------------------------------------------------------------------------------------------
 // 1. nginx
@@ -652,22 +651,14 @@ fn expect_applied(out: &str, want: &[&str]) -> anyhow::Result<()> {
 
 /// Waits for the first report of any pod; seconds since `t0`.
 async fn first_report(ns: &TestNamespace, watch: &str, t0: Instant) -> anyhow::Result<f64> {
-    wait_for(
+    wait_for_watch(
+        ns,
+        watch,
         &format!("a first report in ProcessWatch {watch}"),
         REPORT_TIMEOUT,
-        || async {
-            let status = watch_status(ns, watch).await?;
-            Ok(if status.reporting_pods > 0 && !status.pods.is_empty() {
-                Wait::Done(())
-            } else {
-                Wait::not_yet(format!(
-                    "selected {} attached {} reporting {} needsRestart {:?}",
-                    status.selected_pods,
-                    status.attached_pods,
-                    status.reporting_pods,
-                    status.needs_restart
-                ))
-            })
+        |pw| {
+            let status = pw.status.as_ref()?;
+            (status.reporting_pods > 0 && !status.pods.is_empty()).then_some(())
         },
     )
     .await?;
@@ -702,13 +693,7 @@ fn injection_problems(pod: &Pod) -> Vec<String> {
     if spec.share_process_namespace != Some(true) {
         problems.push(format!("{pod_name}: no shareProcessNamespace"));
     }
-    if !spec.containers.iter().any(|c| c.name == AGENT)
-        && !spec
-            .init_containers
-            .iter()
-            .flatten()
-            .any(|c| c.name == AGENT)
-    {
+    if !has_agent(pod) {
         problems.push(format!("{pod_name}: no agent container"));
     }
     let status = pod.status.clone().unwrap_or_default();
