@@ -47,27 +47,27 @@ const INTERVAL: Duration = Duration::from_secs(5);
 const REPORT_TIMEOUT: Duration = Duration::from_secs(180);
 /// The file tests/images/nginx installs as /etc/nginx/nginx.conf.
 const NGINX_CONF: &[u8] = include_bytes!("../images/nginx.conf");
+/// The image of the training job and the Flux-style broker (tests/images/testprog).
+const TESTPROG_IMAGE: &str = "localhost/procwatch-testprog:dev";
 
 // ---------------------------------------------------------------------------------------------
 // 1. nginx
 
 #[tokio::test]
 async fn nginx_master_workers_listener_and_config_fingerprint() -> anyhow::Result<()> {
-    let cluster = Cluster::connect().await?;
-    require_images(&cluster, &["localhost/nginx:debian"], "tests/images/nginx").await?;
-    let operator = Operator::deploy(&cluster).await?;
-    let ns = cluster.namespace("nginx").await?;
-
-    let t0 = Instant::now();
-    let applied = apply_sample(&ns, "nginx").await?;
-    expect_applied(
-        &applied,
-        &[
+    let (operator, ns, t0, first) = Sample {
+        label: "nginx",
+        namespace: "nginx",
+        watch: "web",
+        image: "localhost/nginx:debian",
+        make: "tests/images/nginx",
+        created: &[
             "processwatch.procwatch.dev/web created",
             "deployment.apps/web created",
         ],
-    )?;
-    let first = first_report(&ns, "web", t0).await?;
+    }
+    .start()
+    .await?;
 
     let conf = String::from_utf8_lossy(NGINX_CONF);
     let workers: usize = directive(&conf, "worker_processes")
@@ -265,27 +265,20 @@ fn nginx_problems(
 async fn jobset_training_job_process_trees() -> anyhow::Result<()> {
     const SELECTOR: &str = "jobset.sigs.k8s.io/jobset-name=train";
     const WORKERS: usize = 2;
-    let cluster = Cluster::connect().await?;
-    require_images(
-        &cluster,
-        &["localhost/procwatch-testprog:dev"],
-        "tests/images/testprog",
-    )
-    .await?;
-    let operator = Operator::deploy(&cluster).await?;
-    let ns = cluster.namespace("jobset").await?;
-
-    let t0 = Instant::now();
-    let applied = apply_sample(&ns, "jobset-training").await?;
-    expect_applied(
-        &applied,
-        &[
+    let (operator, ns, t0, first) = Sample {
+        label: "jobset-training",
+        namespace: "jobset",
+        watch: "train",
+        image: TESTPROG_IMAGE,
+        make: "tests/images/testprog",
+        created: &[
             "processwatch.procwatch.dev/train created",
             "job.batch/train-workers-0 created",
             "job.batch/train-workers-1 created",
         ],
-    )?;
-    let first = first_report(&ns, "train", t0).await?;
+    }
+    .start()
+    .await?;
 
     let per_pod = (1 + WORKERS) as u64;
     let (status, pods) = wait_for(
@@ -447,26 +440,19 @@ fn training_problems(status: &ProcessWatchStatus, pods: &[Pod], workers: usize) 
 #[tokio::test]
 async fn flux_broker_sockets_reachable_from_the_other_container() -> anyhow::Result<()> {
     const SOCKETS: usize = 4;
-    let cluster = Cluster::connect().await?;
-    require_images(
-        &cluster,
-        &["localhost/procwatch-testprog:dev"],
-        "tests/images/testprog",
-    )
-    .await?;
-    let operator = Operator::deploy(&cluster).await?;
-    let ns = cluster.namespace("flux").await?;
-
-    let t0 = Instant::now();
-    let applied = apply_sample(&ns, "flux-brokers").await?;
-    expect_applied(
-        &applied,
-        &[
+    let (operator, ns, t0, first) = Sample {
+        label: "flux-brokers",
+        namespace: "flux",
+        watch: "flux",
+        image: TESTPROG_IMAGE,
+        make: "tests/images/testprog",
+        created: &[
             "processwatch.procwatch.dev/flux created",
             "pod/flux created",
         ],
-    )?;
-    let first = first_report(&ns, "flux", t0).await?;
+    }
+    .start()
+    .await?;
 
     let (status, broker_pid, sockets) = wait_for(
         "the broker's sockets in the status of ProcessWatch flux",
@@ -623,6 +609,40 @@ fn flux_problems(
 
 // ---------------------------------------------------------------------------------------------
 // Shared steps
+
+/// One sample of the local overlay and what applying it must create.
+struct Sample {
+    /// Its `procwatch.dev/sample` label.
+    label: &'static str,
+    /// Prefix of the test's namespace.
+    namespace: &'static str,
+    /// The ProcessWatch it holds.
+    watch: &'static str,
+    /// The image of its workload, and the script that makes it.
+    image: &'static str,
+    make: &'static str,
+    /// What `kubectl apply` must print, exactly.
+    created: &'static [&'static str],
+}
+
+impl Sample {
+    /// The common start of the experiments: the workload's image present, the operator
+    /// deployed, a fresh namespace, the sample applied there, its watch's first report. Returns
+    /// the operator and namespace guards (the namespace drops first), the moment of the apply
+    /// and the seconds from it to the first report.
+    async fn start(&self) -> anyhow::Result<(Operator, TestNamespace, Instant, f64)> {
+        let cluster = Cluster::connect().await?;
+        require_images(&cluster, &[self.image], self.make).await?;
+        let operator = Operator::deploy(&cluster).await?;
+        let ns = cluster.namespace(self.namespace).await?;
+
+        let t0 = Instant::now();
+        let applied = apply_sample(&ns, self.label).await?;
+        expect_applied(&applied, self.created)?;
+        let first = first_report(&ns, self.watch, t0).await?;
+        Ok((operator, ns, t0, first))
+    }
+}
 
 /// `kubectl apply -k config/overlays/loopback-samples -l procwatch.dev/sample=<sample>` into the
 /// test's namespace; kubectl's output.
