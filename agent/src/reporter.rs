@@ -17,6 +17,7 @@ use bytes::Bytes;
 use http::{Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
+use procwatch_crds::duration::{MAX_INTERVAL, MIN_INTERVAL};
 use procwatch_crds::report::{AgentReport, CollectRequest, ContainerIdentity, ReportResponse};
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
@@ -335,7 +336,8 @@ pub async fn run(
                 let changed = response.collect != instructions.collect
                     || response.containers != instructions.containers;
                 instructions = Instructions {
-                    interval: Duration::from_secs(response.interval_seconds.clamp(1, 3600)),
+                    interval: Duration::from_secs(response.interval_seconds)
+                        .clamp(MIN_INTERVAL, MAX_INTERVAL),
                     collect: response.collect,
                     containers: response.containers,
                     watched: response.watched,
