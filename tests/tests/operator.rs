@@ -593,11 +593,11 @@ async fn unselected_pod_is_untouched() -> anyhow::Result<()> {
     );
     // And the watch does not count it.
     let pw = pw_yaml(&ns, "sleepers").await?;
-    let status = pw.status.context("status")?;
+    let status = pw.status.as_ref().context("status")?;
     ensure!(
         status.selected_pods == 0 && status.pods.is_empty(),
         "{}",
-        describe_status(&pw_yaml(&ns, "sleepers").await?)
+        describe_status(&pw)
     );
     ns.finish();
     operator.finish();
