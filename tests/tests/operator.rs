@@ -91,15 +91,20 @@ spec:
 async fn operator_watching_sleepers(
     namespace_prefix: &str,
 ) -> anyhow::Result<(Cluster, Operator, TestNamespace)> {
+    operator_watching(namespace_prefix, "sleepers", "sleeper").await
+}
+
+/// The operator deployed, a fresh namespace, and in it the watch `name` (pods labelled
+/// `app: <app>`, old pods reported) observed by the operator.
+async fn operator_watching(
+    namespace_prefix: &str,
+    name: &str,
+    app: &str,
+) -> anyhow::Result<(Cluster, Operator, TestNamespace)> {
     let cluster = Cluster::connect().await?;
     let operator = Operator::deploy(&cluster).await?;
     let ns = cluster.namespace(namespace_prefix).await?;
-    apply_watch(
-        &ns,
-        &watch_yaml("sleepers", "sleeper", "Report"),
-        "sleepers",
-    )
-    .await?;
+    apply_watch(&ns, &watch_yaml(name, app, "Report"), name).await?;
     Ok((cluster, operator, ns))
 }
 
@@ -1231,10 +1236,7 @@ async fn evict_replaces_old_pods_one_at_a_time() -> anyhow::Result<()> {
 #[tokio::test]
 async fn selected_job_runs_to_completion() -> anyhow::Result<()> {
     const WORK_SECONDS: u32 = 20;
-    let cluster = Cluster::connect().await?;
-    let operator = Operator::deploy(&cluster).await?;
-    let ns = cluster.namespace("op-job").await?;
-    apply_watch(&ns, &watch_yaml("batch", "batch", "Report"), "batch").await?;
+    let (_cluster, operator, ns) = operator_watching("op-job", "batch", "batch").await?;
 
     let t_apply = Instant::now();
     ns.apply_yaml(&format!(
