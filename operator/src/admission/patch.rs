@@ -21,9 +21,7 @@ use procwatch_crds::ProcessWatch;
 use procwatch_crds::constants::{INJECT_LABEL, WATCHES_ANNOTATION};
 use serde_json::Value;
 
-use super::injection::{
-    MIN_TOKEN_EXPIRATION_SECONDS, TOKEN_VOLUME_NAME, agent_container, is_token_volume, token_volume,
-};
+use super::injection::{TOKEN_VOLUME_NAME, agent_container, is_token_volume, token_volume};
 use super::{InjectionSettings, pod_has_agent};
 
 /// What the webhook did with a pod; the label of the admissions metric.
@@ -121,11 +119,7 @@ pub fn decide(
             Some("Windows pods have no /proc and cannot share a process namespace"),
         );
     }
-    if settings.token_expiration_seconds < MIN_TOKEN_EXPIRATION_SECONDS {
-        return Err(InjectionError::TokenExpirationTooShort(
-            settings.token_expiration_seconds,
-        ));
-    }
+    settings.validate()?;
     let mut ops = Vec::new();
 
     if spec.share_process_namespace != Some(true) {
