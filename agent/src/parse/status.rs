@@ -8,7 +8,6 @@ use procwatch_crds::SeccompMode;
 pub struct PidStatus {
     /// Effective uid (the second of the four `Uid:` numbers), as `ps -o uid` shows.
     pub effective_uid: Option<u32>,
-    pub threads: Option<u32>,
     /// `VmRSS:` in bytes: exact, where the RSS in `stat` is a per-CPU approximation on recent
     /// kernels. Kernel threads have none.
     pub rss_bytes: Option<u64>,
@@ -38,7 +37,6 @@ pub fn parse_pid_status(text: &[u8]) -> PidStatus {
                     .nth(1)
                     .and_then(|v| v.parse().ok());
             }
-            b"Threads" => status.threads = value().parse().ok(),
             b"VmRSS" => {
                 status.rss_bytes = value()
                     .strip_suffix(" kB")
@@ -66,7 +64,6 @@ pub fn parse_pid_status(text: &[u8]) -> PidStatus {
         // The rest of the file (signal, CPU and memory masks, context switches) says nothing
         // the scanner uses.
         if status.effective_uid.is_some()
-            && status.threads.is_some()
             && status.rss_bytes.is_some()
             && status.effective_capabilities.is_some()
             && status.no_new_privs.is_some()
@@ -152,13 +149,12 @@ CapInh:\t0000000000000000\nCapPrm:\t00000000a80425fb\nCapEff:\t00000000a80425fb\
 NoNewPrivs:\t1\nSeccomp:\t2\nSeccomp_filters:\t1\n";
 
     #[test]
-    fn reads_uid_threads_capabilities_seccomp() {
+    fn reads_uid_rss_capabilities_seccomp() {
         let status = parse_pid_status(NGINX_STATUS);
         assert_eq!(
             status,
             PidStatus {
                 effective_uid: Some(101),
-                threads: Some(1),
                 rss_bytes: Some(7688 * 1024),
                 effective_capabilities: Some(0xa80425fb),
                 no_new_privs: Some(true),
