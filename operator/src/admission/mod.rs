@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::version::Info;
+use kube::ResourceExt;
 use kube::core::DynamicObject;
 use kube::core::admission::{
     AdmissionRequest, AdmissionResponse, AdmissionReview, META_API_VERSION_V1, META_KIND, Operation,
@@ -309,10 +310,9 @@ async fn review_pod(
         .and_then(Result::ok)
         .ok_or(ReviewError::StoreNotReady(STORE_READY_TIMEOUT))?;
     let all = state.watches.state();
-    let labels = patch::pod_labels(&pod);
     let watches = injecting(watches_selecting(
         namespace,
-        &labels,
+        pod.labels(),
         all.iter().map(Arc::as_ref),
     ));
     let decision = decide(&pod, &watches, &state.settings)?;

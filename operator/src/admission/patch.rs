@@ -12,11 +12,9 @@
 //! servers the agent is appended to `containers`, so the app's first container stays the
 //! default one for `kubectl exec` and `kubectl logs`.
 
-use std::collections::BTreeMap;
-
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, PodSpec};
 use procwatch_crds::ProcessWatch;
 use procwatch_crds::constants::{INJECT_LABEL, WATCHES_ANNOTATION};
 use serde_json::Value;
@@ -104,7 +102,8 @@ pub fn decide(
     if labels.and_then(|l| l.get(INJECT_LABEL)).map(String::as_str) == Some("false") {
         return skip(Outcome::SkippedOptOut, None);
     }
-    let spec = pod.spec.clone().unwrap_or_default();
+    let no_spec = PodSpec::default();
+    let spec = pod.spec.as_ref().unwrap_or(&no_spec);
     // The API server refuses these pods with shareProcessNamespace, which would turn
     // injection into a failed pod creation.
     if spec.host_pid == Some(true) {
@@ -189,11 +188,6 @@ pub fn decide(
     })
 }
 
-/// Pod labels, as the selector matching wants them.
-pub fn pod_labels(pod: &Pod) -> BTreeMap<String, String> {
-    pod.metadata.labels.clone().unwrap_or_default()
-}
-
 fn add(path: &[&str], value: Value) -> PatchOperation {
     PatchOperation::Add(AddOperation {
         path: PointerBuf::from_tokens(path.iter().copied()),
@@ -213,6 +207,7 @@ mod tests {
     use k8s_openapi::api::core::v1::Container;
     use procwatch_crds::constants::{AGENT_CONTAINER_NAME, TOKEN_AUDIENCE, TOKEN_MOUNT_PATH};
     use serde_json::json;
+    use std::collections::BTreeMap;
 
     fn pod(extra_spec: Value, labels: Value) -> Pod {
         let mut spec = json!({"containers": [{"name": "nginx", "image": "nginx"}]});
