@@ -102,6 +102,26 @@ struct CpuSample {
     ticks: HashMap<(i32, u64), u64>,
 }
 
+impl CpuSample {
+    fn new(at: Instant) -> Self {
+        CpuSample {
+            at,
+            ticks: HashMap::new(),
+        }
+    }
+
+    fn record(&mut self, stat: &stat::PidStat) {
+        self.ticks
+            .insert((stat.pid, stat.start_ticks), stat.cpu_ticks());
+    }
+
+    /// CPU ticks the process used since this sample; `None` when it was not in it.
+    fn used_since(&self, stat: &stat::PidStat) -> Option<u64> {
+        let before = self.ticks.get(&(stat.pid, stat.start_ticks))?;
+        Some(stat.cpu_ticks().saturating_sub(*before))
+    }
+}
+
 /// The cheap facts of every process, read in the first pass.
 struct Candidate {
     stat: stat::PidStat,
@@ -177,18 +197,15 @@ impl Scanner {
     /// reading anything else.
     pub fn sample_cpu(&mut self) -> Result<(), ProcRootError> {
         let mut buffer = Vec::with_capacity(1024);
-        let mut ticks = HashMap::new();
+        let mut sample = CpuSample::new(Instant::now());
         for pid in self.root.pids()? {
             if let Ok(text) = self.root.read_record(pid, "stat", &mut buffer, 4096)
                 && let Ok(stat) = stat::parse_pid_stat(text)
             {
-                ticks.insert((pid, stat.start_ticks), stat.utime_ticks + stat.stime_ticks);
+                sample.record(&stat);
             }
         }
-        self.previous = Some(CpuSample {
-            at: Instant::now(),
-            ticks,
-        });
+        self.previous = Some(sample);
         Ok(())
     }
 
@@ -234,8 +251,7 @@ impl Scanner {
         options: &ScanOptions,
         vanished: &mut u32,
     ) -> Result<Vec<Candidate>, ProcRootError> {
-        let now = Instant::now();
-        let mut ticks = HashMap::new();
+        let mut sample = CpuSample::new(Instant::now());
         let mut buffer = Vec::with_capacity(4096);
         let pids = self.root.pids()?;
         let mut candidates = Vec::with_capacity(pids.len());
@@ -244,8 +260,7 @@ impl Scanner {
         for pid in pids {
             match self.read_candidate(pid, &mut buffer, &mut namespaces, details) {
                 Ok(Some(candidate)) => {
-                    let used = candidate.stat.utime_ticks + candidate.stat.stime_ticks;
-                    ticks.insert((pid, candidate.stat.start_ticks), used);
+                    sample.record(&candidate.stat);
                     candidates.push(candidate);
                 }
                 Ok(None) => {}
@@ -253,19 +268,16 @@ impl Scanner {
             }
         }
         if let Some(previous) = &self.previous {
-            let elapsed_ms = now.duration_since(previous.at).as_millis() as u64;
+            let elapsed_ms = sample.at.duration_since(previous.at).as_millis() as u64;
             for candidate in &mut candidates {
-                let key = (candidate.stat.pid, candidate.stat.start_ticks);
-                if let (Some(before), Some(&now_ticks)) =
-                    (previous.ticks.get(&key), ticks.get(&key))
-                {
-                    let used_ms = now_ticks.saturating_sub(*before) * 1000 / self.ticks_per_second;
+                if let Some(used) = previous.used_since(&candidate.stat) {
+                    let used_ms = used * 1000 / self.ticks_per_second;
                     candidate.cpu_millicores =
                         (used_ms * 1000).checked_div(elapsed_ms).unwrap_or(0);
                 }
             }
         }
-        self.previous = Some(CpuSample { at: now, ticks });
+        self.previous = Some(sample);
         Ok(candidates)
     }
 
@@ -373,7 +385,7 @@ impl Scanner {
             args,
             state: stat.state,
             threads: stat.threads,
-            cpu_time_millis: (stat.utime_ticks + stat.stime_ticks) * 1000 / ticks,
+            cpu_time_millis: stat.cpu_ticks() * 1000 / ticks,
             memory_bytes: status.rss_bytes.unwrap_or(stat.rss_pages * self.page_size),
             started_at: Timestamp::from_millisecond(
                 (self.boot_time * 1000 + stat.start_ticks * 1000 / ticks) as i64,

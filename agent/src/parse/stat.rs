@@ -20,6 +20,13 @@ pub struct PidStat {
     pub rss_pages: u64,
 }
 
+impl PidStat {
+    /// CPU time used so far, user and system.
+    pub fn cpu_ticks(&self) -> u64 {
+        self.utime_ticks + self.stime_ticks
+    }
+}
+
 /// Parses `pid (comm) state ppid …`. The command name may itself contain spaces and `)`, so
 /// the fields after it are found from the last `)`.
 pub fn parse_pid_stat(text: &[u8]) -> Result<PidStat, ParseError> {
