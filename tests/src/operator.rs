@@ -160,11 +160,11 @@ impl Operator {
             for pod in &pods {
                 if let Some(problem) = image_problem(pod) {
                     // Not worth waiting for: no pull will ever bring it.
-                    return Err(anyhow::anyhow!(
-                        "STOP {problem}; build and import it: cargo build -p procwatch-operator \
+                    return Ok(Wait::Fail(anyhow::anyhow!(
+                        "{problem}; build and import it: cargo build -p procwatch-operator \
                          -p procwatch-agent && tests/cluster/project-image {PROJECT_IMAGE} \
                          target/debug/procwatch-operator target/debug/procwatch-agent"
-                    ));
+                    )));
                 }
             }
             let live: Vec<&Pod> = pods
@@ -186,16 +186,7 @@ impl Operator {
                 ))),
             }
         });
-        let pod = match pod.await {
-            Ok(pod) => pod,
-            Err(e) => {
-                let text = format!("{e:#}");
-                if let Some(i) = text.find("STOP ") {
-                    bail!("{}", &text[i + 5..]);
-                }
-                return Err(e);
-            }
-        };
+        let pod = pod.await?;
         let ca = self.ca_pem().await?;
         let hooks: Api<MutatingWebhookConfiguration> = Api::all(self.cluster.client());
         wait_for(

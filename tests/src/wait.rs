@@ -11,6 +11,9 @@ pub enum Wait<T> {
     Done(T),
     /// Not yet; the text describes what was seen (shown if the wait times out).
     NotYet(String),
+    /// The condition can no longer hold (an image that no pull brings, a failed Job):
+    /// `wait_for` returns this error at once instead of waiting out its timeout.
+    Fail(anyhow::Error),
 }
 
 impl<T> Wait<T> {
@@ -24,6 +27,7 @@ impl<T> Wait<T> {
 ///
 /// An `Err` from `check` counts as "not yet" (API servers and pods have transient failures);
 /// on timeout the error names `desc`, the time waited and the last observation or error.
+/// `Wait::Fail` ends the wait at once with its error.
 pub async fn wait_for<T, F, Fut>(desc: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
@@ -48,6 +52,12 @@ where
                 return Ok(value);
             }
             Ok(Ok(Wait::NotYet(seen))) => last_seen = seen,
+            Ok(Ok(Wait::Fail(err))) => {
+                return Err(err.context(format!(
+                    "gave up waiting for {desc} after {:.1}s",
+                    start.elapsed().as_secs_f64()
+                )));
+            }
             Ok(Err(err)) => last_seen = format!("error: {err:#}"),
             Err(_) => {
                 last_seen = format!("check still running at the deadline; before: {last_seen}")
@@ -97,6 +107,22 @@ mod tests {
         .to_string();
         assert!(err.contains("the impossible"), "{err}");
         assert!(err.contains("last seen: phase=Pending"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn fail_ends_the_wait_at_once() {
+        let start = Instant::now();
+        let err = wait_for::<(), _, _>("a lost cause", Duration::from_secs(30), || async {
+            Ok(Wait::Fail(anyhow::anyhow!("image missing")))
+        })
+        .await
+        .unwrap_err();
+        assert!(start.elapsed() < Duration::from_secs(5));
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("a lost cause") && text.contains("image missing"),
+            "{text}"
+        );
     }
 
     #[tokio::test]

@@ -1291,7 +1291,7 @@ spec:
             let conditions = job.status.and_then(|s| s.conditions).unwrap_or_default();
             Ok(match conditions.iter().find(|c| c.status == "True") {
                 Some(c) if c.type_ == "Complete" => Wait::Done(()),
-                Some(c) => anyhow::bail!("Job work is {}: {:?}", c.type_, c.message),
+                Some(c) => Wait::Fail(anyhow::anyhow!("Job work is {}: {:?}", c.type_, c.message)),
                 None => Wait::not_yet(format!("conditions {conditions:?}")),
             })
         },
