@@ -5,14 +5,15 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
 use prometheus_client::registry::Registry;
 
 use crate::lock;
 
-/// Defines an enum of label values, written in snake_case in the exposition.
+/// Defines an enum of label values, written in snake_case in the exposition, with `ALL` its
+/// variants (to show every series from the start).
 macro_rules! label_values {
     ($(#[$meta:meta])* $name:ident { $($(#[$doc:meta])* $variant:ident => $text:literal,)+ }) => {
         $(#[$meta])*
@@ -22,6 +23,8 @@ macro_rules! label_values {
         }
 
         impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
             pub fn as_str(self) -> &'static str {
                 match self {
                     $($name::$variant => $text,)+
@@ -29,13 +32,17 @@ macro_rules! label_values {
             }
         }
 
-        impl EncodeLabelValue for $name {
-            fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
-                EncodeLabelValue::encode(&self.as_str(), encoder)
+        impl ::prometheus_client::encoding::EncodeLabelValue for $name {
+            fn encode(
+                &self,
+                encoder: &mut ::prometheus_client::encoding::LabelValueEncoder,
+            ) -> Result<(), std::fmt::Error> {
+                ::prometheus_client::encoding::EncodeLabelValue::encode(&self.as_str(), encoder)
             }
         }
     };
 }
+pub(crate) use label_values;
 
 label_values!(Outcome {
     Success => "success",

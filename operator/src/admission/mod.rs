@@ -28,7 +28,7 @@ use kube::core::admission::{
 use kube::runtime::reflector::Store;
 use procwatch_crds::constants::AGENT_CONTAINER_NAME;
 use procwatch_crds::{AttachMode, ProcessWatch};
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
@@ -97,12 +97,6 @@ struct OutcomeLabels {
     outcome: Outcome,
 }
 
-impl EncodeLabelValue for Outcome {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
-        EncodeLabelValue::encode(&self.as_str(), encoder)
-    }
-}
-
 /// `procwatch_admissions_total{outcome}`.
 #[derive(Debug)]
 pub struct AdmissionMetrics {
@@ -113,7 +107,7 @@ impl AdmissionMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let admissions = Family::<OutcomeLabels, Counter>::default();
         // Every outcome shows from the start, so rates work before the first error.
-        for outcome in Outcome::ALL {
+        for &outcome in Outcome::ALL {
             let _ = admissions.get_or_create(&OutcomeLabels { outcome });
         }
         registry.register(

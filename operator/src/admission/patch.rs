@@ -21,49 +21,27 @@ use serde_json::Value;
 
 use super::injection::{TOKEN_VOLUME_NAME, agent_container, is_token_volume, token_volume};
 use super::{InjectionSettings, pod_has_agent};
+use crate::metrics::label_values;
 
-/// What the webhook did with a pod; the label of the admissions metric.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Outcome {
-    /// The agent was added.
-    Injected,
-    /// The pod already had the agent (re-invocation or a copied spec).
-    AlreadyInjected,
-    /// No watch of the namespace selects the pod.
-    SkippedNotSelected,
-    /// Selected, but the pod carries `procwatch.dev/inject: "false"`.
-    SkippedOptOut,
-    /// Selected, but the pod cannot share its process namespace (see [`Decision::reason`]).
-    SkippedUnsupported,
-    /// Not a pod CREATE (the webhook configuration should not send these).
-    Ignored,
-    /// Something went wrong; the pod was allowed unchanged.
-    Error,
-}
-
-impl Outcome {
-    pub const ALL: [Outcome; 7] = [
-        Outcome::Injected,
-        Outcome::AlreadyInjected,
-        Outcome::SkippedNotSelected,
-        Outcome::SkippedOptOut,
-        Outcome::SkippedUnsupported,
-        Outcome::Ignored,
-        Outcome::Error,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Injected => "injected",
-            Outcome::AlreadyInjected => "already_injected",
-            Outcome::SkippedNotSelected => "skipped_not_selected",
-            Outcome::SkippedOptOut => "skipped_opt_out",
-            Outcome::SkippedUnsupported => "skipped_unsupported",
-            Outcome::Ignored => "ignored",
-            Outcome::Error => "error",
-        }
+label_values!(
+    /// What the webhook did with a pod; the label of the admissions metric.
+    Outcome {
+        /// The agent was added.
+        Injected => "injected",
+        /// The pod already had the agent (re-invocation or a copied spec).
+        AlreadyInjected => "already_injected",
+        /// No watch of the namespace selects the pod.
+        SkippedNotSelected => "skipped_not_selected",
+        /// Selected, but the pod carries `procwatch.dev/inject: "false"`.
+        SkippedOptOut => "skipped_opt_out",
+        /// Selected, but the pod cannot share its process namespace (see [`Decision::reason`]).
+        SkippedUnsupported => "skipped_unsupported",
+        /// Not a pod CREATE (the webhook configuration should not send these).
+        Ignored => "ignored",
+        /// Something went wrong; the pod was allowed unchanged.
+        Error => "error",
     }
-}
+);
 
 /// The decision for one pod: what happened and the patch to send back (maybe empty).
 #[derive(Debug)]
