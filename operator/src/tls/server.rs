@@ -24,18 +24,8 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long requests in flight may take to finish after shutdown is asked for.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves `app` over HTTPS on `addr` until `shutdown` completes, then drains.
-pub async fn serve(
-    addr: SocketAddr,
-    tls: Arc<ServerConfig>,
-    app: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> io::Result<()> {
-    let listener = TcpListener::bind(addr).await?;
-    serve_listener(listener, tls, app, shutdown).await
-}
-
-/// [`serve`] on a listener already bound (tests bind port 0 and read the address).
+/// Serves `app` over HTTPS on `listener` until `shutdown` completes, then drains. The caller
+/// binds, so a bind error is reported before anything runs (and tests can bind port 0).
 pub async fn serve_listener(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
