@@ -167,6 +167,12 @@ pub struct ProcessIdentity {
     pub mount_namespace: Option<u64>,
 }
 
+impl AsRef<ProcessIdentity> for ProcessIdentity {
+    fn as_ref(&self) -> &ProcessIdentity {
+        self
+    }
+}
+
 /// A group of processes reported as one container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Group {
@@ -184,12 +190,14 @@ pub const UNATTRIBUTED_GROUP: &str = "unattributed";
 
 /// Groups processes by container, sorted by name. `pod` is the pod's container statuses
 /// (inside a pod: names the groups and leaves out the agent's own container, which holds
-/// `agent_pid`); `None` on a plain host.
-pub fn attribute(
-    processes: &[ProcessIdentity],
+/// `agent_pid`); `None` on a plain host. `processes` may be anything that holds an identity,
+/// so the scanner need not copy them out.
+pub fn attribute<P: AsRef<ProcessIdentity>>(
+    processes: &[P],
     pod: Option<&[ContainerIdentity]>,
     agent_pid: Option<i32>,
 ) -> Vec<Group> {
+    let processes = || processes.iter().map(AsRef::as_ref);
     let pod_names: HashMap<&str, &ContainerIdentity> = pod
         .unwrap_or_default()
         .iter()
@@ -207,7 +215,7 @@ pub fn attribute(
     // A mount namespace belongs to the container of any process in it that its cgroup names.
     // A namespace two containers claim (a bind-mounted host namespace?) belongs to neither.
     let mut claims: HashMap<u64, Option<&ContainerId>> = HashMap::new();
-    for process in processes {
+    for process in processes() {
         if let (Some(container), Some(namespace)) = (&process.container, process.mount_namespace)
             && !is_infra(process, Some(container))
         {
@@ -236,7 +244,7 @@ pub fn attribute(
         })
     }
 
-    let agent = agent_pid.and_then(|pid| processes.iter().find(|p| p.pid == pid));
+    let agent = agent_pid.and_then(|pid| processes().find(|p| p.pid == pid));
     let agent_container = agent.and_then(|agent| container_of(agent, &namespace_owner));
     let is_agent_container = |process: &ProcessIdentity, container: Option<&ContainerId>| {
         pod.is_some()
@@ -251,7 +259,7 @@ pub fn attribute(
     };
 
     let mut groups: HashMap<Option<&ContainerId>, Group> = HashMap::new();
-    for (index, process) in processes.iter().enumerate() {
+    for (index, process) in processes().enumerate() {
         let container = container_of(process, &namespace_owner);
         if is_infra(process, container) || is_agent_container(process, container) {
             continue;

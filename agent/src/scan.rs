@@ -132,6 +132,12 @@ struct Candidate {
     details: Option<Box<ProcessDetails>>,
 }
 
+impl AsRef<ProcessIdentity> for Candidate {
+    fn as_ref(&self) -> &ProcessIdentity {
+        &self.identity
+    }
+}
+
 /// The facts of one listed process that its own files give, with what could not be read. Its
 /// user name and CPU use are added when its container is known.
 struct ProcessDetails {
@@ -219,10 +225,7 @@ impl Scanner {
         let scanned_at = Time(Timestamp::now());
         let mut vanished = 0u32;
         let mut candidates = self.read_candidates(options, &mut vanished)?;
-        let identities: Vec<ProcessIdentity> =
-            candidates.iter().map(|c| c.identity.clone()).collect();
-        let groups = attribution::attribute(&identities, pod, self.root.self_pid());
-        drop(identities);
+        let groups = attribution::attribute(&candidates, pod, self.root.self_pid());
 
         let mut context = ScanContext {
             scanner: self,
