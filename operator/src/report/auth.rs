@@ -238,7 +238,7 @@ impl Authenticator {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use k8s_openapi::api::authentication::v1::UserInfo;
     use std::collections::BTreeMap;

@@ -1,6 +1,5 @@
 //! The report handler against a mocked API server that answers TokenReviews.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -8,7 +7,7 @@ use std::time::Duration;
 use axum::http::{Request, StatusCode};
 use futures::StreamExt;
 use http_body_util::BodyExt;
-use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewStatus, UserInfo};
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewStatus};
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use kube::Client;
 use kube::runtime::reflector::{self, ObjectRef};
@@ -22,41 +21,17 @@ use tower_test::mock;
 
 use super::*;
 use crate::controller::status::tests::{pod, process, watch};
+use auth::tests::review_status;
 
 /// Tokens the fake API server knows: `pod:<name>` is bound to that pod of namespace shop,
 /// `user` is a person's token, anything else is refused.
 fn review(token: &str) -> TokenReviewStatus {
-    let user = |username: &str, pod: Option<&str>| {
-        let mut extra = BTreeMap::new();
-        if let Some(pod) = pod {
-            extra.insert(
-                "authentication.kubernetes.io/pod-name".to_string(),
-                vec![pod.to_string()],
-            );
-            extra.insert(
-                "authentication.kubernetes.io/pod-uid".to_string(),
-                vec![format!("uid-{pod}")],
-            );
-        }
-        Some(UserInfo {
-            username: Some(username.to_string()),
-            extra: Some(extra),
-            ..UserInfo::default()
-        })
-    };
     match token.strip_prefix("pod:") {
-        Some(pod) => TokenReviewStatus {
-            authenticated: Some(true),
-            audiences: Some(vec![TOKEN_AUDIENCE.to_string()]),
-            user: user("system:serviceaccount:shop:default", Some(pod)),
-            error: None,
-        },
-        None if token == "user" => TokenReviewStatus {
-            authenticated: Some(true),
-            audiences: Some(vec![TOKEN_AUDIENCE.to_string()]),
-            user: user("alice", None),
-            error: None,
-        },
+        Some(pod) => review_status(
+            "system:serviceaccount:shop:default",
+            Some((pod, &format!("uid-{pod}"))),
+        ),
+        None if token == "user" => review_status("alice", None),
         None => TokenReviewStatus {
             authenticated: Some(false),
             error: Some("invalid bearer token".into()),
@@ -173,6 +148,11 @@ async fn post(state: &ReportState, token: Option<&str>, body: Vec<u8>) -> (Statu
     (status, body)
 }
 
+/// Posts the report of `pod` (as [`agent_report`] makes it) with `token`.
+async fn post_report(state: &ReportState, token: &str, pod: &str) -> (StatusCode, Vec<u8>) {
+    post(state, Some(token), json(&agent_report(pod))).await
+}
+
 fn json(report: &AgentReport) -> Vec<u8> {
     serde_json::to_vec(report).unwrap()
 }
@@ -186,12 +166,7 @@ fn metric(registry: &Registry, result: &str) -> bool {
 #[tokio::test]
 async fn accepted_report_is_kept_named_and_triggers_its_watches() {
     let fixture = fixture();
-    let (status, body) = post(
-        &fixture.state,
-        Some("pod:web-1"),
-        json(&agent_report("web-1")),
-    )
-    .await;
+    let (status, body) = post_report(&fixture.state, "pod:web-1", "web-1").await;
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
     let answer: ReportResponse = serde_json::from_slice(&body).unwrap();
     assert!(answer.watched);
@@ -213,12 +188,7 @@ async fn accepted_report_is_kept_named_and_triggers_its_watches() {
     assert!(metric(&fixture.registry, "accepted"));
 
     // A second report within the cache lifetime costs no TokenReview.
-    let (status, _) = post(
-        &fixture.state,
-        Some("pod:web-1"),
-        json(&agent_report("web-1")),
-    )
-    .await;
+    let (status, _) = post_report(&fixture.state, "pod:web-1", "web-1").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(fixture.reviews.load(Ordering::SeqCst), 1);
 }
@@ -226,18 +196,13 @@ async fn accepted_report_is_kept_named_and_triggers_its_watches() {
 #[tokio::test]
 async fn report_about_another_pod_is_forbidden() {
     let fixture = fixture();
-    let (status, body) = post(
-        &fixture.state,
-        Some("pod:web-2"),
-        json(&agent_report("web-1")),
-    )
-    .await;
+    let (status, body) = post_report(&fixture.state, "pod:web-2", "web-1").await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(String::from_utf8_lossy(&body).contains("issued to pod shop/web-2"));
     assert!(fixture.state.findings.is_empty());
     assert!(metric(&fixture.registry, "forbidden"));
 
-    let (status, _) = post(&fixture.state, Some("user"), json(&agent_report("web-1"))).await;
+    let (status, _) = post_report(&fixture.state, "user", "web-1").await;
     assert_eq!(status, StatusCode::FORBIDDEN, "a token not bound to a pod");
 }
 
@@ -251,12 +216,7 @@ async fn missing_or_refused_tokens_are_unauthenticated() {
         0,
         "no token, no review"
     );
-    let (status, body) = post(
-        &fixture.state,
-        Some("garbage"),
-        json(&agent_report("web-1")),
-    )
-    .await;
+    let (status, body) = post_report(&fixture.state, "garbage", "web-1").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(String::from_utf8_lossy(&body).contains("invalid bearer token"));
     assert!(fixture.state.findings.is_empty());
@@ -326,12 +286,7 @@ async fn malformed_body_is_a_bad_request_with_a_message() {
 #[tokio::test]
 async fn unwatched_pod_is_told_to_stop() {
     let fixture = fixture();
-    let (status, body) = post(
-        &fixture.state,
-        Some("pod:lonely"),
-        json(&agent_report("lonely")),
-    )
-    .await;
+    let (status, body) = post_report(&fixture.state, "pod:lonely", "lonely").await;
     assert_eq!(status, StatusCode::OK);
     let answer: ReportResponse = serde_json::from_slice(&body).unwrap();
     assert!(!answer.watched);
@@ -342,12 +297,7 @@ async fn unwatched_pod_is_told_to_stop() {
 async fn standby_replica_sends_agents_elsewhere() {
     let fixture = fixture();
     fixture.leader.send_replace(false);
-    let (status, _) = post(
-        &fixture.state,
-        Some("pod:web-1"),
-        json(&agent_report("web-1")),
-    )
-    .await;
+    let (status, _) = post_report(&fixture.state, "pod:web-1", "web-1").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(fixture.reviews.load(Ordering::SeqCst), 0);
     assert!(metric(&fixture.registry, "unavailable"));
