@@ -9,7 +9,6 @@ mod server;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::ByteString;
@@ -18,7 +17,6 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use procwatch_crds::constants::FIELD_MANAGER;
-use rustls::ServerConfig;
 
 pub use certs::{CaMaterial, Plan, Sans, Stored, issue_ca, issue_serving, plan, verify};
 pub use reload::{CertificateHandle, keep_fresh, reloadable_server_config};
@@ -119,7 +117,7 @@ pub async fn load(client: Client, source: &TlsSource) -> Result<TlsMaterial, Tls
                 key_pem: read(key).await?,
                 ca_pem: read(ca).await?,
             };
-            server_config(&material)?;
+            reload::certified_key(&material)?;
             Ok(material)
         }
         TlsSource::SelfManaged {
@@ -291,13 +289,6 @@ fn from_secret(secret: &Secret) -> Stored {
         serving,
         sans: annotation(SANS_ANNOTATION),
     }
-}
-
-/// A rustls server configuration (ring, TLS 1.2 and 1.3, HTTP/1.1 by ALPN) serving the
-/// material's chain and key, fixed for its lifetime; see [`reloadable_server_config`] for one
-/// that follows renewals.
-pub fn server_config(material: &TlsMaterial) -> Result<Arc<ServerConfig>, TlsError> {
-    reloadable_server_config(material).map(|(config, _)| config)
 }
 
 /// Sets `clientConfig.caBundle` of every webhook of the MutatingWebhookConfiguration to

@@ -220,7 +220,7 @@ pub fn plan(stored: &Stored, wanted: &Sans, now: SystemTime) -> Plan {
             wanted.canonical()
         ));
     }
-    if let Err(error) = super::server_config(serving) {
+    if let Err(error) = super::reload::certified_key(serving) {
         return Plan::RenewServing(format!("the serving certificate is unusable: {error}"));
     }
     if let Err(error) = verify(serving, wanted, now + SERVING_RENEW_BEFORE) {

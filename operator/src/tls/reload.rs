@@ -87,8 +87,9 @@ pub async fn keep_fresh(
     }
 }
 
-/// The chain and key in rustls' form, refusing a key that is not the certificate's.
-fn certified_key(material: &TlsMaterial) -> Result<Arc<CertifiedKey>, TlsError> {
+/// The chain and key in rustls' form, refusing a key that is not the certificate's; what
+/// makes material servable.
+pub(super) fn certified_key(material: &TlsMaterial) -> Result<Arc<CertifiedKey>, TlsError> {
     let chain: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(material.cert_chain_pem.as_bytes())
             .collect::<Result<_, _>>()?;

@@ -1,4 +1,5 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::Router;
@@ -37,7 +38,7 @@ fn fresh(now: SystemTime) -> (CaMaterial, TlsMaterial) {
 fn issued_material_verifies_for_its_names_only() {
     let now = SystemTime::now();
     let (_, material) = fresh(now);
-    server_config(&material).unwrap();
+    reload::certified_key(&material).unwrap();
     verify(&material, &sans(), now).unwrap();
     verify(&material, &sans(), now + 300 * DAY).unwrap();
     let other = Sans {
@@ -253,7 +254,7 @@ async fn start(
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    let config = server_config(material).unwrap();
+    let (config, _) = reloadable_server_config(material).unwrap();
     let server = tokio::spawn(serve_listener(listener, config, app, async {
         let _ = stopped.await;
     }));
