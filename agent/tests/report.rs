@@ -3,17 +3,18 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::operator::{FakeOperator, Received, TestCa};
+use common::operator::{FakeOperator, Received, Script, TestCa};
 use common::{FakeProc, FakeProcess};
 use http::StatusCode;
+use procwatch_agent::procfs_read::ProcRootError;
 use procwatch_agent::reporter::{self, ReportClient, RunConfig, SendError};
 use procwatch_crds::EnvironmentPolicy;
 use procwatch_crds::report::{AgentReport, CollectRequest, ContainerIdentity, ReportResponse};
 use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 const NGINX_ID: &str = "3f2a9c1b7e0d4c5a8b9e1f2d3c4b5a6978675645342312019f8e7d6c5b4a3921";
 
@@ -36,8 +37,9 @@ fn pod() -> FakeProc {
     proc
 }
 
-fn answer(watched: bool, collect: CollectRequest) -> (StatusCode, String) {
-    let response = ReportResponse {
+/// The operator's answer naming the pod's nginx container, with a 1s interval.
+fn response(watched: bool, collect: CollectRequest) -> ReportResponse {
+    ReportResponse {
         watched,
         interval_seconds: 1,
         collect,
@@ -46,8 +48,15 @@ fn answer(watched: bool, collect: CollectRequest) -> (StatusCode, String) {
             container_id: format!("containerd://{NGINX_ID}"),
         }],
         workload_finished: false,
-    };
+    }
+}
+
+fn accepted(response: ReportResponse) -> (StatusCode, String) {
     (StatusCode::OK, serde_json::to_string(&response).unwrap())
+}
+
+fn answer(watched: bool, collect: CollectRequest) -> (StatusCode, String) {
+    accepted(response(watched, collect))
 }
 
 fn minimal_collect() -> CollectRequest {
@@ -55,6 +64,69 @@ fn minimal_collect() -> CollectRequest {
         environment: EnvironmentPolicy::None,
         max_processes: 1,
         ..CollectRequest::default()
+    }
+}
+
+/// What every test here starts from: an operator answering as `script` says, the pod's proc
+/// root and a token file holding `token`.
+struct Setup {
+    ca: TestCa,
+    operator: FakeOperator,
+    proc: FakeProc,
+    token: tempfile::NamedTempFile,
+}
+
+impl Setup {
+    async fn start(script: Arc<Script>, token: &str) -> Self {
+        let ca = TestCa::new();
+        let operator = FakeOperator::start(&ca, script).await;
+        let token_file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(token_file.path(), token).unwrap();
+        Setup {
+            ca,
+            operator,
+            proc: pod(),
+            token: token_file,
+        }
+    }
+
+    /// `reporter::run` for pod `shop/web-0`, until the returned sender is used.
+    fn spawn_run_loop(
+        &self,
+        interval: Duration,
+    ) -> (oneshot::Sender<()>, JoinHandle<Result<(), ProcRootError>>) {
+        let client =
+            ReportClient::new(&self.operator.url, &self.ca.pem, self.token.path()).unwrap();
+        let config = RunConfig {
+            proc_root: self.proc.path().to_path_buf(),
+            pod_name: "web-0".into(),
+            pod_namespace: "shop".into(),
+            pod_uid: "uid-1".into(),
+            interval,
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let agent = tokio::spawn(reporter::run(config, client, async {
+            let _ = stopped.await;
+        }));
+        (stop, agent)
+    }
+
+    /// `procwatch-agent run` as the webhook configures it (environment only), pod `shop/web-0`,
+    /// reporting every second.
+    fn spawn_agent_binary(&self) -> tokio::process::Child {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_procwatch-agent"))
+            .args(["run", "--proc-root"])
+            .arg(self.proc.path())
+            .env_clear()
+            .env("POD_NAME", "web-0")
+            .env("POD_NAMESPACE", "shop")
+            .env("POD_UID", "uid-1")
+            .env("PROCWATCH_REPORT_URL", &self.operator.url)
+            .env("PROCWATCH_CA_PEM", &self.ca.pem)
+            .env("PROCWATCH_TOKEN_FILE", self.token.path())
+            .env("PROCWATCH_INTERVAL", "1s")
+            .spawn()
+            .unwrap()
     }
 }
 
@@ -68,7 +140,6 @@ async fn next(operator: &mut FakeOperator) -> (Instant, Received) {
 
 #[tokio::test]
 async fn reports_with_a_fresh_token_backs_off_and_follows_the_operator() {
-    let ca = TestCa::new();
     let script = Arc::new(|n: usize| match n {
         0 => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -78,26 +149,12 @@ async fn reports_with_a_fresh_token_backs_off_and_follows_the_operator() {
         2 | 3 => answer(true, minimal_collect()),
         _ => answer(false, minimal_collect()),
     });
-    let mut operator = FakeOperator::start(&ca, script).await;
-    let proc = pod();
-    let token = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(token.path(), "token-1\n").unwrap();
-
-    let client = ReportClient::new(&operator.url, &ca.pem, token.path()).unwrap();
-    let config = RunConfig {
-        proc_root: proc.path().to_path_buf(),
-        pod_name: "web-0".into(),
-        pod_namespace: "shop".into(),
-        pod_uid: "uid-1".into(),
-        interval: Duration::from_secs(1),
-    };
-    let (stop, stopped) = oneshot::channel::<()>();
-    let agent = tokio::spawn(reporter::run(config, client, async {
-        let _ = stopped.await;
-    }));
+    let mut setup = Setup::start(script, "token-1\n").await;
+    let (stop, agent) = setup.spawn_run_loop(Duration::from_secs(1));
+    let operator = &mut setup.operator;
 
     // Before the first answer: default collection, groups named by runtime and short ID.
-    let (first_at, first) = next(&mut operator).await;
+    let (first_at, first) = next(operator).await;
     assert_eq!(first.path, "/report/v1");
     assert_eq!(first.authorization.as_deref(), Some("Bearer token-1"));
     let report: &AgentReport = &first.report;
@@ -122,7 +179,7 @@ async fn reports_with_a_fresh_token_backs_off_and_follows_the_operator() {
     );
 
     // 503: retried after a jittered 0.5..1s.
-    let (second_at, second) = next(&mut operator).await;
+    let (second_at, second) = next(operator).await;
     let waited = second_at - first_at;
     assert!(
         waited >= Duration::from_millis(450) && waited < Duration::from_secs(3),
@@ -131,12 +188,12 @@ async fn reports_with_a_fresh_token_backs_off_and_follows_the_operator() {
     assert_eq!(second.authorization.as_deref(), Some("Bearer token-1"));
 
     // 401: the kubelet rotates the token; the next report carries the new one.
-    std::fs::write(token.path(), "token-2\n").unwrap();
-    let (_, third) = next(&mut operator).await;
+    std::fs::write(setup.token.path(), "token-2\n").unwrap();
+    let (_, third) = next(operator).await;
     assert_eq!(third.authorization.as_deref(), Some("Bearer token-2"));
 
     // Accepted: the next scan follows the answer (names, one process, no environment).
-    let (_, fourth) = next(&mut operator).await;
+    let (_, fourth) = next(operator).await;
     let nginx = &fourth.report.containers[0];
     assert_eq!(nginx.name, "nginx");
     assert_eq!(
@@ -150,7 +207,7 @@ async fn reports_with_a_fresh_token_backs_off_and_follows_the_operator() {
     assert!(nginx.processes[0].environment.is_empty());
 
     // Unwatched: the agent goes quiet (it asks again only after minutes) but keeps running.
-    let _ = next(&mut operator).await;
+    let _ = next(operator).await;
     let quiet = tokio::time::timeout(Duration::from_secs(3), operator.received.recv()).await;
     assert!(quiet.is_err(), "no report while unwatched");
     assert!(!agent.is_finished());
@@ -165,33 +222,19 @@ async fn reports_with_a_fresh_token_backs_off_and_follows_the_operator() {
 /// second later instead of an interval later, then keeps the interval.
 #[tokio::test]
 async fn new_instructions_are_followed_up_at_once_then_the_interval_holds() {
-    let ca = TestCa::new();
     let script = Arc::new(|_: usize| {
-        let (status, body) = answer(true, minimal_collect());
-        let mut response: ReportResponse = serde_json::from_str(&body).unwrap();
-        response.interval_seconds = 30;
-        (status, serde_json::to_string(&response).unwrap())
+        accepted(ReportResponse {
+            interval_seconds: 30,
+            ..response(true, minimal_collect())
+        })
     });
-    let mut operator = FakeOperator::start(&ca, script).await;
-    let proc = pod();
-    let token = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(token.path(), "token\n").unwrap();
-    let client = ReportClient::new(&operator.url, &ca.pem, token.path()).unwrap();
-    let config = RunConfig {
-        proc_root: proc.path().to_path_buf(),
-        pod_name: "web-0".into(),
-        pod_namespace: "shop".into(),
-        pod_uid: "uid-1".into(),
-        interval: Duration::from_secs(30),
-    };
-    let (stop, stopped) = oneshot::channel::<()>();
-    let agent = tokio::spawn(reporter::run(config, client, async {
-        let _ = stopped.await;
-    }));
+    let mut setup = Setup::start(script, "token\n").await;
+    let (stop, agent) = setup.spawn_run_loop(Duration::from_secs(30));
+    let operator = &mut setup.operator;
 
-    let (first_at, first) = next(&mut operator).await;
+    let (first_at, first) = next(operator).await;
     assert_eq!(first.report.containers[0].name, "containerd-3f2a9c1b7e0d");
-    let (second_at, second) = next(&mut operator).await;
+    let (second_at, second) = next(operator).await;
     assert!(
         second_at - first_at < Duration::from_secs(3),
         "{:?}",
@@ -238,42 +281,16 @@ async fn trusts_only_the_given_ca() {
     );
 }
 
-/// `procwatch-agent run` as the webhook configures it (environment only), pod `shop/web-0`,
-/// reporting every second.
-fn spawn_agent_binary(
-    proc: &FakeProc,
-    operator: &FakeOperator,
-    ca: &TestCa,
-    token: &Path,
-) -> tokio::process::Child {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_procwatch-agent"))
-        .args(["run", "--proc-root"])
-        .arg(proc.path())
-        .env_clear()
-        .env("POD_NAME", "web-0")
-        .env("POD_NAMESPACE", "shop")
-        .env("POD_UID", "uid-1")
-        .env("PROCWATCH_REPORT_URL", &operator.url)
-        .env("PROCWATCH_CA_PEM", &ca.pem)
-        .env("PROCWATCH_TOKEN_FILE", token)
-        .env("PROCWATCH_INTERVAL", "1s")
-        .spawn()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn the_binary_reports_and_stops_promptly_on_sigterm() {
-    let ca = TestCa::new();
-    let mut operator =
-        FakeOperator::start(&ca, Arc::new(|_| answer(true, CollectRequest::default()))).await;
-    let proc = pod();
-    let token = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(token.path(), "token-1").unwrap();
-    let mut child = spawn_agent_binary(&proc, &operator, &ca, token.path());
-    let (_, first) = next(&mut operator).await;
+    let script = Arc::new(|_| answer(true, CollectRequest::default()));
+    let mut setup = Setup::start(script, "token-1").await;
+    let mut child = setup.spawn_agent_binary();
+    let operator = &mut setup.operator;
+    let (_, first) = next(operator).await;
     assert_eq!(first.report.pod_name, "web-0");
     assert_eq!(first.authorization.as_deref(), Some("Bearer token-1"));
-    let (_, second) = next(&mut operator).await;
+    let (_, second) = next(operator).await;
     assert_eq!(second.report.containers[0].name, "nginx");
 
     // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
@@ -289,20 +306,17 @@ async fn the_binary_reports_and_stops_promptly_on_sigterm() {
 /// have finished, the agent process exits 0 (so the pod can complete) and reports no more.
 #[tokio::test]
 async fn the_binary_exits_successfully_once_the_workload_has_finished() {
-    let ca = TestCa::new();
     let script = Arc::new(|n: usize| {
-        let (status, body) = answer(true, minimal_collect());
-        let mut response: ReportResponse = serde_json::from_str(&body).unwrap();
-        response.workload_finished = n >= 1;
-        (status, serde_json::to_string(&response).unwrap())
+        accepted(ReportResponse {
+            workload_finished: n >= 1,
+            ..response(true, minimal_collect())
+        })
     });
-    let mut operator = FakeOperator::start(&ca, script).await;
-    let proc = pod();
-    let token = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(token.path(), "token").unwrap();
-    let mut child = spawn_agent_binary(&proc, &operator, &ca, token.path());
-    let _ = next(&mut operator).await;
-    let _ = next(&mut operator).await;
+    let mut setup = Setup::start(script, "token").await;
+    let mut child = setup.spawn_agent_binary();
+    let operator = &mut setup.operator;
+    let _ = next(operator).await;
+    let _ = next(operator).await;
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
         .await
         .expect("the agent exits after the answer that the workload finished")
