@@ -225,7 +225,7 @@ fn reporting(facts: &Facts) -> Verdict {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use k8s_openapi::jiff::Timestamp;
     use std::time::Duration;
@@ -246,7 +246,7 @@ mod tests {
         }
     }
 
-    fn find<'a>(conditions: &'a [Condition], kind: &str) -> &'a Condition {
+    pub fn find<'a>(conditions: &'a [Condition], kind: &str) -> &'a Condition {
         conditions.iter().find(|c| c.type_ == kind).unwrap()
     }
 

@@ -19,6 +19,8 @@ use tower_test::mock;
 
 use super::*;
 use crate::report::store::{PodFindings, PodKey};
+use conditions::tests::find;
+use conditions::{ATTACHED, READY};
 use status::tests::{nginx, pod, process, watch};
 
 #[derive(Clone, Debug)]
@@ -87,6 +89,18 @@ impl ApiServer {
         self.seen()
             .into_iter()
             .filter(|s| s.uri.contains("/status"))
+            .collect()
+    }
+
+    /// The status of the first status patch.
+    fn first_status(&self) -> ProcessWatchStatus {
+        serde_json::from_value(self.status_patches()[0].body["status"].clone()).unwrap()
+    }
+
+    fn events(&self) -> Vec<Seen> {
+        self.seen()
+            .into_iter()
+            .filter(|s| s.uri.contains("events"))
             .collect()
     }
 
@@ -208,18 +222,10 @@ async fn status_is_applied_with_the_field_manager() {
     assert_eq!(status.summary[0].container, "nginx");
     assert_eq!(status.summary[0].cpu_millicores, 4);
     assert_eq!(status.pods[0].containers[0].processes.len(), 2);
-    let ready = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap();
+    let ready = find(&status.conditions, READY);
     assert_eq!(ready.status, "True", "{ready:?}");
     // Becoming ready is an Event on the watch.
-    let events: Vec<Seen> = server
-        .seen()
-        .into_iter()
-        .filter(|s| s.uri.contains("events"))
-        .collect();
+    let events = server.events();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].body["reason"], "Ready");
     assert_eq!(events[0].body["regarding"]["name"], "web");
@@ -248,14 +254,9 @@ async fn owned_old_pods_are_evicted_bare_ones_never() {
         ["/api/v1/namespaces/shop/pods/web-old/eviction?"]
     );
 
-    let status: ProcessWatchStatus =
-        serde_json::from_value(server.status_patches()[0].body["status"].clone()).unwrap();
+    let status = server.first_status();
     assert_eq!(status.needs_restart, ["bare", "web-old"]);
-    let attached = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Attached")
-        .unwrap();
+    let attached = find(&status.conditions, ATTACHED);
     assert_eq!(attached.reason, "EvictingPods");
     assert!(
         attached.message.contains("bare has no controller"),
@@ -263,9 +264,9 @@ async fn owned_old_pods_are_evicted_bare_ones_never() {
         attached.message
     );
     let evicted_event = server
-        .seen()
-        .into_iter()
-        .any(|s| s.uri.contains("events") && s.body["reason"] == "PodEvicted");
+        .events()
+        .iter()
+        .any(|s| s.body["reason"] == "PodEvicted");
     assert!(evicted_event);
 
     // The cache does not show web-old leaving yet: no second eviction.
@@ -291,13 +292,8 @@ async fn eviction_refused_by_a_disruption_budget_is_retried_later() {
     // Woken again at once (a report, its own status write): the budget is not asked again.
     reconcile(Arc::new(watch), ctx).await.unwrap();
     assert_eq!(server.evictions().len(), 1);
-    let status: ProcessWatchStatus =
-        serde_json::from_value(server.status_patches()[0].body["status"].clone()).unwrap();
-    let attached = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Attached")
-        .unwrap();
+    let status = server.first_status();
+    let attached = find(&status.conditions, ATTACHED);
     assert!(
         attached.message.contains("disruption budget"),
         "{}",
