@@ -227,6 +227,7 @@ async fn try_once(
     let duration_seconds = i32::try_from(settings.lease_duration.as_secs()).unwrap_or(15);
     let result = match (step, current) {
         (Step::Create, _) => {
+            let now = now_micro();
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(settings.name.clone()),
@@ -236,8 +237,8 @@ async fn try_once(
                 spec: Some(LeaseSpec {
                     holder_identity: Some(settings.identity.clone()),
                     lease_duration_seconds: Some(duration_seconds),
-                    acquire_time: Some(now_micro()),
-                    renew_time: Some(now_micro()),
+                    acquire_time: Some(now.clone()),
+                    renew_time: Some(now),
                     lease_transitions: Some(0),
                     ..LeaseSpec::default()
                 }),
@@ -247,23 +248,17 @@ async fn try_once(
                 .await
                 .map(|_| ())
         }
-        (Step::Renew, Some(mut lease)) => {
+        (step @ (Step::Renew | Step::TakeOver), Some(mut lease)) => {
+            let now = now_micro();
             let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
-            spec.renew_time = Some(now_micro());
+            if step == Step::TakeOver {
+                tracing::info!(lease = %settings.name, "taking over the leader lease");
+                spec.holder_identity = Some(settings.identity.clone());
+                spec.acquire_time = Some(now.clone());
+                spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+            }
+            spec.renew_time = Some(now);
             spec.lease_duration_seconds = Some(duration_seconds);
-            leases
-                .replace(&settings.name, &PostParams::default(), &lease)
-                .await
-                .map(|_| ())
-        }
-        (Step::TakeOver, Some(mut lease)) => {
-            let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
-            spec.holder_identity = Some(settings.identity.clone());
-            spec.lease_duration_seconds = Some(duration_seconds);
-            spec.acquire_time = Some(now_micro());
-            spec.renew_time = Some(now_micro());
-            spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
-            tracing::info!(lease = %settings.name, "taking over the leader lease");
             leases
                 .replace(&settings.name, &PostParams::default(), &lease)
                 .await
