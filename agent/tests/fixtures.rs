@@ -296,14 +296,7 @@ fn cpu_millicores_from_the_difference_between_two_scans() {
     // The broker used 10 more ticks (100 ms at 100 Hz) meanwhile: about 1000 millicores.
     let mut broker = FakeProcess::new(19, "flux-broker", b"flux-broker\0");
     broker.utime += 10;
-    proc.write(
-        19,
-        "stat",
-        format!(
-            "19 (flux-broker) R 1 19 19 0 -1 0 0 0 0 0 {} {} 0 0 20 0 1 0 {} 0 100 0\n",
-            broker.utime, broker.stime, broker.start_ticks
-        ),
-    );
+    proc.write(19, "stat", broker.stat_line());
     let scan = scanner.scan(&all(), Some(&statuses)).unwrap();
     let flux = container(&scan.containers, "flux");
     let millicores = flux.processes[0].cpu_millicores;
@@ -324,11 +317,9 @@ fn container_totals_count_the_processes_not_listed() {
     std::thread::sleep(std::time::Duration::from_millis(100));
     // Master and worker both used 10 more ticks meanwhile.
     for (pid, utime, rss_pages) in [(7, 10 + 10, 100), (8, 500 + 10, 300)] {
-        proc.write(
-            pid,
-            "stat",
-            format!("{pid} (nginx) S 1 {pid} {pid} 0 -1 0 0 0 0 0 {utime} 5 0 0 20 0 1 0 1000 0 {rss_pages} 0\n"),
-        );
+        let mut nginx = FakeProcess::new(pid, "nginx", b"");
+        (nginx.utime, nginx.rss_pages) = (utime, rss_pages);
+        proc.write(pid, "stat", nginx.stat_line());
     }
     let options = ScanOptions {
         max_processes: 1,

@@ -55,6 +55,24 @@ impl FakeProcess {
             exe: Some("/bin/sh".into()),
         }
     }
+
+    /// Its `/proc/<pid>/stat` line.
+    pub fn stat_line(&self) -> String {
+        format!(
+            "{} ({}) {} {} {} {} 0 -1 4194560 100 0 0 0 {} {} 0 0 20 0 {} 0 {} 1000000 {} 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0\n",
+            self.pid,
+            self.comm,
+            self.state,
+            self.ppid,
+            self.pid,
+            self.pid,
+            self.utime,
+            self.stime,
+            self.threads,
+            self.start_ticks,
+            self.rss_pages
+        )
+    }
 }
 
 impl FakeProc {
@@ -84,14 +102,7 @@ impl FakeProc {
         std::fs::create_dir_all(dir.join("ns")).unwrap();
         std::fs::create_dir_all(dir.join("net")).unwrap();
         std::fs::create_dir_all(dir.join("root/etc")).unwrap();
-        std::fs::write(
-            dir.join("stat"),
-            format!(
-                "{} ({}) {} {} {} {} 0 -1 4194560 100 0 0 0 {} {} 0 0 20 0 {} 0 {} 1000000 {} 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0\n",
-                p.pid, p.comm, p.state, p.ppid, p.pid, p.pid, p.utime, p.stime, p.threads, p.start_ticks, p.rss_pages
-            ),
-        )
-        .unwrap();
+        std::fs::write(dir.join("stat"), p.stat_line()).unwrap();
         std::fs::write(
             dir.join("status"),
             format!(
