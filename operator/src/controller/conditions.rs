@@ -44,13 +44,9 @@ pub fn conditions(
             message: format!(
                 "{} {} {} {}",
                 facts.reporting,
-                plural(facts.reporting, "pod reports", "pods report"),
+                plural(facts.reporting.into(), "pod reports", "pods report"),
                 facts.processes,
-                if facts.processes == 1 {
-                    "process"
-                } else {
-                    "processes"
-                },
+                plural(facts.processes, "process", "processes"),
             ),
         }
     };
@@ -74,7 +70,7 @@ pub fn conditions(
         .collect()
 }
 
-fn plural(n: u32, one: &'static str, many: &'static str) -> &'static str {
+fn plural(n: u64, one: &'static str, many: &'static str) -> &'static str {
     if n == 1 { one } else { many }
 }
 
