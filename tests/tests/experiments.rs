@@ -81,7 +81,7 @@ async fn nginx_master_workers_listener_and_config_fingerprint() -> anyhow::Resul
         REPORT_TIMEOUT,
         || async {
             let status = watch_status(&ns, "web").await?;
-            let pods = live_pods(&ns, "app=nginx").await?;
+            let pods = ns.live_pods("app=nginx").await?;
             let problems = nginx_problems(&status, &pods, workers, &listen, &conf_sha);
             Ok(if problems.is_empty() {
                 Wait::Done((status, pods[0].clone()))
@@ -286,7 +286,7 @@ async fn jobset_training_job_process_trees() -> anyhow::Result<()> {
         REPORT_TIMEOUT,
         || async {
             let status = watch_status(&ns, "train").await?;
-            let pods = live_pods(&ns, SELECTOR).await?;
+            let pods = ns.live_pods(SELECTOR).await?;
             let problems = training_problems(&status, &pods, WORKERS);
             Ok(if problems.is_empty() {
                 Wait::Done((status, pods))
@@ -459,7 +459,7 @@ async fn flux_broker_sockets_reachable_from_the_other_container() -> anyhow::Res
         REPORT_TIMEOUT,
         || async {
             let status = watch_status(&ns, "flux").await?;
-            let pods = live_pods(&ns, "app=flux").await?;
+            let pods = ns.live_pods("app=flux").await?;
             let (problems, found) = flux_problems(&status, &pods, SOCKETS);
             Ok(match found {
                 Some((pid, sockets)) if problems.is_empty() => Wait::Done((status, pid, sockets)),
@@ -690,21 +690,6 @@ async fn watch_status(ns: &TestNamespace, watch: &str) -> anyhow::Result<Process
     Ok(pw.status.unwrap_or_default())
 }
 
-/// Pods of the selector that are not being deleted.
-async fn live_pods(ns: &TestNamespace, selector: &str) -> anyhow::Result<Vec<Pod>> {
-    let list = ns
-        .api::<Pod>()
-        .list(&ListParams::default().labels(selector))
-        .await?;
-    let mut pods: Vec<Pod> = list
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .collect();
-    pods.sort_by_key(name);
-    Ok(pods)
-}
-
 /// The pod runs with the agent in a shared process namespace, all containers ready.
 fn injection_problems(pod: &Pod) -> Vec<String> {
     let mut problems = Vec::new();
@@ -922,7 +907,8 @@ async fn expect_columns(
 type Snapshot = BTreeMap<String, (Option<String>, Option<String>, BTreeMap<String, i32>)>;
 
 async fn snapshot(ns: &TestNamespace, selector: &str) -> anyhow::Result<Snapshot> {
-    Ok(live_pods(ns, selector)
+    Ok(ns
+        .live_pods(selector)
         .await?
         .iter()
         .map(|p| {
@@ -966,7 +952,7 @@ async fn delete_watch_and_check_undisturbed(
         before == after,
         "the workload changed after the watch was deleted:\nbefore {before:?}\nafter  {after:?}"
     );
-    for pod in live_pods(ns, selector).await? {
+    for pod in ns.live_pods(selector).await? {
         let problems = injection_problems(&pod);
         ensure!(
             problems.is_empty(),

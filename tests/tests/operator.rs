@@ -136,17 +136,11 @@ fn is_running(pod: &Pod) -> bool {
 
 /// Waits until `count` pods with `labels` run, all containers ready, none terminating.
 async fn running_pods(ns: &TestNamespace, labels: &str, count: usize) -> anyhow::Result<Vec<Pod>> {
-    let pods = ns.api::<Pod>();
     wait_for(
         &format!("{count} running pods {labels}"),
         Duration::from_secs(120),
         || async {
-            let list = pods.list(&ListParams::default().labels(labels)).await?;
-            let live: Vec<Pod> = list
-                .items
-                .into_iter()
-                .filter(|p| p.metadata.deletion_timestamp.is_none())
-                .collect();
+            let live = ns.live_pods(labels).await?;
             let running = live.iter().filter(|p| is_running(p)).count();
             Ok(if running == count && live.len() == count {
                 Wait::Done(live)
