@@ -74,7 +74,7 @@ pub fn pod_runs_agent(pod: &Pod) -> bool {
 /// Whether the watch selects the pod; a malformed selector selects nothing (the controller
 /// reports it as InvalidSpec).
 pub fn selects(watch: &ProcessWatch, pod: &Pod) -> bool {
-    watch.namespace() == pod.namespace()
+    watch.metadata.namespace == pod.metadata.namespace
         && selector::matches(&watch.spec.selector, pod.labels()).unwrap_or(false)
 }
 
