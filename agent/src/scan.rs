@@ -232,6 +232,7 @@ impl Scanner {
             options,
             buffer: Vec::with_capacity(8192),
             users: HashMap::new(),
+            socket_owners: HashMap::new(),
         };
         let mut reports: Vec<GroupReport> = groups
             .into_iter()
@@ -491,8 +492,6 @@ struct GroupReport {
     /// Members in candidate indexes; the first `detailed` of `ranked` have full details.
     ranked: Vec<usize>,
     detailed: usize,
-    /// Socket inodes held by the detailed processes: inode → lowest pid.
-    socket_owners: HashMap<u64, i32>,
     /// Network namespaces (or, when unreadable, pids) to read the socket tables through.
     net_sources: Vec<i32>,
     notes: Notes,
@@ -550,6 +549,8 @@ struct ScanContext<'a> {
     /// Users of the group being reported, by mount namespace (`None` when not read: one
     /// /etc/passwd for the whole group); `None` when it could not be read.
     users: HashMap<Option<u64>, Option<HashMap<u32, String>>>,
+    /// Socket inodes held by the listed processes of every group: inode → lowest pid.
+    socket_owners: HashMap<u64, i32>,
 }
 
 impl ScanContext<'_> {
@@ -577,7 +578,6 @@ impl ScanContext<'_> {
             },
             ranked: Vec::with_capacity(ranked.len()),
             detailed: 0,
-            socket_owners: HashMap::new(),
             net_sources: Vec::new(),
             notes: Notes::default(),
         };
@@ -656,11 +656,8 @@ impl ScanContext<'_> {
             group.notes.add(what, pid, reason);
         }
         for inode in details.sockets {
-            group
-                .socket_owners
-                .entry(inode)
-                .and_modify(|owner| *owner = (*owner).min(pid))
-                .or_insert(pid);
+            let owner = self.socket_owners.entry(inode).or_insert(pid);
+            *owner = (*owner).min(pid);
         }
         group.report.truncated |= details.truncated;
         // Unknown namespaces (no ptrace access) are read through the group's first process.
@@ -792,15 +789,7 @@ impl ScanContext<'_> {
         if listeners.is_empty() {
             return;
         }
-        let mut owners: HashMap<u64, i32> = HashMap::new();
-        for group in groups.iter() {
-            for (&inode, &pid) in &group.socket_owners {
-                owners
-                    .entry(inode)
-                    .and_modify(|owner| *owner = (*owner).min(pid))
-                    .or_insert(pid);
-            }
-        }
+        let mut owners = std::mem::take(&mut self.socket_owners);
         // Listeners held only by processes beyond max_processes: look at those too, until
         // every listener has its owner.
         let mut unowned: HashSet<u64> = listeners
