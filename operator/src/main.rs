@@ -240,6 +240,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
     let app = admission::router(AdmissionState {
         watches: watches.clone(),
+        readiness: readiness.clone(),
         settings: Arc::new(settings),
         metrics: admission_metrics,
     })

@@ -33,6 +33,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
+use crate::health::{Part, Readiness};
 use crate::selector;
 
 pub use injection::{
@@ -80,6 +81,8 @@ impl InjectionSettings {
 #[derive(Clone)]
 pub struct AdmissionState {
     pub watches: Store<ProcessWatch>,
+    /// Tells when `watches` is first listed ([`Part::WatchesSynced`]).
+    pub readiness: Arc<Readiness>,
     pub settings: Arc<InjectionSettings>,
     pub metrics: Arc<AdmissionMetrics>,
 }
@@ -298,11 +301,11 @@ async fn review_pod(
         .or(pod.metadata.namespace.as_deref())
         .filter(|ns| !ns.is_empty())
         .ok_or(ReviewError::MissingNamespace)?;
-    tokio::time::timeout(STORE_READY_TIMEOUT, state.watches.wait_until_ready())
+    // Not `Store::wait_until_ready`: it wakes only one of several reviews waiting at once.
+    let watches_synced = state.readiness.wait_for(&[Part::WatchesSynced]);
+    tokio::time::timeout(STORE_READY_TIMEOUT, watches_synced)
         .await
-        .ok()
-        .and_then(Result::ok)
-        .ok_or(ReviewError::StoreNotReady(STORE_READY_TIMEOUT))?;
+        .map_err(|_| ReviewError::StoreNotReady(STORE_READY_TIMEOUT))?;
     let all = state.watches.state();
     let watches = injecting(watches_selecting(
         namespace,
@@ -375,7 +378,7 @@ mod tests {
     use super::*;
     use axum::body::Body;
     use axum::http::Request;
-    use kube::runtime::reflector::{store, store::Writer};
+    use kube::runtime::reflector::store;
     use kube::runtime::watcher::Event;
     use serde_json::{Value, json};
     use tower::ServiceExt;
@@ -441,22 +444,24 @@ mod tests {
         assert_eq!(names, ["a"]);
     }
 
-    /// The state and the writer feeding its store (dropping it unready fails the wait).
-    fn state(watches: Vec<ProcessWatch>, ready: bool) -> (AdmissionState, Writer<ProcessWatch>) {
+    /// The state with these watches in its store, listed completely or not yet.
+    fn state(watches: Vec<ProcessWatch>, listed: bool) -> AdmissionState {
         let (reader, mut writer) = store::<ProcessWatch>();
         writer.apply_watcher_event(&Event::Init);
         for w in watches {
             writer.apply_watcher_event(&Event::InitApply(w));
         }
-        if ready {
+        let readiness = Readiness::default();
+        if listed {
             writer.apply_watcher_event(&Event::InitDone);
+            readiness.set(Part::WatchesSynced);
         }
-        let state = AdmissionState {
+        AdmissionState {
             watches: reader,
+            readiness: Arc::new(readiness),
             settings: Arc::new(settings(false)),
             metrics: Arc::new(AdmissionMetrics::register(&mut Registry::default())),
-        };
-        (state, writer)
+        }
     }
 
     fn review(labels: Value, operation: &str) -> Value {
@@ -499,7 +504,7 @@ mod tests {
 
     #[tokio::test]
     async fn selected_pod_gets_a_json_patch_through_the_router() {
-        let (state, _writer) = state(vec![watch("web", &[("app", "nginx")])], true);
+        let state = state(vec![watch("web", &[("app", "nginx")])], true);
         let body = review(json!({"app": "nginx"}), "CREATE");
         let (status, bytes) = post(&state, body.to_string()).await;
         assert_eq!(status, StatusCode::OK);
@@ -525,7 +530,7 @@ mod tests {
 
     #[tokio::test]
     async fn unselected_pod_is_allowed_without_patch() {
-        let (state, _writer) = state(vec![watch("web", &[("app", "nginx")])], true);
+        let state = state(vec![watch("web", &[("app", "nginx")])], true);
         let (status, bytes) = post(
             &state,
             review(json!({"app": "redis"}), "CREATE").to_string(),
@@ -540,7 +545,7 @@ mod tests {
 
     #[tokio::test]
     async fn updates_are_ignored() {
-        let (state, _writer) = state(vec![watch("web", &[])], true);
+        let state = state(vec![watch("web", &[])], true);
         let (_, bytes) = post(&state, review(json!({}), "UPDATE").to_string()).await;
         let answer: Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(answer["response"]["allowed"], true);
@@ -550,7 +555,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn unlisted_watches_fail_open_and_count_an_error() {
-        let (state, _writer) = state(vec![watch("web", &[])], false);
+        let state = state(vec![watch("web", &[])], false);
         let (status, bytes) = post(&state, review(json!({}), "CREATE").to_string()).await;
         assert_eq!(status, StatusCode::OK);
         let answer: Value = serde_json::from_slice(&bytes).unwrap();
@@ -560,8 +565,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn reviews_waiting_together_for_the_first_list_all_go_on() {
+        let mut state = state(vec![watch("web", &[])], true);
+        state.readiness = Arc::default();
+        let reviews: Vec<_> = (0..3)
+            .map(|_| {
+                let state = state.clone();
+                let body = review(json!({}), "CREATE").to_string();
+                tokio::spawn(async move { post(&state, body).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        state.readiness.set(Part::WatchesSynced);
+        for review in reviews {
+            assert_eq!(review.await.unwrap().0, StatusCode::OK);
+        }
+        assert_eq!(state.metrics.get(Outcome::Injected), 3);
+    }
+
+    #[tokio::test]
     async fn malformed_reviews_are_bad_requests() {
-        let (state, _writer) = state(vec![], true);
+        let state = state(vec![], true);
         let (status, message) = post(&state, "{not json".to_string()).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert!(
