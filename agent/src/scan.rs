@@ -855,42 +855,31 @@ impl ScanContext<'_> {
             ("net/tcp6", SocketProtocol::Tcp),
             ("net/udp", SocketProtocol::Udp),
             ("net/udp6", SocketProtocol::Udp),
+            ("net/unix", SocketProtocol::Unix),
         ] {
             let text = match root.read_whole(pid, table, &mut self.buffer, NET_TABLE_LIMIT) {
                 Ok(text) => text,
-                // A kernel without IPv6 has no tcp6.
+                // A table the kernel does not have (tcp6 without IPv6) lists nothing.
                 Err(ReadFailure::Gone) if root.is_alive(pid) => continue,
                 Err(failure) => return Err(failure),
             };
-            for listener in net::parse_inet_listeners(text, protocol) {
-                listeners.insert(
-                    listener.inode,
-                    ListeningSocket {
-                        protocol,
-                        address: Some(listener.address.to_string()),
-                        path: None,
-                        reachable_at: None,
-                        pid: None,
-                    },
-                );
+            let socket = |address, path| ListeningSocket {
+                protocol,
+                address,
+                path,
+                reachable_at: None,
+                pid: None,
+            };
+            if protocol == SocketProtocol::Unix {
+                for listener in net::parse_unix_listeners(text) {
+                    listeners.insert(listener.inode, socket(None, Some(listener.path)));
+                }
+            } else {
+                for listener in net::parse_inet_listeners(text, protocol) {
+                    let address = listener.address.to_string();
+                    listeners.insert(listener.inode, socket(Some(address), None));
+                }
             }
-        }
-        let text = match root.read_whole(pid, "net/unix", &mut self.buffer, NET_TABLE_LIMIT) {
-            Ok(text) => text,
-            Err(ReadFailure::Gone) if root.is_alive(pid) => return Ok(()),
-            Err(failure) => return Err(failure),
-        };
-        for listener in net::parse_unix_listeners(text) {
-            listeners.insert(
-                listener.inode,
-                ListeningSocket {
-                    protocol: SocketProtocol::Unix,
-                    address: None,
-                    path: Some(listener.path),
-                    reachable_at: None,
-                    pid: None,
-                },
-            );
         }
         Ok(())
     }
