@@ -1,5 +1,4 @@
-//! The agent container and its token volume, as the webhook adds them to a pod (and the
-//! controller adds them as an ephemeral container where it can).
+//! The agent container and its token volume, as the webhook adds them to a pod.
 //!
 //! Least privilege, and why each setting is what it is:
 //! - No capability by default and uid/gid 65534 (nobody): the agent reads `/proc/<pid>/stat`,

@@ -36,9 +36,7 @@ use prometheus_client::registry::Registry;
 use crate::health::{Part, Readiness};
 use crate::selector;
 
-pub use injection::{
-    MIN_TOKEN_EXPIRATION_SECONDS, NOBODY, TOKEN_VOLUME_NAME, agent_container, token_volume,
-};
+use injection::MIN_TOKEN_EXPIRATION_SECONDS;
 pub use patch::{Decision, InjectionError, Outcome, decide};
 
 /// Path the API server posts AdmissionReviews to.
@@ -192,7 +190,8 @@ pub fn watches_selecting<'a>(
 }
 
 /// The selecting watches that want the agent injected at creation: sidecar mode, not being
-/// deleted. Ephemeral-mode watches attach to running pods instead.
+/// deleted. Nothing attaches the agent to an Ephemeral-mode watch's pods yet; its Attached
+/// condition says so.
 fn injecting(watches: Vec<&ProcessWatch>) -> Vec<&ProcessWatch> {
     watches
         .into_iter()
