@@ -477,12 +477,7 @@ async fn publish(ctx: &Context, watch: &ProcessWatch, changes: &[Change]) {
             .publish(&change.event(&namespace), &reference)
             .await
         {
-            tracing::warn!(
-                namespace = watch.namespace().unwrap_or_default(),
-                watch = watch.name_any(),
-                %error,
-                "cannot publish an event"
-            );
+            tracing::warn!(%namespace, watch = watch.name_any(), %error, "cannot publish an event");
         }
     }
 }
