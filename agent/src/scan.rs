@@ -184,7 +184,8 @@ impl Scanner {
                 source,
             }
         })?;
-        let own_capabilities = std::fs::read(root.path().join("self/status"))
+        let own_capabilities = root
+            .read_root_file("self/status")
             .ok()
             .and_then(|text| status::parse_pid_status(&text).effective_capabilities);
         let lacks_ptrace =
