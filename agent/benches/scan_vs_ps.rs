@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use procwatch_agent::procfs_read::ProcRoot;
 use procwatch_agent::{ScanOptions, Scanner};
 use procwatch_crds::EnvironmentPolicy;
 
@@ -252,16 +253,7 @@ fn library_scans() -> [(&'static str, Duration); 3] {
 }
 
 fn process_count() -> usize {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(Result::ok)
-        .filter(|entry| {
-            entry
-                .file_name()
-                .to_str()
-                .is_some_and(|n| n.parse::<u32>().is_ok())
-        })
-        .count()
+    ProcRoot::open("/proc").unwrap().pids().unwrap().len()
 }
 
 fn main() {
