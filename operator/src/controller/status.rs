@@ -203,10 +203,11 @@ pub fn build(watch: &ProcessWatch, selected: &[SelectedPod]) -> Built {
             .cloned()
             .collect(),
         summary: summary(&reporting),
+        // Last use of `reporting`: its containers move into the pod detail.
         pods: reporting
-            .iter()
+            .into_iter()
             .take(max_pods)
-            .map(|(pod, containers)| pod_report(watch, pod, containers.clone()))
+            .map(|(pod, containers)| pod_report(watch, pod, containers))
             .collect(),
     };
     let facts = Facts {
