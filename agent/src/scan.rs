@@ -355,8 +355,6 @@ impl Scanner {
     ) -> Result<ProcessDetails, Vanished> {
         let root = &self.root;
         let pid = stat.pid;
-        let gone =
-            |failure: &ReadFailure| matches!(failure, ReadFailure::Gone) && !root.is_alive(pid);
         let mut details = ProcessDetails {
             process: ProcessInfo::default(),
             notes: Vec::new(),
@@ -431,10 +429,9 @@ impl Scanner {
                     details.process.open_file_kinds = kinds;
                 }
                 Ok(()) => {}
-                Err(failure) if gone(&failure) => return Err(Vanished),
-                // A zombie has no descriptors left.
-                Err(ReadFailure::Gone) => {}
-                Err(failure) => details.notes.push(("open files", self.reason(&failure))),
+                Err(failure) => {
+                    self.optional_read_failed(pid, "open files", failure, &mut details.notes)?
+                }
             }
         }
 
@@ -445,9 +442,9 @@ impl Scanner {
                     details.truncated |= environment.truncated;
                     details.process.environment = environment.entries;
                 }
-                Err(failure) if gone(&failure) => return Err(Vanished),
-                Err(ReadFailure::Gone) => {}
-                Err(failure) => details.notes.push(("environ", self.reason(&failure))),
+                Err(failure) => {
+                    self.optional_read_failed(pid, "environ", failure, &mut details.notes)?
+                }
             }
         }
 
@@ -456,10 +453,9 @@ impl Scanner {
             for (name, field) in [("exe", &mut process.exe), ("cwd", &mut process.cwd)] {
                 match root.read_link(pid, name) {
                     Ok(target) => *field = Some(target.to_string_lossy().into_owned()),
-                    Err(failure) if gone(&failure) => return Err(Vanished),
-                    // Kernel threads and zombies have neither.
-                    Err(ReadFailure::Gone) => {}
-                    Err(failure) => details.notes.push((name, self.reason(&failure))),
+                    Err(failure) => {
+                        self.optional_read_failed(pid, name, failure, &mut details.notes)?
+                    }
                 }
             }
         }
@@ -468,6 +464,26 @@ impl Scanner {
             details.net_namespace = root.namespace_inode(pid, "ns/net").ok();
         }
         Ok(details)
+    }
+
+    /// A file that a live process may lack failed to read: the process is gone, or it simply
+    /// has none (a zombie has no descriptors, a kernel thread no exe or cwd), or the failure is
+    /// noted for its container.
+    fn optional_read_failed(
+        &self,
+        pid: i32,
+        what: &'static str,
+        failure: ReadFailure,
+        notes: &mut Vec<(&'static str, String)>,
+    ) -> Result<(), Vanished> {
+        match failure {
+            ReadFailure::Gone if !self.root.is_alive(pid) => Err(Vanished),
+            ReadFailure::Gone => Ok(()),
+            failure => {
+                notes.push((what, self.reason(&failure)));
+                Ok(())
+            }
+        }
     }
 
     fn denied_reason(&self) -> &'static str {
