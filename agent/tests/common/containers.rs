@@ -1,6 +1,7 @@
 //! Real processes in their own mount and PID namespaces, in cgroups named like a kubelet +
 //! containerd pod: the closest a test can get to a pod without a container runtime.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -134,8 +135,6 @@ impl FakeContainer {
             .collect()
     }
 }
-
-use std::os::unix::process::CommandExt;
 
 impl Drop for FakeContainer {
     fn drop(&mut self) {
