@@ -94,7 +94,7 @@ pub fn select(
             !matches!(phase, Some("Succeeded" | "Failed"))
         })
         .map(|pod| {
-            let key = PodKey::new(&pod.namespace().unwrap_or_default(), &pod.name_any());
+            let key = PodKey::of(pod);
             let fresh = |f: &Arc<PodFindings>| {
                 Some(f.uid.as_str()) == pod.metadata.uid.as_deref()
                     && now.duration_since(f.received_at).unsigned_abs() <= stale_after

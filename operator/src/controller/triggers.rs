@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 
 use futures::{Stream, StreamExt, stream};
 use k8s_openapi::api::core::v1::Pod;
-use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use procwatch_crds::ProcessWatch;
@@ -83,10 +82,6 @@ impl PodEvents {
         }
     }
 
-    fn key(pod: &Pod) -> PodKey {
-        PodKey::new(&pod.namespace().unwrap_or_default(), &pod.name_any())
-    }
-
     fn selecting(&self, pod: &Pod) -> Vec<ObjectRef<ProcessWatch>> {
         self.watches
             .state()
@@ -99,7 +94,7 @@ impl PodEvents {
     pub fn handle(&mut self, event: &watcher::Event<Pod>) {
         match event {
             watcher::Event::Apply(pod) => {
-                let key = Self::key(pod);
+                let key = PodKey::of(pod);
                 let now = self.selecting(pod);
                 let before = self.selected_by.remove(&key).unwrap_or_default();
                 self.triggers
@@ -109,7 +104,7 @@ impl PodEvents {
                 }
             }
             watcher::Event::Delete(pod) => {
-                let key = Self::key(pod);
+                let key = PodKey::of(pod);
                 let before = self.selected_by.remove(&key).unwrap_or_default();
                 self.triggers
                     .fire(before.into_iter().chain(self.selecting(pod)));
@@ -117,7 +112,7 @@ impl PodEvents {
             }
             watcher::Event::Init => self.relisted = Some(HashSet::new()),
             watcher::Event::InitApply(pod) => {
-                let key = Self::key(pod);
+                let key = PodKey::of(pod);
                 let now = self.selecting(pod);
                 if let Some(seen) = &mut self.relisted {
                     seen.insert(key.clone());

@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
 use procwatch_crds::ContainerReport;
 
 use crate::{read, write};
@@ -21,6 +23,14 @@ impl PodKey {
         PodKey {
             namespace: namespace.to_string(),
             name: name.to_string(),
+        }
+    }
+
+    /// The key of a pod from the cache.
+    pub fn of(pod: &Pod) -> Self {
+        PodKey {
+            namespace: pod.namespace().unwrap_or_default(),
+            name: pod.name_any(),
         }
     }
 }
