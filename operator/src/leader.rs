@@ -340,50 +340,22 @@ mod tests {
     fn another_holder_expires_by_our_clock_only() {
         let start = Instant::now();
         let mut observed = None;
+        let mut look =
+            |lease: &LeaseSpec, now: Instant| decide(Some(lease), "me", &mut observed, TTL, now);
         let other = held_by(Some("other"), 100);
         let follow = Step::Follow {
             holder: "other".into(),
         };
         // Its renew time is far in the past, yet only our own observation counts.
-        assert_eq!(
-            decide(Some(&other), "me", &mut observed, TTL, start),
-            follow
-        );
-        assert_eq!(
-            decide(
-                Some(&other),
-                "me",
-                &mut observed,
-                TTL,
-                start + Duration::from_secs(14)
-            ),
-            follow
-        );
+        assert_eq!(look(&other, start), follow);
+        assert_eq!(look(&other, start + Duration::from_secs(14)), follow);
         // It renewed: the clock starts again.
         let renewed = held_by(Some("other"), 105);
         let later = start + Duration::from_secs(14);
+        assert_eq!(look(&renewed, later), follow);
+        assert_eq!(look(&renewed, later + Duration::from_secs(10)), follow);
         assert_eq!(
-            decide(Some(&renewed), "me", &mut observed, TTL, later),
-            follow
-        );
-        assert_eq!(
-            decide(
-                Some(&renewed),
-                "me",
-                &mut observed,
-                TTL,
-                later + Duration::from_secs(10)
-            ),
-            follow
-        );
-        assert_eq!(
-            decide(
-                Some(&renewed),
-                "me",
-                &mut observed,
-                TTL,
-                later + Duration::from_secs(15)
-            ),
+            look(&renewed, later + Duration::from_secs(15)),
             Step::TakeOver
         );
     }
