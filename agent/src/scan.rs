@@ -509,8 +509,9 @@ struct GroupReport {
     /// Members in candidate indexes; the first `detailed` of `ranked` have full details.
     ranked: Vec<usize>,
     detailed: usize,
-    /// Network namespaces (or, when unreadable, pids) to read the socket tables through.
-    net_sources: Vec<i32>,
+    /// A listed process of each of the group's network namespaces (`None`: unreadable, read
+    /// through the group's first such process), to read the socket tables through.
+    net_sources: Vec<(i32, Option<u64>)>,
     notes: Notes,
 }
 
@@ -679,7 +680,7 @@ impl ScanContext<'_> {
         group.report.truncated |= details.truncated;
         // Unknown namespaces (no ptrace access) are read through the group's first process.
         if self.options.sockets && seen_net_namespaces.insert(details.net_namespace) {
-            group.net_sources.push(pid);
+            group.net_sources.push((pid, details.net_namespace));
         }
         process.user = self.user_name(candidate, process.uid, group);
         process
@@ -791,8 +792,8 @@ impl ScanContext<'_> {
         let mut listeners: HashMap<u64, ListeningSocket> = HashMap::new();
         let mut tables_read = HashSet::new();
         for group in groups.iter_mut() {
-            for &pid in &group.net_sources {
-                let namespace = root.namespace_inode(pid, "ns/net").ok();
+            // The namespaces were read with each process's details.
+            for &(pid, namespace) in &group.net_sources {
                 if namespace.is_some() && !tables_read.insert(namespace) {
                     continue;
                 }
