@@ -239,8 +239,9 @@ async fn mutate(State(state): State<AdmissionState>, body: Bytes) -> Response {
 /// The review as JSON, with the patch as the base64 string the API documents. kube
 /// serialises `Vec<u8>` as an array of numbers, which Go decoders happen to accept but the
 /// AdmissionReview contract does not promise.
-fn with_base64_patch(response: AdmissionResponse) -> serde_json::Value {
-    let patch = response.patch.clone();
+fn with_base64_patch(mut response: AdmissionResponse) -> serde_json::Value {
+    // Taken out first, so it is neither copied nor written as numbers only to be replaced.
+    let patch = response.patch.take();
     let mut review = serde_json::json!(response.into_review());
     if let Some(patch) = patch {
         review["response"]["patch"] = serde_json::json!(k8s_openapi::ByteString(patch));
