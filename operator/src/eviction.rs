@@ -119,7 +119,7 @@ pub fn plan(
         ))
     } else {
         // Pods that serve nothing anyway go first, then the oldest.
-        candidates.sort_by_key(|p| {
+        candidates.sort_by_cached_key(|p| {
             (
                 is_ready(&p.pod),
                 p.pod.metadata.creation_timestamp.clone(),

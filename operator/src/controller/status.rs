@@ -108,7 +108,7 @@ pub fn select(
             }
         })
         .collect();
-    selected.sort_by_key(SelectedPod::name);
+    selected.sort_by_cached_key(SelectedPod::name);
     selected
 }
 
