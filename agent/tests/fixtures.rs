@@ -3,7 +3,7 @@
 mod common;
 
 use common::{BOOT_TIME, FakeProc, FakeProcess};
-use procwatch_agent::{ScanOptions, Scanner};
+use procwatch_agent::{Scan, ScanOptions, Scanner};
 use procwatch_crds::report::ContainerIdentity;
 use procwatch_crds::{ContainerReport, EnvironmentPolicy, ProcessState, SocketProtocol};
 
@@ -286,18 +286,24 @@ fn collection_switched_off_reads_nothing_of_it() {
     }
 }
 
-#[test]
-fn cpu_millicores_from_the_difference_between_two_scans() {
+/// Scans the pod 100 ms after a CPU sample, with the stat lines `spend` rewrote meanwhile.
+fn scan_after_cpu_use(options: &ScanOptions, spend: impl FnOnce(&FakeProc)) -> Scan {
     let proc = pod();
     let mut scanner = Scanner::new(proc.path()).unwrap();
-    let statuses = pod_statuses();
     scanner.sample_cpu().unwrap();
     std::thread::sleep(std::time::Duration::from_millis(100));
-    // The broker used 10 more ticks (100 ms at 100 Hz) meanwhile: about 1000 millicores.
-    let mut broker = FakeProcess::new(19, "flux-broker", b"flux-broker\0");
-    broker.utime += 10;
-    proc.write(19, "stat", broker.stat_line());
-    let scan = scanner.scan(&all(), Some(&statuses)).unwrap();
+    spend(&proc);
+    scanner.scan(options, Some(&pod_statuses())).unwrap()
+}
+
+#[test]
+fn cpu_millicores_from_the_difference_between_two_scans() {
+    let scan = scan_after_cpu_use(&all(), |proc| {
+        // The broker used 10 more ticks (100 ms at 100 Hz) meanwhile: about 1000 millicores.
+        let mut broker = FakeProcess::new(19, "flux-broker", b"flux-broker\0");
+        broker.utime += 10;
+        proc.write(19, "stat", broker.stat_line());
+    });
     let flux = container(&scan.containers, "flux");
     let millicores = flux.processes[0].cpu_millicores;
     assert!((500..=1000).contains(&millicores), "{millicores}");
@@ -310,22 +316,18 @@ fn cpu_millicores_from_the_difference_between_two_scans() {
 
 #[test]
 fn container_totals_count_the_processes_not_listed() {
-    let proc = pod();
-    let mut scanner = Scanner::new(proc.path()).unwrap();
-    let statuses = pod_statuses();
-    scanner.sample_cpu().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(100));
-    // Master and worker both used 10 more ticks meanwhile.
-    for (pid, utime, rss_pages) in [(7, 10 + 10, 100), (8, 500 + 10, 300)] {
-        let mut nginx = FakeProcess::new(pid, "nginx", b"");
-        (nginx.utime, nginx.rss_pages) = (utime, rss_pages);
-        proc.write(pid, "stat", nginx.stat_line());
-    }
     let options = ScanOptions {
         max_processes: 1,
         ..ScanOptions::default()
     };
-    let scan = scanner.scan(&options, Some(&statuses)).unwrap();
+    let scan = scan_after_cpu_use(&options, |proc| {
+        // Master and worker both used 10 more ticks meanwhile.
+        for (pid, utime, rss_pages) in [(7, 10 + 10, 100), (8, 500 + 10, 300)] {
+            let mut nginx = FakeProcess::new(pid, "nginx", b"");
+            (nginx.utime, nginx.rss_pages) = (utime, rss_pages);
+            proc.write(pid, "stat", nginx.stat_line());
+        }
+    });
     let nginx = container(&scan.containers, "nginx");
     assert_eq!(nginx.processes.len(), 1);
     let listed = &nginx.processes[0];
