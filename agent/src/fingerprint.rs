@@ -1,7 +1,7 @@
 //! File fingerprints: size, permission bits and SHA-256, streamed so the content is never held.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, BufReader};
 use std::os::unix::fs::PermissionsExt;
 
 use procwatch_crds::FileFingerprint;
@@ -19,24 +19,14 @@ pub enum FingerprintError {
 }
 
 /// Fingerprints an open file, reporting it under `path`.
-pub fn fingerprint(path: &str, mut file: File) -> Result<FileFingerprint, FingerprintError> {
+pub fn fingerprint(path: &str, file: File) -> Result<FileFingerprint, FingerprintError> {
     let metadata = file.metadata()?;
     if !metadata.is_file() {
         return Err(FingerprintError::NotRegular);
     }
     let mut hasher = Sha256::new();
-    let mut chunk = vec![0u8; CHUNK];
-    let mut size = 0u64;
-    loop {
-        let read = match file.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(read) => read,
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-            Err(error) => return Err(error.into()),
-        };
-        hasher.update(&chunk[..read]);
-        size += read as u64;
-    }
+    // io::copy reads straight into the BufReader's buffer: CHUNK bytes per read.
+    let size = io::copy(&mut BufReader::with_capacity(CHUNK, file), &mut hasher)?;
     Ok(FileFingerprint {
         path: path.to_string(),
         // What was hashed, even if the file grew or shrank since `metadata`.
