@@ -148,14 +148,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         tokio::spawn(keep_ca_bundle(
             client.clone(),
             cli.webhook_configuration.clone(),
-            certificate,
+            certificate.clone(),
         ));
     }
     let settings = InjectionSettings {
         agent_image: cli.agent_image.clone(),
         image_pull_policy: cli.agent_image_pull_policy.clone(),
         report_url: cli.report_url.clone(),
-        ca_pem: material.ca_pem.clone(),
         native_sidecars,
         token_expiration_seconds: cli.agent_token_expiration_seconds,
     };
@@ -242,6 +241,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         watches: watches.clone(),
         readiness: readiness.clone(),
         settings: Arc::new(settings),
+        certificate,
         metrics: admission_metrics,
     })
     .merge(report::router(ReportState {

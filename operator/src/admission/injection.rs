@@ -48,7 +48,11 @@ const DEFAULT_REQUESTS: [(&str, &str); 2] = [("cpu", "10m"), ("memory", "16Mi")]
 const DEFAULT_LIMITS: [(&str, &str); 2] = [("cpu", "100m"), ("memory", "32Mi")];
 
 /// The agent container for a pod selected by `watches` (at least one).
-pub fn agent_container(settings: &InjectionSettings, watches: &[&ProcessWatch]) -> Container {
+pub fn agent_container(
+    settings: &InjectionSettings,
+    ca_pem: &str,
+    watches: &[&ProcessWatch],
+) -> Container {
     let ptrace = watches.iter().any(|w| w.spec.agent.ptrace);
     Container {
         name: AGENT_CONTAINER_NAME.to_string(),
@@ -56,7 +60,7 @@ pub fn agent_container(settings: &InjectionSettings, watches: &[&ProcessWatch]) 
         image_pull_policy: Some(settings.image_pull_policy.clone()),
         command: Some(vec![AGENT_COMMAND.to_string()]),
         args: Some(vec!["run".to_string()]),
-        env: Some(agent_env(settings, watches)),
+        env: Some(agent_env(settings, ca_pem, watches)),
         resources: Some(agent_resources(watches)),
         security_context: Some(security_context(ptrace)),
         volume_mounts: Some(vec![VolumeMount {
@@ -115,7 +119,7 @@ fn token_file_name() -> &'static str {
         .unwrap_or("token")
 }
 
-fn agent_env(settings: &InjectionSettings, watches: &[&ProcessWatch]) -> Vec<EnvVar> {
+fn agent_env(settings: &InjectionSettings, ca_pem: &str, watches: &[&ProcessWatch]) -> Vec<EnvVar> {
     let field = |name: &str, path: &str| EnvVar {
         name: name.to_string(),
         value_from: Some(EnvVarSource {
@@ -143,7 +147,7 @@ fn agent_env(settings: &InjectionSettings, watches: &[&ProcessWatch]) -> Vec<Env
         field(env::POD_NAMESPACE, "metadata.namespace"),
         field(env::POD_UID, "metadata.uid"),
         value(env::REPORT_URL, settings.report_url.clone()),
-        value(env::CA_PEM, settings.ca_pem.clone()),
+        value(env::CA_PEM, ca_pem.to_string()),
         value(env::TOKEN_FILE, TOKEN_FILE.to_string()),
         value(env::INTERVAL, interval.to_string()),
     ]
@@ -239,7 +243,7 @@ fn security_context(ptrace: bool) -> SecurityContext {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admission::test_support::{settings, watch};
+    use crate::admission::test_support::{FAKE_CA_PEM, settings, watch};
 
     fn env_value<'a>(container: &'a Container, name: &str) -> Option<&'a EnvVar> {
         container.env.iter().flatten().find(|e| e.name == name)
@@ -257,7 +261,7 @@ mod tests {
     #[test]
     fn environment_has_downward_api_and_operator_coordinates() {
         let w = watch("a", &[("app", "x")]);
-        let c = agent_container(&settings(false), &[&w]);
+        let c = agent_container(&settings(false), FAKE_CA_PEM, &[&w]);
         for (name, path) in [
             (env::POD_NAME, "metadata.name"),
             (env::POD_NAMESPACE, "metadata.namespace"),
@@ -280,7 +284,7 @@ mod tests {
     #[test]
     fn least_privilege_without_ptrace() {
         let w = watch("a", &[("app", "x")]);
-        let sc = agent_container(&settings(false), &[&w])
+        let sc = agent_container(&settings(false), FAKE_CA_PEM, &[&w])
             .security_context
             .unwrap();
         assert_eq!(sc.run_as_user, Some(NOBODY));
@@ -297,7 +301,7 @@ mod tests {
         let plain = watch("a", &[("app", "x")]);
         let mut tracing = watch("b", &[("app", "x")]);
         tracing.spec.agent.ptrace = true;
-        let sc = agent_container(&settings(false), &[&plain, &tracing])
+        let sc = agent_container(&settings(false), FAKE_CA_PEM, &[&plain, &tracing])
             .security_context
             .unwrap();
         assert_eq!(sc.run_as_user, Some(0));
@@ -327,7 +331,9 @@ mod tests {
     #[test]
     fn default_resources_when_no_watch_asks() {
         let w = watch("a", &[]);
-        let r = agent_container(&settings(false), &[&w]).resources.unwrap();
+        let r = agent_container(&settings(false), FAKE_CA_PEM, &[&w])
+            .resources
+            .unwrap();
         assert_eq!(
             r,
             resources(
@@ -347,7 +353,7 @@ mod tests {
         let mut b = watch("b", &[]);
         b.spec.agent.resources = Some(resources(&[("cpu", "300m")], &[("memory", "100M")]));
         let c = watch("c", &[]);
-        let r = agent_container(&settings(false), &[&a, &b, &c])
+        let r = agent_container(&settings(false), FAKE_CA_PEM, &[&a, &b, &c])
             .resources
             .unwrap();
         // cpu: request 300m beats 50m, so the 0.2 limit is raised to 300m.
@@ -364,7 +370,9 @@ mod tests {
     fn misspelt_quantity_is_left_out() {
         let mut a = watch("a", &[]);
         a.spec.agent.resources = Some(resources(&[("cpu", "lots"), ("memory", "20Mi")], &[]));
-        let r = agent_container(&settings(false), &[&a]).resources.unwrap();
+        let r = agent_container(&settings(false), FAKE_CA_PEM, &[&a])
+            .resources
+            .unwrap();
         assert_eq!(r, resources(&[("memory", "20Mi")], &[]));
     }
 
@@ -374,7 +382,7 @@ mod tests {
         a.spec.interval = "1m".parse().unwrap();
         let mut b = watch("b", &[]);
         b.spec.interval = "5s".parse().unwrap();
-        let c = agent_container(&settings(false), &[&a, &b]);
+        let c = agent_container(&settings(false), FAKE_CA_PEM, &[&a, &b]);
         assert_eq!(
             env_value(&c, env::INTERVAL).unwrap().value.as_deref(),
             Some("5s")

@@ -35,6 +35,7 @@ use prometheus_client::registry::Registry;
 
 use crate::health::{Part, Readiness};
 use crate::selector;
+use crate::tls::CertificateHandle;
 
 use injection::MIN_TOKEN_EXPIRATION_SECONDS;
 pub use patch::{Decision, InjectionError, Outcome, decide};
@@ -55,8 +56,6 @@ pub struct InjectionSettings {
     pub image_pull_policy: String,
     /// Full URL of the report endpoint, e.g. `https://127.0.0.1:9443/report/v1`.
     pub report_url: String,
-    /// PEM of the CA that signed the serving certificate, given to the agent to trust.
-    pub ca_pem: String,
     /// The API server runs native sidecars (1.29+): the agent is an init container with
     /// `restartPolicy: Always`, else a plain container.
     pub native_sidecars: bool,
@@ -82,6 +81,9 @@ pub struct AdmissionState {
     /// Tells when `watches` is first listed ([`Part::WatchesSynced`]).
     pub readiness: Arc<Readiness>,
     pub settings: Arc<InjectionSettings>,
+    /// The served certificate: its CA, read at each review, is what an injected agent trusts,
+    /// so pods created after a CA rotation (cert-manager, a replaced Secret) trust the new one.
+    pub certificate: CertificateHandle,
     pub metrics: Arc<AdmissionMetrics>,
 }
 
@@ -312,7 +314,8 @@ async fn review_pod(
         pod.labels(),
         all.iter().map(Arc::as_ref),
     ));
-    let decision = decide(&pod, &watches, &state.settings)?;
+    let ca_pem = state.certificate.material().ca_pem;
+    let decision = decide(&pod, &watches, &state.settings, &ca_pem)?;
     let name = pod
         .metadata
         .name
@@ -343,12 +346,22 @@ pub(crate) mod test_support {
 
     pub const FAKE_CA_PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
 
+    /// Fresh serving material: a new CA, and a certificate for 127.0.0.1 signed by it.
+    pub fn tls_material() -> crate::tls::TlsMaterial {
+        let now = std::time::SystemTime::now();
+        let ca = crate::tls::issue_ca(now).unwrap();
+        let sans = crate::tls::Sans {
+            dns_names: Vec::new(),
+            ip_addresses: vec![std::net::Ipv4Addr::LOCALHOST.into()],
+        };
+        crate::tls::issue_serving(&ca, &sans, now).unwrap()
+    }
+
     pub fn settings(native_sidecars: bool) -> InjectionSettings {
         InjectionSettings {
             agent_image: "procwatch-agent:test".to_string(),
             image_pull_policy: "Never".to_string(),
             report_url: "https://127.0.0.1:9443/report/v1".to_string(),
-            ca_pem: FAKE_CA_PEM.to_string(),
             native_sidecars,
             token_expiration_seconds: 3600,
         }
@@ -374,8 +387,9 @@ pub(crate) mod test_support {
 
 #[cfg(test)]
 mod tests {
-    use super::test_support::{settings, watch};
+    use super::test_support::{settings, tls_material, watch};
     use super::*;
+    use crate::tls::reloadable_server_config;
     use axum::body::Body;
     use axum::http::Request;
     use kube::runtime::reflector::store;
@@ -460,6 +474,7 @@ mod tests {
             watches: reader,
             readiness: Arc::new(readiness),
             settings: Arc::new(settings(false)),
+            certificate: reloadable_server_config(&tls_material()).unwrap().1,
             metrics: Arc::new(AdmissionMetrics::register(&mut Registry::default())),
         }
     }
@@ -522,17 +537,52 @@ mod tests {
         assert_eq!(response["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
         assert_eq!(response["allowed"], true);
         assert_eq!(response["patchType"], "JSONPatch");
-        // The patch is base64 JSON; apply it to the pod as the API server would.
-        let encoded: Vec<u8> = serde_json::from_value(json!({"b": response["patch"]}))
-            .map(|v: BTreeMap<String, k8s_openapi::ByteString>| v["b"].0.clone())
-            .unwrap();
-        let patch: json_patch::Patch = serde_json::from_slice(&encoded).unwrap();
-        let mut pod = body["request"]["object"].clone();
-        json_patch::patch(&mut pod, &patch).unwrap();
-        let pod: Pod = serde_json::from_value(pod).unwrap();
+        let pod = patched_pod(&body, &answer);
         assert!(pod_has_agent(&pod));
         assert_eq!(pod.spec.unwrap().share_process_namespace, Some(true));
         assert_eq!(state.metrics.get(Outcome::Injected), 1);
+    }
+
+    /// The reviewed pod with the answer's patch (base64 JSON) applied, as the API server would.
+    fn patched_pod(review: &Value, answer: &Value) -> Pod {
+        let encoded: Vec<u8> = serde_json::from_value(json!({"b": answer["response"]["patch"]}))
+            .map(|v: BTreeMap<String, k8s_openapi::ByteString>| v["b"].0.clone())
+            .unwrap();
+        let patch: json_patch::Patch = serde_json::from_slice(&encoded).unwrap();
+        let mut pod = review["request"]["object"].clone();
+        json_patch::patch(&mut pod, &patch).unwrap();
+        serde_json::from_value(pod).unwrap()
+    }
+
+    /// The CA an injected agent is told to trust (`PROCWATCH_CA_PEM`).
+    async fn injected_ca(state: &AdmissionState) -> String {
+        let body = review(json!({"app": "nginx"}), "CREATE");
+        let (_, bytes) = post(state, body.to_string()).await;
+        let pod = patched_pod(&body, &serde_json::from_slice(&bytes).unwrap());
+        let agent = pod
+            .spec
+            .unwrap()
+            .containers
+            .into_iter()
+            .find(|c| c.name == AGENT_CONTAINER_NAME)
+            .unwrap();
+        let env = agent.env.unwrap_or_default();
+        let ca = env
+            .iter()
+            .find(|e| e.name == procwatch_crds::constants::env::CA_PEM);
+        ca.and_then(|e| e.value.clone()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn agents_trust_the_ca_served_when_their_pod_is_created() {
+        let state = state(vec![watch("web", &[("app", "nginx")])], true);
+        let before = state.certificate.material().ca_pem;
+        assert_eq!(injected_ca(&state).await, before);
+
+        let rotated = tls_material();
+        assert!(state.certificate.replace(rotated.clone()).unwrap());
+        assert_ne!(rotated.ca_pem, before);
+        assert_eq!(injected_ca(&state).await, rotated.ca_pem);
     }
 
     #[tokio::test]

@@ -65,6 +65,7 @@ pub fn decide(
     pod: &Pod,
     watches: &[&ProcessWatch],
     settings: &InjectionSettings,
+    ca_pem: &str,
 ) -> Result<Decision, InjectionError> {
     let skip = |outcome, reason| {
         Ok(Decision {
@@ -105,7 +106,7 @@ pub fn decide(
 
     let already_injected = pod_has_agent(pod);
     if !already_injected {
-        let mut agent = agent_container(settings, watches);
+        let mut agent = agent_container(settings, ca_pem, watches);
         if settings.native_sidecars {
             agent.restart_policy = Some("Always".to_string());
             let agent = to_value(&agent);
@@ -181,7 +182,7 @@ fn to_value<T: serde::Serialize>(object: &T) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admission::test_support::{settings, watch};
+    use crate::admission::test_support::{FAKE_CA_PEM, settings, watch};
     use k8s_openapi::api::core::v1::Container;
     use procwatch_crds::constants::{AGENT_CONTAINER_NAME, TOKEN_AUDIENCE, TOKEN_MOUNT_PATH};
     use serde_json::json;
@@ -208,10 +209,10 @@ mod tests {
     }
 
     fn injected(pod: &Pod, watches: &[&ProcessWatch], native: bool) -> (Outcome, Pod) {
-        let decision = decide(pod, watches, &settings(native)).unwrap();
+        let decision = decide(pod, watches, &settings(native), FAKE_CA_PEM).unwrap();
         let patched = apply(pod, &decision);
         // Idempotent: the patched pod needs nothing more.
-        let again = decide(&patched, watches, &settings(native)).unwrap();
+        let again = decide(&patched, watches, &settings(native), FAKE_CA_PEM).unwrap();
         assert_eq!(again.outcome, Outcome::AlreadyInjected);
         assert!(again.patch.0.is_empty(), "second patch: {:?}", again.patch);
         (decision.outcome, patched)
@@ -335,7 +336,7 @@ mod tests {
                    "volumes": [{"name": "data", "emptyDir": {}}]}),
             json!({}),
         );
-        let decision = decide(&p, &[&w], &settings(false)).unwrap();
+        let decision = decide(&p, &[&w], &settings(false), FAKE_CA_PEM).unwrap();
         assert!(
             !decision
                 .patch
@@ -356,10 +357,16 @@ mod tests {
         for native in [false, true] {
             let once = apply(
                 &pod(json!({}), json!({})),
-                &decide(&pod(json!({}), json!({})), &[&w], &settings(native)).unwrap(),
+                &decide(
+                    &pod(json!({}), json!({})),
+                    &[&w],
+                    &settings(native),
+                    FAKE_CA_PEM,
+                )
+                .unwrap(),
             );
             // Re-invoked after the server flipped its sidecar support: still one agent.
-            let decision = decide(&once, &[&w], &settings(!native)).unwrap();
+            let decision = decide(&once, &[&w], &settings(!native), FAKE_CA_PEM).unwrap();
             assert_eq!(decision.outcome, Outcome::AlreadyInjected);
             assert!(decision.patch.0.is_empty());
             let spec = apply(&once, &decision).spec.unwrap();
@@ -436,18 +443,18 @@ mod tests {
     fn not_selected_and_opted_out_pods_are_untouched() {
         let w = watch("web", &[]);
         let p = pod(json!({}), json!({"app": "nginx"}));
-        let none = decide(&p, &[], &settings(true)).unwrap();
+        let none = decide(&p, &[], &settings(true), FAKE_CA_PEM).unwrap();
         assert_eq!(none.outcome, Outcome::SkippedNotSelected);
         assert!(none.patch.0.is_empty());
 
         let opted_out = pod(json!({}), json!({INJECT_LABEL: "false"}));
-        let decision = decide(&opted_out, &[&w], &settings(true)).unwrap();
+        let decision = decide(&opted_out, &[&w], &settings(true), FAKE_CA_PEM).unwrap();
         assert_eq!(decision.outcome, Outcome::SkippedOptOut);
         assert!(decision.patch.0.is_empty());
 
         // Any other value of the label does not opt out.
         let opted_in = pod(json!({}), json!({INJECT_LABEL: "true"}));
-        let decision = decide(&opted_in, &[&w], &settings(true)).unwrap();
+        let decision = decide(&opted_in, &[&w], &settings(true), FAKE_CA_PEM).unwrap();
         assert_eq!(decision.outcome, Outcome::Injected);
     }
 
@@ -456,7 +463,7 @@ mod tests {
         let w = watch("web", &[]);
         for extra in [json!({"hostPID": true}), json!({"os": {"name": "windows"}})] {
             let p = pod(extra.clone(), json!({}));
-            let decision = decide(&p, &[&w], &settings(true)).unwrap();
+            let decision = decide(&p, &[&w], &settings(true), FAKE_CA_PEM).unwrap();
             assert_eq!(decision.outcome, Outcome::SkippedUnsupported, "{extra}");
             assert!(decision.patch.0.is_empty());
             assert!(decision.reason.is_some());
@@ -465,7 +472,7 @@ mod tests {
             json!({"os": {"name": "linux"}, "hostPID": false}),
             json!({}),
         );
-        let decision = decide(&linux, &[&w], &settings(true)).unwrap();
+        let decision = decide(&linux, &[&w], &settings(true), FAKE_CA_PEM).unwrap();
         assert_eq!(decision.outcome, Outcome::Injected);
     }
 
@@ -477,7 +484,7 @@ mod tests {
             json!({}),
         );
         assert_eq!(
-            decide(&p, &[&w], &settings(false)).unwrap_err(),
+            decide(&p, &[&w], &settings(false), FAKE_CA_PEM).unwrap_err(),
             InjectionError::VolumeNameTaken(TOKEN_VOLUME_NAME.to_string())
         );
     }
@@ -488,7 +495,7 @@ mod tests {
         let mut s = settings(false);
         s.token_expiration_seconds = 60;
         assert_eq!(
-            decide(&pod(json!({}), json!({})), &[&w], &s).unwrap_err(),
+            decide(&pod(json!({}), json!({})), &[&w], &s, FAKE_CA_PEM).unwrap_err(),
             InjectionError::TokenExpirationTooShort(60)
         );
     }
