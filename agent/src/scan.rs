@@ -410,13 +410,12 @@ impl Scanner {
         }
 
         if options.open_files || options.sockets {
-            let mut count = 0u32;
-            let mut kinds: BTreeMap<String, u32> = BTreeMap::new();
+            // Counted by kind, named once at the end: no String per descriptor.
+            let mut kinds: BTreeMap<fd::FdKind, u32> = BTreeMap::new();
             let sockets = &mut details.sockets;
             let listed = root.for_each_fd_target(pid, |target| {
-                count += 1;
                 let kind = fd::classify_fd_target(target);
-                *kinds.entry(kind.name().to_string()).or_default() += 1;
+                *kinds.entry(kind).or_default() += 1;
                 if options.sockets
                     && let Some(inode) = fd::socket_inode(target)
                 {
@@ -425,8 +424,11 @@ impl Scanner {
             });
             match listed {
                 Ok(()) if options.open_files => {
-                    details.process.open_files = Some(count);
-                    details.process.open_file_kinds = kinds;
+                    details.process.open_files = Some(kinds.values().sum());
+                    details.process.open_file_kinds = kinds
+                        .into_iter()
+                        .map(|(kind, count)| (kind.name().to_string(), count))
+                        .collect();
                 }
                 Ok(()) => {}
                 Err(failure) => {
