@@ -73,6 +73,7 @@ pub struct Scan {
 pub const MAX_LIBRARIES: usize = 256;
 /// At most this many pids are named in one `unreadable` line.
 const MAX_PIDS_PER_NOTE: usize = 8;
+const STAT_LIMIT: usize = 4096;
 const STATUS_LIMIT: usize = 16 * 1024;
 const ENVIRON_LIMIT: usize = 64 * 1024;
 const MAPS_LIMIT: usize = 4 * 1024 * 1024;
@@ -203,12 +204,10 @@ impl Scanner {
     /// Records every process's CPU time so the next scan can report CPU millicores, without
     /// reading anything else.
     pub fn sample_cpu(&mut self) -> Result<(), ProcRootError> {
-        let mut buffer = Vec::with_capacity(1024);
+        let mut buffer = Vec::with_capacity(STAT_LIMIT);
         let mut sample = CpuSample::new(Instant::now());
         for pid in self.root.pids()? {
-            if let Ok(text) = self.root.read_record(pid, "stat", &mut buffer, 4096)
-                && let Ok(stat) = stat::parse_pid_stat(text)
-            {
+            if let Ok(Some(stat)) = self.read_stat(pid, &mut buffer) {
                 sample.record(&stat);
             }
         }
@@ -286,6 +285,15 @@ impl Scanner {
         Ok(candidates)
     }
 
+    /// `Ok(None)` when the agent may not read the process's stat or cannot parse it.
+    fn read_stat(&self, pid: i32, buffer: &mut Vec<u8>) -> Result<Option<stat::PidStat>, Vanished> {
+        match self.root.read_record(pid, "stat", buffer, STAT_LIMIT) {
+            Ok(text) => Ok(stat::parse_pid_stat(text).ok()),
+            Err(ReadFailure::Gone) => Err(Vanished),
+            Err(_) => Ok(None),
+        }
+    }
+
     /// `Ok(None)` for a process the agent cannot see at all (an unreadable or malformed stat).
     /// A process whose cgroup is not read has no container of its own: attribution gives it
     /// the container of its mount namespace. `details`: read those too, as these options say.
@@ -296,13 +304,8 @@ impl Scanner {
         namespaces: &mut HashMap<u64, NamespaceCgroups>,
         details: Option<&ScanOptions>,
     ) -> Result<Option<Candidate>, Vanished> {
-        let stat = match self.root.read_record(pid, "stat", buffer, 4096) {
-            Ok(text) => match stat::parse_pid_stat(text) {
-                Ok(stat) => stat,
-                Err(_) => return Ok(None),
-            },
-            Err(ReadFailure::Gone) => return Err(Vanished),
-            Err(_) => return Ok(None),
+        let Some(stat) = self.read_stat(pid, buffer)? else {
+            return Ok(None);
         };
         let mount_namespace = match self.root.namespace_inode(pid, "ns/mnt") {
             Ok(inode) => Some(inode),
