@@ -604,7 +604,6 @@ impl ScanContext<'_> {
             net_sources: Vec::new(),
             notes: Notes::default(),
         };
-        let mut seen_net_namespaces = HashSet::new();
         let listed = ranked.len().min(self.options.max_processes);
         report.report.processes.reserve_exact(listed);
         let mut detailed = Vec::with_capacity(listed);
@@ -624,8 +623,7 @@ impl ScanContext<'_> {
             };
             match details {
                 Ok(details) => {
-                    let process =
-                        self.listed(candidate, details, &mut seen_net_namespaces, &mut report);
+                    let process = self.listed(candidate, details, &mut report);
                     report.report.processes.push(process);
                     detailed.push(index);
                 }
@@ -669,7 +667,6 @@ impl ScanContext<'_> {
         &mut self,
         candidate: &Candidate,
         details: ProcessDetails,
-        seen_net_namespaces: &mut HashSet<Option<u64>>,
         group: &mut GroupReport,
     ) -> ProcessInfo {
         let pid = candidate.stat.pid;
@@ -684,8 +681,9 @@ impl ScanContext<'_> {
         }
         group.report.truncated |= details.truncated;
         // Unknown namespaces (no ptrace access) are read through the group's first process.
-        if self.options.sockets && seen_net_namespaces.insert(details.net_namespace) {
-            group.net_sources.push((pid, details.net_namespace));
+        let namespace = details.net_namespace;
+        if self.options.sockets && !group.net_sources.iter().any(|&(_, seen)| seen == namespace) {
+            group.net_sources.push((pid, namespace));
         }
         process.user = self.user_name(candidate, process.uid, group);
         process
