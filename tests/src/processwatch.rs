@@ -134,6 +134,19 @@ pub fn has_agent(pod: &Pod) -> bool {
     })
 }
 
+/// The ID (`containerd://…`) the pod's status gives its container `container`: what the agent
+/// must report as that container's `containerID`.
+pub fn container_id(pod: &Pod, container: &str) -> Option<String> {
+    pod.status
+        .as_ref()?
+        .container_statuses
+        .iter()
+        .flatten()
+        .find(|c| c.name == container)?
+        .container_id
+        .clone()
+}
+
 /// The value of the sample `name{labels...}` in Prometheus/OpenMetrics text; every given label
 /// must match, others may exist.
 pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {

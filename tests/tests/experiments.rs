@@ -35,7 +35,9 @@ use procwatch_crds::{
     ContainerReport, ListeningSocket, PodReport, ProcessInfo, ProcessWatch, ProcessWatchStatus,
     SocketProtocol,
 };
-use procwatch_e2e::processwatch::{PW_COLUMNS, has_agent, parse_table, pw_cells, wait_for_watch};
+use procwatch_e2e::processwatch::{
+    PW_COLUMNS, container_id, has_agent, parse_table, pw_cells, wait_for_watch,
+};
 use procwatch_e2e::{Cluster, Operator, TestNamespace, Wait, repo_root, wait_for};
 use sha2::{Digest, Sha256};
 
@@ -806,17 +808,6 @@ fn container<'a>(report: &'a PodReport, name: &str) -> anyhow::Result<&'a Contai
         .iter()
         .find(|c| c.name == name)
         .with_context(|| format!("no container {name} in the report of {}", report.name))
-}
-
-fn container_id(pod: &Pod, container: &str) -> Option<String> {
-    pod.status
-        .as_ref()?
-        .container_statuses
-        .as_ref()?
-        .iter()
-        .find(|c| c.name == container)?
-        .container_id
-        .clone()
 }
 
 fn name(pod: &Pod) -> String {

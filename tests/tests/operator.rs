@@ -20,7 +20,8 @@ use procwatch_crds::constants::{AGENT_CONTAINER_NAME, TOKEN_AUDIENCE, WATCHES_AN
 use procwatch_crds::report::{AgentReport, ReportResponse};
 use procwatch_crds::{ContainerReport, ProcessInfo, ProcessWatch};
 use procwatch_e2e::processwatch::{
-    describe_status, has_agent, metric_value, pw_cells, pw_table, pw_yaml, wait_for_watch,
+    container_id, describe_status, has_agent, metric_value, pw_cells, pw_table, pw_yaml,
+    wait_for_watch,
 };
 use procwatch_e2e::{Cluster, Operator, REPORT_URL, TestNamespace, Wait, wait_for};
 
@@ -154,17 +155,6 @@ async fn running_pods(ns: &TestNamespace, labels: &str, count: usize) -> anyhow:
 
 fn pod_name(pod: &Pod) -> &str {
     pod.metadata.name.as_deref().unwrap_or("?")
-}
-
-fn container_id(pod: &Pod, container: &str) -> Option<String> {
-    pod.status
-        .as_ref()?
-        .container_statuses
-        .iter()
-        .flatten()
-        .find(|c| c.name == container)?
-        .container_id
-        .clone()
 }
 
 /// One row of `ps -o pid,ppid,comm,args` as a container of the shared-PID pod sees it.
