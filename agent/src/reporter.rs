@@ -59,6 +59,9 @@ pub enum ClientSetupError {
 pub enum SendError {
     #[error("cannot read the token file {path}: {source}")]
     Token { path: PathBuf, source: io::Error },
+    /// The report or the token cannot go into a request (a token with a line break, say).
+    #[error("cannot build the report request: {0}")]
+    Request(String),
     #[error("cannot reach the operator at {address}: {source}")]
     Connect { address: String, source: io::Error },
     #[error("HTTP exchange failed: {0}")]
@@ -159,7 +162,7 @@ impl ReportClient {
                 source,
             })?;
         let body =
-            serde_json::to_vec(report).map_err(|error| SendError::Response(error.to_string()))?;
+            serde_json::to_vec(report).map_err(|error| SendError::Request(error.to_string()))?;
         let connect_error = |source| SendError::Connect {
             address: self.address.clone(),
             source,
@@ -185,7 +188,7 @@ impl ReportClient {
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::AUTHORIZATION, format!("Bearer {}", token.trim()))
             .body(Full::new(Bytes::from(body)))
-            .map_err(|error| SendError::Response(error.to_string()))?;
+            .map_err(|error| SendError::Request(error.to_string()))?;
         let response = sender.send_request(request).await?;
         let status = response.status();
         let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)

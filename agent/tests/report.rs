@@ -279,6 +279,19 @@ async fn trusts_only_the_given_ca() {
             .contains("cannot read the token file /nonexistent/token"),
         "{error}"
     );
+
+    // A token that cannot be a header value: said so, not blamed on the operator's answer.
+    let broken = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(broken.path(), "part\nother part").unwrap();
+    let client = ReportClient::new(&operator.url, &other.pem, broken.path()).unwrap();
+    let error = client.send(&AgentReport::default()).await.unwrap_err();
+    assert!(matches!(error, SendError::Request(_)), "{error}");
+    assert!(
+        error
+            .to_string()
+            .starts_with("cannot build the report request"),
+        "{error}"
+    );
 }
 
 #[tokio::test]
