@@ -50,8 +50,15 @@ impl LeaseSettings {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaderError {
-    #[error("lost the leader lease {name}: {why}")]
-    Lost { name: String, why: String },
+    #[error("lost the leader lease {name}: another replica holds it")]
+    TakenOver { name: String },
+    #[error("lost the leader lease {name}: not renewed for {deadline:?}")]
+    NotRenewed {
+        name: String,
+        deadline: Duration,
+        #[source]
+        source: kube::Error,
+    },
 }
 
 /// Whether this replica leads, readable anywhere (report handler, readiness).
@@ -173,9 +180,8 @@ pub async fn run(
             }
             Ok(false) if was_leader => {
                 leadership.send_replace(false);
-                return Err(LeaderError::Lost {
+                return Err(LeaderError::TakenOver {
                     name: settings.name.clone(),
-                    why: "another replica holds it".into(),
                 });
             }
             Ok(false) => {}
@@ -185,9 +191,10 @@ pub async fn run(
                     last_renewal.is_some_and(|at| at.elapsed() >= settings.renew_deadline);
                 if was_leader && overdue {
                     leadership.send_replace(false);
-                    return Err(LeaderError::Lost {
+                    return Err(LeaderError::NotRenewed {
                         name: settings.name.clone(),
-                        why: format!("not renewed for {:?}: {error}", settings.renew_deadline),
+                        deadline: settings.renew_deadline,
+                        source: error,
                     });
                 }
             }

@@ -18,6 +18,8 @@ use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use procwatch_crds::constants::FIELD_MANAGER;
 
+use crate::errors::Chain;
+
 pub use certs::{CaMaterial, Plan, Sans, Stored, issue_ca, issue_serving, plan, verify};
 pub use reload::{CertificateHandle, keep_fresh, reloadable_server_config};
 pub use server::serve_listener;
@@ -61,13 +63,13 @@ pub enum TlsSource {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("bad PEM: {0}")]
+    #[error("bad PEM")]
     Pem(#[from] rustls::pki_types::pem::Error),
     #[error("no certificate in the PEM")]
     NoCertificate,
@@ -75,13 +77,13 @@ pub enum TlsError {
     NoNames,
     #[error("{0:?} is not a valid DNS name")]
     InvalidName(String),
-    #[error("cannot issue a certificate: {0}")]
+    #[error("cannot issue a certificate")]
     Issue(#[from] rcgen::Error),
-    #[error("rustls refused the certificate or key: {0}")]
+    #[error("rustls refused the certificate or key")]
     Rustls(#[from] rustls::Error),
-    #[error("cannot build a certificate verifier: {0}")]
-    Verifier(String),
-    #[error("the serving certificate is not trusted for {name}: {source}")]
+    #[error("cannot build a certificate verifier")]
+    Verifier(#[from] rustls::client::VerifierBuilderError),
+    #[error("the serving certificate is not trusted for {name}")]
     Untrusted {
         name: String,
         #[source]
@@ -89,7 +91,7 @@ pub enum TlsError {
     },
     #[error("Secret {0} holds no usable {1}")]
     SecretContent(String, &'static str),
-    #[error("Kubernetes API: {0}")]
+    #[error("Kubernetes API request failed")]
     Kube(#[from] kube::Error),
     #[error("{0} kept changing under us; giving up after {1} attempts")]
     Contention(String, usize),
@@ -180,7 +182,7 @@ async fn self_managed(
             Some(Ok(issued)) => issued,
             other => {
                 if let Some(Err(error)) = other {
-                    tracing::warn!(secret = name, %error, "stored CA cannot sign; replacing it (running agents trust the old one until their pods restart)");
+                    tracing::warn!(secret = name, error = %Chain(&error), "stored CA cannot sign; replacing it (running agents trust the old one until their pods restart)");
                 }
                 let ca = issue_ca(now)?;
                 let material = issue_serving(&ca, sans, now)?;

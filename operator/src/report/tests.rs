@@ -20,7 +20,7 @@ use tower::ServiceExt;
 use tower_test::mock;
 
 use super::*;
-use crate::controller::status::tests::{pod, process, watch};
+use crate::fixtures::{pod, process, watch};
 use auth::tests::review_status;
 
 /// Tokens the fake API server knows: `pod:<name>` is bound to that pod of namespace shop,
