@@ -155,8 +155,7 @@ async fn self_managed(
     for _ in 0..ATTEMPTS {
         let now = SystemTime::now();
         let Some(existing) = secrets.get_opt(name).await? else {
-            let ca = issue_ca(now)?;
-            let material = issue_serving(&ca, sans, now)?;
+            let (ca, material) = reissue(None, sans, now, name)?;
             let secret = to_secret(name, &ca, &material, sans, None);
             match secrets.create(&PostParams::default(), &secret).await {
                 Ok(_) => {
@@ -178,17 +177,7 @@ async fn self_managed(
             Plan::RenewServing(reason) => (stored.ca.clone(), reason),
             Plan::RenewAll(reason) => (None, reason),
         };
-        let (ca, material) = match ca.map(|ca| issue_serving(&ca, sans, now).map(|m| (ca, m))) {
-            Some(Ok(issued)) => issued,
-            other => {
-                if let Some(Err(error)) = other {
-                    tracing::warn!(secret = name, error = %Chain(&error), "stored CA cannot sign; replacing it (running agents trust the old one until their pods restart)");
-                }
-                let ca = issue_ca(now)?;
-                let material = issue_serving(&ca, sans, now)?;
-                (ca, material)
-            }
-        };
+        let (ca, material) = reissue(ca, sans, now, name)?;
         let version = existing.metadata.resource_version.clone();
         let secret = to_secret(name, &ca, &material, sans, version);
         match secrets.replace(name, &PostParams::default(), &secret).await {
@@ -202,6 +191,27 @@ async fn self_managed(
         }
     }
     Err(TlsError::Contention(format!("Secret {name}"), ATTEMPTS))
+}
+
+/// A serving certificate signed by the stored CA, or by a new CA when there is none or it
+/// cannot sign.
+fn reissue(
+    ca: Option<CaMaterial>,
+    sans: &Sans,
+    now: SystemTime,
+    secret_name: &str,
+) -> Result<(CaMaterial, TlsMaterial), TlsError> {
+    if let Some(ca) = ca {
+        match issue_serving(&ca, sans, now) {
+            Ok(material) => return Ok((ca, material)),
+            Err(error) => {
+                tracing::warn!(secret = secret_name, error = %Chain(&error), "stored CA cannot sign; replacing it (running agents trust the old one until their pods restart)");
+            }
+        }
+    }
+    let ca = issue_ca(now)?;
+    let material = issue_serving(&ca, sans, now)?;
+    Ok((ca, material))
 }
 
 fn to_secret(

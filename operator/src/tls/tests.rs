@@ -627,3 +627,21 @@ fn errors_name_each_cause_once() {
     });
     assert_each_cause_once(&TlsError::Kube(kube::Error::TlsRequired));
 }
+
+#[test]
+fn reissue_keeps_a_ca_that_signs_and_replaces_one_that_cannot() {
+    let now = SystemTime::now();
+    let (ca, _) = fresh(now);
+    let (kept, material) = reissue(Some(ca.clone()), &sans(), now, "serving").unwrap();
+    assert_eq!(kept, ca);
+    assert_eq!(material.ca_pem, ca.cert_pem);
+
+    let broken = CaMaterial {
+        key_pem: "not a key".into(),
+        ..ca.clone()
+    };
+    let (replaced, material) = reissue(Some(broken), &sans(), now, "serving").unwrap();
+    assert_ne!(replaced.cert_pem, ca.cert_pem);
+    verify(&material, &sans(), now).unwrap();
+    assert_eq!(material.ca_pem, replaced.cert_pem);
+}
