@@ -8,13 +8,13 @@
 //! exits meanwhile is skipped and counted; a file the agent may not read becomes a line in the
 //! container's `unreadable`.
 //!
-//! - [`cpu`]: CPU samples and millicores between two scans;
-//! - [`candidates`]: the first pass (stat, mount namespace, a few cgroups);
-//! - [`details`]: the facts of one listed process from its own files;
-//! - [`group`]: one container's report, its processes ranked and listed;
-//! - [`users`], [`libraries`], [`files`]: facts read per container;
-//! - [`sockets`]: listening sockets, attributed to the container holding them;
-//! - [`notes`]: the `unreadable` lines.
+//! - `cpu`: CPU samples and millicores between two scans;
+//! - `candidates`: the first pass (stat, mount namespace, a few cgroups);
+//! - `details`: the facts of one listed process from its own files;
+//! - `group`: one container's report, its processes ranked and listed;
+//! - `users`, `libraries`, `files`: facts read per container;
+//! - `sockets`: listening sockets, attributed to the container holding them;
+//! - `notes`: the `unreadable` lines.
 
 mod candidates;
 mod cpu;
@@ -189,3 +189,42 @@ impl Scanner {
 
 #[cfg(test)]
 mod test_proc;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_follow_the_operator_collect_settings() {
+        let collect = CollectRequest {
+            environment: EnvironmentPolicy::Redacted,
+            open_files: false,
+            sockets: true,
+            libraries: true,
+            files: vec!["/etc/os-release".into()],
+            max_processes: 20,
+        };
+        let options = ScanOptions::from(&collect);
+        assert_eq!(
+            options,
+            ScanOptions {
+                environment: EnvironmentPolicy::Redacted,
+                open_files: false,
+                sockets: true,
+                libraries: true,
+                paths: true,
+                files: vec!["/etc/os-release".into()],
+                max_processes: 20,
+            }
+        );
+    }
+
+    #[test]
+    fn a_directory_without_btime_is_no_proc_root() {
+        let proc = test_proc::TestProc::new();
+        std::fs::write(proc.root().join("stat"), "cpu 1\n").unwrap();
+        let error = Scanner::new(proc.root()).unwrap_err();
+        assert!(matches!(error, ProcRootError::Parse { .. }), "{error}");
+        assert!(std::error::Error::source(&error).is_some());
+    }
+}

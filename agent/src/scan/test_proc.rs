@@ -2,7 +2,7 @@
 //! test names, so each test shows what the code under test reads.
 
 use std::os::unix::fs::symlink;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::candidates::Candidate;
 use super::{ScanOptions, Scanner};
@@ -39,8 +39,12 @@ impl TestProc {
         self.file(pid, "cgroup", "0::/\n");
     }
 
+    pub(super) fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
     pub(super) fn path(&self, pid: i32, name: &str) -> PathBuf {
-        self.dir.path().join(pid.to_string()).join(name)
+        self.root().join(pid.to_string()).join(name)
     }
 
     pub(super) fn file(&self, pid: i32, name: &str, content: impl AsRef<[u8]>) {
@@ -56,7 +60,7 @@ impl TestProc {
     }
 
     pub(super) fn scanner(&self) -> Scanner {
-        Scanner::new(self.dir.path()).unwrap()
+        Scanner::new(self.root()).unwrap()
     }
 
     /// The scanner and its first pass over every process, the details left for later.
