@@ -1,13 +1,13 @@
 //! `procwatch-agent run`: scan every interval and POST the findings to the operator.
 //!
-//! The agent holds no Kubernetes rights: it authenticates with its projected token (read
-//! afresh for every report, so rotation just works), trusts only the operator's CA, starts with
-//! what the webhook said to collect, and learns everything else (interval, what to collect now,
-//! the pod's container names) from the operator's answer. When the operator is away it retries with jittered exponential backoff, holding
-//! only the latest findings. When no watch selects the pod any more it goes quiet and checks
-//! back rarely; it never exits, because the kubelet would restart an exited container forever.
-//! When the operator does not accept the agent's report version, the agent says so once and
-//! tries again every interval (the operator may be rolled forward).
+//! The agent holds no Kubernetes rights: it authenticates with its projected token (read afresh for
+//! every report, so rotation just works), trusts only the operator's CA, starts with what the
+//! webhook said to collect, and learns everything else (interval, what to collect now, the pod's
+//! container names) from the operator's answer. When the operator is away it retries with jittered
+//! exponential backoff, holding only the latest findings. When no watch selects the pod any more it
+//! goes quiet and checks back rarely; it never exits, because the kubelet would restart an exited
+//! container forever. When the operator does not accept the agent's report version, the agent says
+//! so once and tries again every interval (the operator may be rolled forward).
 
 mod findings;
 

@@ -31,6 +31,14 @@ fn unversioned() -> u32 {
     1
 }
 
+/// Only the version of a report, read before the rest: a report of another version may not
+/// parse as an [`AgentReport`].
+#[derive(Deserialize, Debug, PartialEq, Eq)]
+pub struct ReportVersion {
+    #[serde(default = "unversioned")]
+    pub version: u32,
+}
+
 /// One scan of one pod, as the agent saw it.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]

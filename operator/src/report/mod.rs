@@ -10,7 +10,7 @@
 //! are accepted.
 //!
 //! Refusals: 401 without or with an unaccepted token, 403 for another pod's report or a token
-//! not bound to a pod, 413 over the size limit, 400 for malformed JSON, 503 with
+//! not bound to a pod, 413 over the size limit, 400 for malformed JSON or another version, 503 with
 //! `Retry-After` on a standby replica, when the token cannot be reviewed now, or when the pod
 //! is not in the cache yet.
 
@@ -34,7 +34,7 @@ use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 use procwatch_crds::ProcessWatch;
 use procwatch_crds::constants::REPORT_PATH;
-use procwatch_crds::report::{AgentReport, ReportResponse, UnsupportedVersion};
+use procwatch_crds::report::{AgentReport, ReportResponse, ReportVersion, UnsupportedVersion};
 
 use crate::admission;
 use crate::controller::triggers::Triggers;
@@ -261,10 +261,12 @@ async fn handle(
             AuthError::Unavailable(error) => ReportError::AuthUnavailable(error),
         })?;
     let bytes = read_body(headers, body, state.max_body_bytes).await?;
-    let report: AgentReport = serde_json::from_slice(&bytes).map_err(ReportError::Malformed)?;
-    if let Some(refusal) = UnsupportedVersion::check(report.version) {
+    let ReportVersion { version } =
+        serde_json::from_slice(&bytes).map_err(ReportError::Malformed)?;
+    if let Some(refusal) = UnsupportedVersion::check(version) {
         return Err(ReportError::UnsupportedVersion(refusal));
     }
+    let report: AgentReport = serde_json::from_slice(&bytes).map_err(ReportError::Malformed)?;
     auth::check_claims(&identity, &report).map_err(ReportError::OtherPod)?;
 
     let key = PodKey::new(&report.pod_namespace, &report.pod_name);

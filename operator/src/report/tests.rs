@@ -381,6 +381,17 @@ async fn a_version_outside_the_accepted_ones_is_refused_with_json() {
         );
         assert!(refusal.message.contains("not supported"), "{refusal:?}");
     }
+    // A newer shape is refused for its version, not as malformed.
+    let newer = json!({"version": report::VERSION + 1, "pods": [{"name": "web-1"}]});
+    let (status, body) = post(
+        &fixture.state,
+        Some("pod:web-1"),
+        serde_json::to_vec(&newer).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let refusal: UnsupportedVersion = serde_json::from_slice(&body).unwrap();
+    assert_eq!(refusal.version, report::VERSION + 1);
     assert!(fixture.state.findings.is_empty());
 
     // The current version, said explicitly, is accepted.
