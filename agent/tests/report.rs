@@ -15,7 +15,6 @@ use procwatch_crds::EnvironmentPolicy;
 use procwatch_crds::report::{
     self, AgentReport, CollectRequest, ContainerIdentity, ReportResponse, UnsupportedVersion,
 };
-use tokio::io::AsyncReadExt;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -406,15 +405,11 @@ async fn a_refused_version_is_logged_once_and_retried_every_interval() {
     );
     // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
     unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) };
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .await
-        .unwrap();
+    let stderr_pipe = child.stderr.take().unwrap().into_owned_fd().unwrap();
     child.wait().await.unwrap();
+    // The agent has exited: the pipe reads to its end at once.
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut std::fs::File::from(stderr_pipe), &mut stderr).unwrap();
     let said = stderr.matches("refuses this agent's reports").count();
     assert_eq!(said, 1, "{stderr}");
     assert!(stderr.contains(&refusal.message), "{stderr}");
