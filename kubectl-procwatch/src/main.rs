@@ -23,7 +23,12 @@ use procwatch_crds::{Interval, ProcessWatch};
 
 /// What runs in the pods a ProcessWatch selects, from its status: ps, sockets, files, top.
 #[derive(Parser, Debug)]
-#[command(name = "kubectl procwatch", version, disable_version_flag = true)]
+#[command(
+    name = "kubectl procwatch",
+    bin_name = "kubectl procwatch",
+    version,
+    disable_version_flag = true
+)]
 struct Cli {
     /// Path to the kubeconfig file (default: KUBECONFIG, else ~/.kube/config).
     #[arg(long, global = true)]
@@ -137,7 +142,18 @@ const OPERATOR_SELECTOR: &str = "app.kubernetes.io/name=procwatch-operator";
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            // kubectl exits 1 on bad flags too; help goes to stdout and exits 0.
+            return if err.use_stderr() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

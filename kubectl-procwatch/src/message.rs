@@ -16,8 +16,35 @@ pub fn kubectl_error(err: &(dyn Error + 'static)) -> String {
     let mut text = format!("error: {err}");
     let mut cause = err.source();
     while let Some(e) = cause {
-        text.push_str(&format!(": {e}"));
+        // Some errors (kube's among them) already print their cause.
+        let line = e.to_string();
+        if !text.contains(&line) {
+            text.push_str(&format!(": {line}"));
+        }
         cause = e.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("reading {0}: {1}")]
+    struct Repeats(&'static str, #[source] std::io::Error);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("no kubeconfig")]
+    struct Wraps(#[source] Repeats);
+
+    #[test]
+    fn each_cause_once() {
+        let io = || std::io::Error::from(std::io::ErrorKind::NotFound);
+        let err = Wraps(Repeats("/x", io()));
+        assert_eq!(
+            kubectl_error(&err),
+            format!("error: no kubeconfig: reading /x: {}", io())
+        );
+    }
 }
