@@ -164,6 +164,31 @@ fn json_rows_have_the_status_fields_and_the_place() {
     );
 }
 
+/// Statuses the operator wrote on the test cluster: a Ready watch, one whose pod predates it,
+/// one with an invalid selector (whose pods the plugin cannot list).
+#[test]
+fn statuses_from_the_cluster() {
+    let mut broken = watch("cluster/invalid-spec", &[]);
+    broken.selected = None;
+    let watches = [
+        broken,
+        watch("cluster/attaching", &["early-86478875df-wcs6d"]),
+        watch("cluster/ready", &["web-c956884-6dm8f"]),
+    ];
+    let input = Input {
+        now: "2026-11-30T02:51:30Z".parse::<Timestamp>().unwrap(),
+        ..input(&watches, false)
+    };
+    golden(
+        "cluster.ps",
+        &ps::render(&input, &ps::Options::default(), Width::Unlimited),
+    );
+    golden(
+        "cluster.files",
+        &files::render(&input, &Filter::default(), Width::Unlimited),
+    );
+}
+
 /// A watch that does not exist: the API server's 404, printed as kubectl prints it.
 #[test]
 fn missing_watch() {
