@@ -289,11 +289,11 @@ async fn read(
                 Api::namespaced(client.clone(), namespace)
             };
             let list = api.list(&ListParams::default()).await?.items;
-            if list.is_empty() {
-                match all {
-                    true => bail!("no ProcessWatch found"),
-                    false => bail!("no ProcessWatch found in namespace {namespace}"),
-                }
+            // kubectl's words and exit code for an empty list.
+            if list.is_empty() && all {
+                eprintln!("No resources found");
+            } else if list.is_empty() {
+                eprintln!("No resources found in {namespace} namespace.");
             }
             list
         }

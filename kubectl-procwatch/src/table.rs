@@ -70,7 +70,10 @@ pub fn render(columns: &[Column], rows: &[Vec<String>], width: Width) -> String 
         }
         let line = line.trim_end();
         match width {
-            Width::Cut(max) => out.extend(line.chars().take(max)),
+            Width::Cut(max) => {
+                let cut: String = line.chars().take(max).collect();
+                out.push_str(cut.trim_end());
+            }
             Width::Unlimited => out.push_str(line),
         }
         out.push('\n');
@@ -121,6 +124,11 @@ mod tests {
         assert_eq!(
             render(&columns, &rows, Width::Cut(18)),
             "NAME    PID   COMM\na         7   ngin\nbbbb   1234   sh\n"
+        );
+        // Cut in a gap: no trailing blanks.
+        assert_eq!(
+            render(&columns, &rows, Width::Cut(9)),
+            "NAME    P\na\nbbbb   12\n"
         );
     }
 

@@ -171,10 +171,10 @@ pub fn gaps(input: &Input, filter: &Filter) -> Vec<String> {
                         notes.push(format!("{who}: pod {pod} is not in the detail ({why})"));
                     }
                 }
-                None => notes.push(format!(
-                    "{who}: {} pods are not in the detail ({why})",
-                    cut + silent
-                )),
+                None => notes.push(match cut + silent {
+                    1 => format!("{who}: 1 pod is not in the detail ({why})"),
+                    n => format!("{who}: {n} pods are not in the detail ({why})"),
+                }),
             }
         }
         for pod in status.pods.iter().filter(|p| wanted(&p.name)) {

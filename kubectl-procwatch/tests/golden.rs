@@ -114,6 +114,19 @@ fn max_pods_cut() {
     every_command("maxpods", &watches);
 }
 
+/// Without the right to list pods, the plugin cannot name the pods left out: it counts them.
+#[test]
+fn max_pods_cut_without_pod_names() {
+    let mut train = watch("maxpods", &[]);
+    train.selected = None;
+    let watches = [train];
+    let input = input(&watches, false);
+    golden(
+        "maxpods-unlisted.ps",
+        &ps::render(&input, &ps::Options::default(), Width::Unlimited),
+    );
+}
+
 #[test]
 fn empty_watch() {
     every_command("empty", &[watch("empty", &[])]);

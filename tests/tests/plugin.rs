@@ -13,7 +13,7 @@ use anyhow::{Context, ensure};
 use procwatch_crds::{ProcessWatch, SocketProtocol};
 use procwatch_e2e::plugin::{kubectl_procwatch, kubectl_procwatch_ok, require_plugin, table_rows};
 use procwatch_e2e::processwatch::{broker_answers_through, wait_for_watch};
-use procwatch_e2e::{Cluster, Operator, TestNamespace, repo_root};
+use procwatch_e2e::{Cluster, KubeconfigSource, Operator, TestNamespace, repo_root};
 
 /// The local overlay of the samples, relative to the repository root.
 const OVERLAY: &str = "config/overlays/loopback-samples";
@@ -56,6 +56,38 @@ async fn wait_ready(ns: &TestNamespace, watch: &str, processes: usize) -> anyhow
         },
     )
     .await
+}
+
+/// `kubectl procwatch ARGS` on a pseudo-terminal of `columns` columns (util-linux `script`);
+/// what it printed, without the terminal's carriage returns.
+async fn on_a_terminal(ns: &TestNamespace, columns: u16, args: &str) -> anyhow::Result<String> {
+    let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
+    let command = format!(
+        "stty rows 24 cols {columns}; {kubectl} procwatch {args} -n {}",
+        ns.name()
+    );
+    let mut script = tokio::process::Command::new("script");
+    if let KubeconfigSource::Local(path) = ns.cluster().source() {
+        script.env("KUBECONFIG", path);
+    }
+    let out = script
+        .args(["--quiet", "--return", "--command", &command, "/dev/null"])
+        .env_remove("COLUMNS")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .context("running script (util-linux) for a pseudo-terminal")?;
+    let text = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
+    ensure!(
+        out.status.success(),
+        "{command}: {}{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!(
+        "$ kubectl procwatch {args} -n {}   # on a {columns}-column terminal\n{text}",
+        ns.name()
+    );
+    Ok(text)
 }
 
 #[tokio::test]
@@ -144,6 +176,21 @@ async fn plugin_ps_tree_and_create_on_the_nginx_sample() -> anyhow::Result<()> {
         "workers indented under the master:\n{tree}"
     );
 
+    // To a terminal, lines are cut to its width, as ps does; to a pipe (above), never.
+    let narrow = on_a_terminal(&ns, 60, "ps web").await?;
+    ensure!(
+        narrow.lines().all(|l| l.chars().count() <= 60)
+            && out.lines().any(|l| l.chars().count() > 60)
+            && narrow.lines().next() == out.lines().next().map(|l| &l[..60]),
+        "on a 60-column terminal:\n{narrow}"
+    );
+    let wide = on_a_terminal(&ns, 60, "ps web -o wide").await?;
+    ensure!(
+        wide.lines()
+            .any(|l| l.ends_with("nginx: master process nginx")),
+        "-o wide on a 60-column terminal:\n{wide}"
+    );
+
     kubectl_procwatch_ok(&ns, &["files", "web"]).await?;
     kubectl_procwatch_ok(&ns, &["top", "--containers"]).await?;
 
@@ -206,6 +253,37 @@ async fn plugin_ps_tree_and_create_on_the_nginx_sample() -> anyhow::Result<()> {
     );
     wait_ready(&ns, "web2", 3).await?;
     kubectl_procwatch_ok(&ns, &["ps"]).await?;
+
+    // Without --dry-run the plugin creates the watch; a second time, kubectl's AlreadyExists.
+    let args = [
+        "create",
+        "web3",
+        "--for",
+        "deploy/web",
+        "--file",
+        "/etc/nginx/nginx.conf",
+    ];
+    let out = kubectl_procwatch_ok(&ns, &args).await?;
+    ensure!(out == "processwatch.procwatch.dev/web3 created\n", "{out}");
+    let web3: ProcessWatch = ns.api().get("web3").await?;
+    ensure!(
+        web3.spec.collect.files == ["/etc/nginx/nginx.conf"],
+        "{:?}",
+        web3.spec
+    );
+    wait_ready(&ns, "web3", 3).await?;
+    let again = kubectl_procwatch(&ns, &args).await?;
+    ensure!(
+        again.status.code() == Some(1)
+            && again.stderr.trim() == "error: processwatches.procwatch.dev \"web3\" already exists",
+        "{again:?}"
+    );
+    let no_workload = kubectl_procwatch(&ns, &["create", "x", "--for", "deployment/nope"]).await?;
+    ensure!(
+        no_workload.status.code() == Some(1)
+            && no_workload.stderr.trim() == "error: deployments.apps \"nope\" not found",
+        "{no_workload:?}"
+    );
 
     let version = kubectl_procwatch_ok(&ns, &["version"]).await?;
     ensure!(
