@@ -139,6 +139,8 @@ enum DryRun {
 const FIELD_MANAGER: &str = "kubectl-procwatch";
 /// The operator's Deployment carries this label (config/manager).
 const OPERATOR_SELECTOR: &str = "app.kubernetes.io/name=procwatch-operator";
+/// Where config/ installs it.
+const OPERATOR_NAMESPACE: &str = "procwatch-system";
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -433,11 +435,18 @@ async fn workload_selector(
 }
 
 async fn version(client: &Client) -> anyhow::Result<()> {
-    let deployments: Api<Deployment> = Api::all(client.clone());
-    let found = deployments
-        .list(&ListParams::default().labels(OPERATOR_SELECTOR))
-        .await?
-        .items;
+    let params = ListParams::default().labels(OPERATOR_SELECTOR);
+    let found = match Api::<Deployment>::all(client.clone()).list(&params).await {
+        Ok(list) => list.items,
+        // Without the right to list Deployments everywhere: the operator's default namespace.
+        Err(kube::Error::Api(status)) if status.code == 403 => {
+            Api::<Deployment>::namespaced(client.clone(), OPERATOR_NAMESPACE)
+                .list(&params)
+                .await?
+                .items
+        }
+        Err(err) => return Err(err.into()),
+    };
     if found.is_empty() {
         bail!("no operator Deployment (label {OPERATOR_SELECTOR}) in the cluster");
     }
