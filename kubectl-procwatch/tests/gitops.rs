@@ -149,6 +149,39 @@ fn invalid_spec_is_degraded_for_argocd_and_in_progress_for_kstatus() {
     );
 }
 
+/// Every reason the operator gives a `Ready=False` condition, on the real attaching status.
+#[test]
+fn each_not_ready_reason() {
+    let cases = [
+        ("PodsNeedRestart", "Progressing"),
+        ("EvictingPods", "Progressing"),
+        ("NoAgents", "Progressing"),
+        ("NoPodsSelected", "Progressing"),
+        ("AgentsNotReporting", "Degraded"),
+        ("EphemeralModeUnsupported", "Degraded"),
+        ("InvalidSpec", "Degraded"),
+    ];
+    for (reason, health) in cases {
+        let mut obj = fixture("cluster/attaching.yaml");
+        for c in obj["status"]["conditions"].as_array_mut().unwrap() {
+            if c["type"] == "Ready" {
+                c["reason"] = reason.into();
+                c["message"] = format!("because {reason}").into();
+            }
+        }
+        let message = format!("because {reason}");
+        assert_eq!(
+            argocd(&obj),
+            (health.to_string(), message.clone()),
+            "{reason}"
+        );
+        assert_eq!(
+            kstatus(&obj),
+            KStatus::InProgress(format!("{reason}: {message}"))
+        );
+    }
+}
+
 #[test]
 fn a_spec_not_yet_observed_is_in_progress() {
     let mut obj = fixture("cluster/ready.yaml");
