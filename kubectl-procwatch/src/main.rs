@@ -167,7 +167,10 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Version = cli.command {
-        println!("kubectl-procwatch: {}", env!("CARGO_PKG_VERSION"));
+        print(&format!(
+            "kubectl-procwatch: {}\n",
+            env!("CARGO_PKG_VERSION")
+        ))?;
     }
     let (client, default_namespace) = connect(&cli).await?;
     let namespace = cli.namespace.clone().unwrap_or(default_namespace);
@@ -468,11 +471,11 @@ async fn version(client: &Client) -> anyhow::Result<()> {
                 last.split_once(':').map(|(_, tag)| tag.to_string())
             })
             .unwrap_or_else(|| "unknown".into());
-        println!(
-            "operator: {version} (deployment {}/{}, image {image})",
+        print(&format!(
+            "operator: {version} (deployment {}/{}, image {image})\n",
             d.namespace().unwrap_or_default(),
             d.name_any()
-        );
+        ))?;
     }
     Ok(())
 }
