@@ -196,6 +196,17 @@ impl Cluster {
         cmd
     }
 
+    /// `kubectl <plugin>` aimed at this cluster. kubectl refuses flags before a plugin's name,
+    /// so the local cluster's kubeconfig goes in `KUBECONFIG` instead of `--kubeconfig`.
+    pub fn kubectl_plugin_command(&self, plugin: &str) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(&self.kubectl);
+        if let KubeconfigSource::Local(path) = &self.source {
+            cmd.env("KUBECONFIG", path);
+        }
+        cmd.arg(plugin).stdin(Stdio::null()).kill_on_drop(true);
+        cmd
+    }
+
     /// Runs kubectl with `args`; its stdout, or an error carrying its stderr.
     pub async fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
         let out = self

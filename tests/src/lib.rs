@@ -24,6 +24,7 @@ mod apply;
 mod cluster;
 mod diagnostics;
 mod operator;
+pub mod plugin;
 pub mod processwatch;
 mod wait;
 

@@ -147,6 +147,30 @@ pub fn container_id(pod: &Pod, container: &str) -> Option<String> {
         .clone()
 }
 
+/// In the Flux-style sample's pod `flux`, container `flux2` connects to the broker's unix
+/// socket through `reachable` (another container's path to it): the broker, pid `pid`, must
+/// answer naming its socket `path`.
+pub async fn broker_answers_through(
+    ns: &TestNamespace,
+    reachable: &str,
+    pid: i32,
+    path: &str,
+) -> anyhow::Result<()> {
+    let answer = ns
+        .exec(
+            "flux",
+            "flux2",
+            &["procwatch-testprog", "connect", reachable],
+        )
+        .await?;
+    println!("flux2 $ procwatch-testprog connect {reachable}\n{answer}");
+    anyhow::ensure!(
+        answer == format!("flux-broker pid {pid} on {path}\n"),
+        "answer through {reachable}: {answer:?}"
+    );
+    Ok(())
+}
+
 /// The value of the sample `name{labels...}` in Prometheus/OpenMetrics text; every given label
 /// must match, others may exist.
 pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
