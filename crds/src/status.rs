@@ -24,6 +24,12 @@ fn is_none_or_empty(value: &Option<String>) -> bool {
     value.as_deref().is_none_or(str::is_empty)
 }
 
+/// For `serialize_with` on a count or size: the API server reads integers as int64, and the
+/// figures come from agents.
+fn as_int64<S: serde::Serializer>(value: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_u64((*value).min(i64::MAX.unsigned_abs()))
+}
+
 /// For `serialize_with` on a list of strings: its empty items are left out.
 fn without_empty_items<S: serde::Serializer>(
     items: &[String],
@@ -58,7 +64,7 @@ pub struct ProcessWatchStatus {
     #[serde(default)]
     pub reporting_pods: u32,
     /// Processes in every reporting pod (the PROCESSES column).
-    #[serde(default)]
+    #[serde(default, serialize_with = "as_int64")]
     pub processes: u64,
     /// Selected pods created without the agent; they get it when recreated.
     #[serde(
@@ -83,11 +89,11 @@ pub struct ContainerSummary {
     pub container: String,
     #[serde(default)]
     pub pods: u32,
-    #[serde(default)]
+    #[serde(default, serialize_with = "as_int64")]
     pub processes: u64,
-    #[serde(default)]
+    #[serde(default, serialize_with = "as_int64")]
     pub cpu_millicores: u64,
-    #[serde(default)]
+    #[serde(default, serialize_with = "as_int64")]
     pub memory_bytes: u64,
     /// Distinct command names seen in this container.
     #[serde(default, serialize_with = "without_empty_items")]
@@ -134,10 +140,10 @@ pub struct ContainerReport {
     #[serde(default)]
     pub process_count: u32,
     /// Total CPU use since the previous scan over every process of the container, listed or not.
-    #[serde(default)]
+    #[serde(default, serialize_with = "as_int64")]
     pub cpu_millicores: u64,
     /// Total resident set size over every process of the container, listed or not.
-    #[serde(default)]
+    #[serde(default, serialize_with = "as_int64")]
     pub memory_bytes: u64,
     /// The busiest processes (CPU, then memory), at most `report.maxProcesses`.
     #[serde(default)]
@@ -189,12 +195,12 @@ pub struct ProcessInfo {
     #[serde(default)]
     pub threads: u32,
     /// CPU use since the previous scan.
-    #[serde(default)]
+    #[serde(default, serialize_with = "as_int64")]
     pub cpu_millicores: u64,
-    #[serde(default)]
+    #[serde(default, serialize_with = "as_int64")]
     pub cpu_time_millis: u64,
     /// Resident set size; a zombie has none.
-    #[serde(default)]
+    #[serde(default, serialize_with = "as_int64")]
     pub memory_bytes: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,
@@ -278,7 +284,7 @@ pub enum SocketProtocol {
 #[serde(rename_all = "camelCase")]
 pub struct FileFingerprint {
     pub path: String,
-    #[serde(default)]
+    #[serde(default, serialize_with = "as_int64")]
     pub size: u64,
     /// Permission bits in octal, like `0644`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -451,6 +457,20 @@ mod tests {
         assert_left_out(&value, "sha256");
     }
 
+    #[test]
+    fn figures_beyond_int64_are_written_as_its_maximum() {
+        let process = ProcessInfo {
+            memory_bytes: u64::MAX,
+            cpu_time_millis: u64::MAX,
+            cpu_millicores: u64::MAX,
+            ..zombie()
+        };
+        let value = serialized(&process);
+        for field in ["memoryBytes", "cpuTimeMillis", "cpuMillicores"] {
+            assert_eq!(value[field], json!(i64::MAX), "{field}");
+        }
+    }
+
     /// What an older or a minimal writer sends: every number may be missing and reads as 0.
     #[test]
     fn missing_numbers_read_as_zero() {
@@ -468,8 +488,7 @@ mod tests {
         );
         let container: ContainerReport = serde_json::from_value(json!({"name": "c"})).unwrap();
         assert_eq!(container.process_count, 0);
-        let summary: ContainerSummary =
-            serde_json::from_value(json!({"container": "c"})).unwrap();
+        let summary: ContainerSummary = serde_json::from_value(json!({"container": "c"})).unwrap();
         assert_eq!(
             (
                 summary.pods,
@@ -517,6 +536,9 @@ mod tests {
             required(generator.root_schema_for::<FileFingerprint>()),
             ["path"]
         );
-        assert_eq!(required(generator.root_schema_for::<FileVariants>()), ["path"]);
+        assert_eq!(
+            required(generator.root_schema_for::<FileVariants>()),
+            ["path"]
+        );
     }
 }
