@@ -1,8 +1,11 @@
 //! One full scan against `ps` over the same processes, with 1,000 extra sleeping processes on
-//! the machine, run side by side; the agent's peak RSS. Writes the figures to BENCHMARKS.md.
+//! the machine, run side by side; the agent's peak RSS. Writes the figures to its section of
+//! BENCHMARKS.md.
 //!
 //! Run: `cargo bench -p procwatch-agent --bench scan_vs_ps` (as root, to see every process's
 //! details).
+
+mod common;
 
 use std::fmt::Write as _;
 use std::process::{Child, Command, Stdio};
@@ -277,12 +280,7 @@ fn main() {
     let load_at_end = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let report = render(&load, &load_at_end, &sections, &library.expect("measured"));
     print!("{report}");
-    std::fs::write(
-        concat!(env!("CARGO_MANIFEST_DIR"), "/../BENCHMARKS.md"),
-        report,
-    )
-    .unwrap();
-    eprintln!("written to BENCHMARKS.md");
+    common::write_section("scan_vs_ps", &report);
 }
 
 fn ms(duration: Duration) -> String {
@@ -293,36 +291,18 @@ fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
-fn machine(load: &str) -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix("model name")
-                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+/// The machine, `ps`'s version and the load average at `load` (the text of /proc/loadavg).
+fn machine_and_load(load: &str) -> String {
     let ps = Command::new("ps")
         .arg("--version")
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
     format!(
-        "{cpu}, {cores} cores (shared with other work), Linux {}, {ps}; load average at the start: {}",
-        kernel.trim(),
-        load_average(load)
+        "{}, {ps}; load average at the start: {}",
+        common::machine(),
+        common::load_average(load)
     )
-}
-
-/// The 1, 5 and 15 minute load averages of `/proc/loadavg`.
-fn load_average(loadavg: &str) -> String {
-    loadavg
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// `met`/`missed` for one agent row against ps, with the difference.
@@ -348,13 +328,8 @@ fn render(
     sections: &[(SleeperEnvironment, usize, Vec<Summary>)],
     library: &[(&str, Duration); 3],
 ) -> String {
-    let date = Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
+    let date = common::date();
     let mut out = String::new();
-    let _ = writeln!(out, "# Benchmarks\n");
     let _ = writeln!(
         out,
         "## One scan of the machine: `procwatch-agent snapshot` against `ps`\n"
@@ -363,8 +338,8 @@ fn render(
     let _ = writeln!(
         out,
         "- Machine: {}; at the end: {}",
-        machine(load),
-        load_average(load_at_end)
+        machine_and_load(load),
+        common::load_average(load_at_end)
     );
     let _ = writeln!(
         out,
@@ -450,7 +425,8 @@ fn render(
     );
     let _ = writeln!(
         out,
-        "\nRe-run: `cargo bench -p procwatch-agent --bench scan_vs_ps` (about 3 minutes; rewrites this file)."
+        "\n{} (about 3 minutes; rewrites this section).",
+        common::rerun_line("scan_vs_ps")
     );
     out
 }

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 
+use procfs_core::{FromBufRead, ProcessCGroups};
 use procwatch_crds::constants::AGENT_CONTAINER_NAME;
 use procwatch_crds::report::ContainerIdentity;
 
@@ -73,13 +74,13 @@ const SCOPE_PREFIXES: [(&str, Runtime); 5] = [
 const MONITOR_PREFIXES: [&str; 2] = ["crio-conmon-", "libpod-conmon-"];
 
 /// The container of a process from the text of its `/proc/<pid>/cgroup`: the first line whose
-/// path names one (in a hybrid hierarchy only some controllers may).
+/// path names one (in a hybrid hierarchy only some controllers may). A file that does not parse
+/// names none.
 pub fn container_from_cgroup(text: &[u8]) -> Option<ContainerId> {
-    String::from_utf8_lossy(text).lines().find_map(|line| {
-        // hierarchy-ID:controllers:path — the path may contain ':' (`…slice:cri-containerd:<id>`).
-        let path = line.splitn(3, ':').nth(2)?;
-        container_from_cgroup_path(path)
-    })
+    let cgroups = ProcessCGroups::from_buf_read(String::from_utf8_lossy(text).as_bytes()).ok()?;
+    cgroups
+        .into_iter()
+        .find_map(|cgroup| container_from_cgroup_path(&cgroup.pathname))
 }
 
 /// The innermost container named by a cgroup path.

@@ -12,6 +12,7 @@ use procwatch_agent::procfs_read::ProcRootError;
 use procwatch_agent::reporter::{self, ReportClient, RunConfig};
 use procwatch_agent::{ScanOptions, Scanner, table};
 use procwatch_crds::constants::{TOKEN_FILE, env};
+use procwatch_crds::report::CollectRequest;
 use procwatch_crds::{ContainerReport, EnvironmentPolicy, Interval};
 use serde::Serialize;
 
@@ -88,6 +89,10 @@ struct RunArgs {
     /// Scan period until the operator's answer sets it (`15s`, `1m`).
     #[arg(long, env = env::INTERVAL, default_value = "15s")]
     interval: Interval,
+    /// What to collect until the operator's answer sets it, as the JSON of the answer's
+    /// `collect` (`{"environment":"Names","openFiles":true,…}`) [default: the watch defaults].
+    #[arg(long, env = env::COLLECT, value_parser = collect_request)]
+    collect: Option<CollectRequest>,
     #[arg(long, env = env::POD_NAME)]
     pod_name: String,
     #[arg(long, env = env::POD_NAMESPACE)]
@@ -212,6 +217,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         pod_namespace: args.pod_namespace,
         pod_uid: args.pod_uid,
         interval: args.interval.as_duration(),
+        collect: args.collect.unwrap_or_default(),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -232,6 +238,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         reporter::run(config, client, shutdown).await?;
         Ok(())
     })
+}
+
+fn collect_request(json: &str) -> Result<CollectRequest, serde_json::Error> {
+    serde_json::from_str(json)
 }
 
 fn absolute_path(text: &str) -> Result<String, String> {
@@ -256,5 +266,55 @@ fn short_duration(text: &str) -> Result<Duration, String> {
         "s" => Ok(Duration::from_secs(number)),
         "m" => Ok(Duration::from_secs(number * 60)),
         _ => Err(invalid()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(extra: &[&str]) -> Result<RunArgs, clap::Error> {
+        let required = [
+            "procwatch-agent",
+            "run",
+            "--report-url=https://127.0.0.1/report/v1",
+            "--ca-pem=x",
+            "--pod-name=p",
+            "--pod-namespace=n",
+            "--pod-uid=u",
+        ];
+        let cli = Cli::try_parse_from(required.iter().chain(extra))?;
+        match cli.command {
+            Command::Run(args) => Ok(args),
+            Command::Snapshot(_) => unreachable!("the run subcommand was given"),
+        }
+    }
+
+    #[test]
+    fn collect_options_from_the_webhook_are_parsed() {
+        let args = run_args(&[
+            r#"--collect={"environment":"Redacted","openFiles":false,"sockets":true,"libraries":true,"files":["/etc/hosts"],"maxProcesses":3}"#,
+        ])
+        .unwrap();
+        assert_eq!(
+            args.collect,
+            Some(CollectRequest {
+                environment: EnvironmentPolicy::Redacted,
+                open_files: false,
+                sockets: true,
+                libraries: true,
+                files: vec!["/etc/hosts".into()],
+                max_processes: 3,
+            })
+        );
+        // Without the option (an agent started by hand): the watch defaults.
+        assert_eq!(run_args(&[]).unwrap().collect, None);
+    }
+
+    #[test]
+    fn collect_options_that_are_not_json_are_a_usage_error() {
+        let error = run_args(&["--collect", "libraries"]).err().unwrap();
+        assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(error.to_string().contains("--collect"), "{error}");
     }
 }

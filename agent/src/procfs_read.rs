@@ -29,10 +29,18 @@ pub enum ProcRootError {
         path: PathBuf,
         missing: &'static str,
     },
-    #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
-    #[error("{path}: {source}")]
-    Parse { path: PathBuf, source: ParseError },
+    #[error("cannot read {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot parse {path}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: ParseError,
+    },
 }
 
 /// Why one file of one process could not be read.

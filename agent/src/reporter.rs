@@ -1,11 +1,15 @@
 //! `procwatch-agent run`: scan every interval and POST the findings to the operator.
 //!
-//! The agent holds no Kubernetes rights: it authenticates with its projected token (read
-//! afresh for every report, so rotation just works), trusts only the operator's CA, and learns
-//! everything else (interval, what to collect, the pod's container names) from the operator's
-//! answer. When the operator is away it retries with jittered exponential backoff, holding
-//! only the latest findings. When no watch selects the pod any more it goes quiet and checks
-//! back rarely; it never exits, because the kubelet would restart an exited container forever.
+//! The agent holds no Kubernetes rights: it authenticates with its projected token (read afresh for
+//! every report, so rotation just works), trusts only the operator's CA, starts with what the
+//! webhook said to collect, and learns everything else (interval, what to collect now, the pod's
+//! container names) from the operator's answer. When the operator is away it retries with jittered
+//! exponential backoff, holding only the latest findings. When no watch selects the pod any more it
+//! goes quiet and checks back rarely; it never exits, because the kubelet would restart an exited
+//! container forever. When the operator does not accept the agent's report version, the agent says
+//! so once and tries again every interval (the operator may be rolled forward).
+
+mod findings;
 
 use std::future::Future;
 use std::io;
@@ -18,7 +22,9 @@ use http::{Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
 use procwatch_crds::duration::{MAX_INTERVAL, MIN_INTERVAL};
-use procwatch_crds::report::{AgentReport, CollectRequest, ContainerIdentity, ReportResponse};
+use procwatch_crds::report::{
+    self, AgentReport, CollectRequest, ContainerIdentity, ReportResponse, UnsupportedVersion,
+};
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
@@ -37,7 +43,7 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// How often an agent whose pod no watch selects asks again.
 pub const UNWATCHED_RECHECK: Duration = Duration::from_secs(300);
 /// When the operator's answer asks for something other than the last scan collected (the first
-/// answer always does: files, names of the containers), the next scan comes this soon instead
+/// answer usually does: names of the containers), the next scan comes this soon instead
 /// of an interval later, so the status is complete within seconds of the pod's start.
 pub const FOLLOW_UP: Duration = Duration::from_secs(1);
 /// The operator's answer is small; anything bigger is refused.
@@ -49,27 +55,46 @@ const MAX_MESSAGE_CHARS: usize = 512;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientSetupError {
     #[error("report URL {url:?}: {reason}")]
-    Url { url: String, reason: String },
-    #[error("CA certificate: {0}")]
-    Ca(String),
+    Url { url: String, reason: &'static str },
+    #[error("CA certificate: not PEM")]
+    CaNotPem(#[source] rustls_pki_types::pem::Error),
+    #[error("CA certificate: no certificate in the PEM")]
+    NoCa,
+    #[error("CA certificate: not usable for TLS")]
+    Tls(#[source] rustls::Error),
 }
 
 /// Why one report was not accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
-    #[error("cannot read the token file {path}: {source}")]
-    Token { path: PathBuf, source: io::Error },
-    /// The report or the token cannot go into a request (a token with a line break, say).
-    #[error("cannot build the report request: {0}")]
-    Request(String),
-    #[error("cannot reach the operator at {address}: {source}")]
-    Connect { address: String, source: io::Error },
-    #[error("HTTP exchange failed: {0}")]
+    #[error("cannot read the token file {path}")]
+    Token {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot encode the report")]
+    Encode(#[source] serde_json::Error),
+    /// The token cannot go into a request (a token with a line break, say).
+    #[error("cannot build the report request")]
+    Request(#[source] http::Error),
+    #[error("cannot reach the operator at {address}")]
+    Connect {
+        address: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("HTTP exchange failed")]
     Http(#[from] hyper::Error),
     #[error("the operator answered {status}: {message}")]
     Refused { status: StatusCode, message: String },
-    #[error("the operator's answer is unreadable: {0}")]
-    Response(String),
+    /// The operator does not accept this agent's [`report::VERSION`].
+    #[error("{}", .0.message)]
+    UnsupportedVersion(UnsupportedVersion),
+    #[error("cannot read the operator's answer")]
+    ResponseBody(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("the operator's answer is not a report response")]
+    Response(#[source] serde_json::Error),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
 }
@@ -100,9 +125,9 @@ impl ReportClient {
         ca_pem: &str,
         token_file: impl Into<PathBuf>,
     ) -> Result<Self, ClientSetupError> {
-        let bad_url = |reason: &str| ClientSetupError::Url {
+        let bad_url = |reason| ClientSetupError::Url {
             url: url.to_string(),
-            reason: reason.to_string(),
+            reason,
         };
         let uri: Uri = url.parse().map_err(|_| bad_url("not a URL"))?;
         if uri.scheme_str() != Some("https") {
@@ -120,21 +145,17 @@ impl ReportClient {
 
         let mut roots = RootCertStore::empty();
         for certificate in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-            let certificate =
-                certificate.map_err(|error| ClientSetupError::Ca(format!("not PEM: {error}")))?;
             roots
-                .add(certificate)
-                .map_err(|error| ClientSetupError::Ca(error.to_string()))?;
+                .add(certificate.map_err(ClientSetupError::CaNotPem)?)
+                .map_err(ClientSetupError::Tls)?;
         }
         if roots.is_empty() {
-            return Err(ClientSetupError::Ca(
-                "no certificate in the PEM".to_string(),
-            ));
+            return Err(ClientSetupError::NoCa);
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|error| ClientSetupError::Ca(error.to_string()))?
+            .map_err(ClientSetupError::Tls)?
             .with_root_certificates(roots)
             .with_no_client_auth();
         Ok(ReportClient {
@@ -161,8 +182,7 @@ impl ReportClient {
                 path: self.token_file.clone(),
                 source,
             })?;
-        let body =
-            serde_json::to_vec(report).map_err(|error| SendError::Request(error.to_string()))?;
+        let body = serde_json::to_vec(report).map_err(SendError::Encode)?;
         let connect_error = |source| SendError::Connect {
             address: self.address.clone(),
             source,
@@ -188,17 +208,22 @@ impl ReportClient {
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::AUTHORIZATION, format!("Bearer {}", token.trim()))
             .body(Full::new(Bytes::from(body)))
-            .map_err(|error| SendError::Request(error.to_string()))?;
+            .map_err(SendError::Request)?;
         let response = sender.send_request(request).await?;
         let status = response.status();
         let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
             .collect()
             .await
-            .map_err(|error| SendError::Response(error.to_string()))?
+            .map_err(SendError::ResponseBody)?
             .to_bytes();
         drop(sender);
         connection.abort();
 
+        if status == StatusCode::BAD_REQUEST
+            && let Ok(refusal) = serde_json::from_slice::<UnsupportedVersion>(&body)
+        {
+            return Err(SendError::UnsupportedVersion(refusal));
+        }
         if !status.is_success() {
             let message: String = String::from_utf8_lossy(&body)
                 .trim()
@@ -207,7 +232,7 @@ impl ReportClient {
                 .collect();
             return Err(SendError::Refused { status, message });
         }
-        serde_json::from_slice(&body).map_err(|error| SendError::Response(error.to_string()))
+        serde_json::from_slice(&body).map_err(SendError::Response)
     }
 }
 
@@ -258,6 +283,8 @@ pub struct RunConfig {
     pub pod_uid: String,
     /// Until the operator says otherwise.
     pub interval: Duration,
+    /// What to collect until the operator says otherwise: what the webhook gave the agent.
+    pub collect: CollectRequest,
 }
 
 /// What the operator's last answer asked for.
@@ -282,7 +309,7 @@ pub async fn run(
     scanner.sample_cpu()?;
     let mut instructions = Instructions {
         interval: config.interval,
-        collect: CollectRequest::default(),
+        collect: config.collect.clone(),
         containers: Vec::new(),
         watched: true,
     };
@@ -290,6 +317,8 @@ pub async fn run(
     backoff.cap(config.interval);
     // Only the latest findings are kept while the operator is away.
     let mut pending: Option<(Instant, AgentReport)> = None;
+    // Said once until a report is accepted again, not every interval.
+    let mut version_refused = false;
     // A short first wait so the first report already has CPU figures.
     let mut delay = Duration::from_secs(1).min(config.interval);
     loop {
@@ -327,6 +356,7 @@ pub async fn run(
                 }
                 pending = None;
                 backoff.reset();
+                version_refused = false;
                 if instructions.watched && !response.watched {
                     tracing::info!(
                         "no ProcessWatch selects this pod any more: reporting paused, asking again every {}s",
@@ -357,13 +387,28 @@ pub async fn run(
                     UNWATCHED_RECHECK
                 }
             }
+            Err(SendError::UnsupportedVersion(refusal)) => {
+                if !version_refused {
+                    tracing::error!(
+                        version = report::VERSION,
+                        accepted = ?refusal.accepted,
+                        "the operator refuses this agent's reports: {}; trying again every interval",
+                        refusal.message
+                    );
+                    version_refused = true;
+                }
+                instructions.interval
+            }
             Err(error) => {
                 let retry = backoff.next_delay();
-                if error.is_auth() {
-                    tracing::warn!(retry_in = ?retry, "the operator refused the agent's token: {error}");
+                let what = if error.is_auth() {
+                    "the operator refused the agent's token"
                 } else {
-                    tracing::warn!(retry_in = ?retry, "report not delivered: {error}");
-                }
+                    "report not delivered"
+                };
+                // As a `dyn Error`, so that the log line carries its causes too.
+                let error = &error as &dyn std::error::Error;
+                tracing::warn!(retry_in = ?retry, error, "{what}");
                 retry
             }
         };
@@ -372,11 +417,12 @@ pub async fn run(
 
 fn agent_report(config: &RunConfig, scan: Scan) -> AgentReport {
     AgentReport {
+        version: report::VERSION,
         pod_name: config.pod_name.clone(),
         pod_namespace: config.pod_namespace.clone(),
         pod_uid: config.pod_uid.clone(),
         scanned_at: Some(scan.scanned_at),
-        containers: scan.containers,
+        containers: findings::containers(scan.containers),
         vanished_processes: scan.vanished,
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
     }

@@ -492,6 +492,13 @@ fn a_directory_that_is_not_proc_is_refused() {
     assert!(error.contains("is not a proc filesystem"), "{error}");
     std::fs::write(dir.path().join("stat"), "cpu 1\n").unwrap();
     std::os::unix::fs::symlink("1", dir.path().join("self")).unwrap();
-    let error = Scanner::new(dir.path()).unwrap_err().to_string();
-    assert!(error.contains("no btime"), "{error}");
+    // As the binary prints it: the error, then its causes.
+    let error = format!(
+        "{:#}",
+        anyhow::Error::from(Scanner::new(dir.path()).unwrap_err())
+    );
+    assert!(
+        error.contains("cannot parse") && error.contains("no btime"),
+        "{error}"
+    );
 }

@@ -12,7 +12,9 @@ use http::StatusCode;
 use procwatch_agent::procfs_read::ProcRootError;
 use procwatch_agent::reporter::{self, ReportClient, RunConfig, SendError};
 use procwatch_crds::EnvironmentPolicy;
-use procwatch_crds::report::{AgentReport, CollectRequest, ContainerIdentity, ReportResponse};
+use procwatch_crds::report::{
+    self, AgentReport, CollectRequest, ContainerIdentity, ReportResponse, UnsupportedVersion,
+};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -90,7 +92,8 @@ impl Setup {
         }
     }
 
-    /// `reporter::run` for pod `shop/web-0`, until the returned sender is used.
+    /// `reporter::run` for pod `shop/web-0`, starting with the default collect options, until
+    /// the returned sender is used.
     fn spawn_run_loop(
         &self,
         interval: Duration,
@@ -103,6 +106,7 @@ impl Setup {
             pod_namespace: "shop".into(),
             pod_uid: "uid-1".into(),
             interval,
+            collect: CollectRequest::default(),
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let agent = tokio::spawn(reporter::run(config, client, async {
@@ -112,8 +116,8 @@ impl Setup {
     }
 
     /// `procwatch-agent run` as the webhook configures it (environment only), pod `shop/web-0`,
-    /// reporting every second.
-    fn spawn_agent_binary(&self) -> tokio::process::Child {
+    /// reporting every second, with `extra` variables; its stderr is piped.
+    fn spawn_agent_binary(&self, extra: &[(&str, String)]) -> tokio::process::Child {
         tokio::process::Command::new(env!("CARGO_BIN_EXE_procwatch-agent"))
             .args(["run", "--proc-root"])
             .arg(self.proc.path())
@@ -125,6 +129,8 @@ impl Setup {
             .env("PROCWATCH_CA_PEM", &self.ca.pem)
             .env("PROCWATCH_TOKEN_FILE", self.token.path())
             .env("PROCWATCH_INTERVAL", "1s")
+            .envs(extra.iter().map(|(name, value)| (name, value)))
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap()
     }
@@ -263,7 +269,8 @@ async fn trusts_only_the_given_ca() {
     let client = ReportClient::new(&operator.url, &trusted.pem, token.path()).unwrap();
     let error = client.send(&AgentReport::default()).await.unwrap_err();
     assert!(matches!(error, SendError::Connect { .. }), "{error}");
-    assert!(error.to_string().contains("certificate"), "{error}");
+    let cause = std::error::Error::source(&error).unwrap().to_string();
+    assert!(cause.contains("certificate"), "{error}: {cause}");
 
     // The same server is fine for a client that trusts its CA; the answer is parsed.
     let client = ReportClient::new(&operator.url, &other.pem, token.path()).unwrap();
@@ -298,7 +305,7 @@ async fn trusts_only_the_given_ca() {
 async fn the_binary_reports_and_stops_promptly_on_sigterm() {
     let script = Arc::new(|_| answer(true, CollectRequest::default()));
     let mut setup = Setup::start(script, "token-1").await;
-    let mut child = setup.spawn_agent_binary();
+    let mut child = setup.spawn_agent_binary(&[]);
     let operator = &mut setup.operator;
     let (_, first) = next(operator).await;
     assert_eq!(first.report.pod_name, "web-0");
@@ -326,7 +333,7 @@ async fn the_binary_exits_successfully_once_the_workload_has_finished() {
         })
     });
     let mut setup = Setup::start(script, "token").await;
-    let mut child = setup.spawn_agent_binary();
+    let mut child = setup.spawn_agent_binary(&[]);
     let operator = &mut setup.operator;
     let _ = next(operator).await;
     let _ = next(operator).await;
@@ -339,4 +346,71 @@ async fn the_binary_exits_successfully_once_the_workload_has_finished() {
         operator.received.try_recv().is_err(),
         "no report after the workload finished"
     );
+}
+
+/// The webhook gives the agent what the watches collect: the very first report, before any
+/// answer, already has it (here: values with secrets masked, one process per container).
+#[tokio::test]
+async fn the_first_report_collects_what_the_webhook_said() {
+    let script = Arc::new(|_| answer(true, CollectRequest::default()));
+    let mut setup = Setup::start(script, "token").await;
+    let collect = CollectRequest {
+        environment: EnvironmentPolicy::Redacted,
+        max_processes: 1,
+        ..CollectRequest::default()
+    };
+    let mut child = setup.spawn_agent_binary(&[(
+        "PROCWATCH_COLLECT",
+        serde_json::to_string(&collect).unwrap(),
+    )]);
+    let (_, first) = next(&mut setup.operator).await;
+    child.kill().await.unwrap();
+    assert_eq!(first.report.version, report::VERSION);
+    let nginx = &first.report.containers[0];
+    assert_eq!((nginx.processes.len(), nginx.truncated), (1, true));
+    assert_eq!(
+        nginx.processes[0].environment,
+        ["PATH=/bin", "SECRET=<redacted>"]
+    );
+}
+
+/// An operator that does not accept this agent's report version: the agent says so once, not
+/// at every retry, and keeps trying every interval.
+#[tokio::test]
+async fn a_refused_version_is_logged_once_and_retried_every_interval() {
+    // An operator two versions ahead.
+    let refusal = UnsupportedVersion {
+        message: format!(
+            "report version {} is not supported; this operator accepts versions {} to {}",
+            report::VERSION,
+            report::VERSION + 1,
+            report::VERSION + 2
+        ),
+        version: report::VERSION,
+        accepted: vec![report::VERSION + 1, report::VERSION + 2],
+    };
+    let body = serde_json::to_string(&refusal).unwrap();
+    let script = Arc::new(move |_| (StatusCode::BAD_REQUEST, body.clone()));
+    let mut setup = Setup::start(script, "token").await;
+    let mut child = setup.spawn_agent_binary(&[]);
+    let operator = &mut setup.operator;
+    let (first_at, _) = next(operator).await;
+    let _ = next(operator).await;
+    let (third_at, _) = next(operator).await;
+    // Every interval (1s), not the backoff's growing delays, nor faster.
+    let waited = third_at - first_at;
+    assert!(
+        waited >= Duration::from_millis(1800) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
+    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) };
+    let stderr_pipe = child.stderr.take().unwrap().into_owned_fd().unwrap();
+    child.wait().await.unwrap();
+    // The agent has exited: the pipe reads to its end at once.
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut std::fs::File::from(stderr_pipe), &mut stderr).unwrap();
+    let said = stderr.matches("refuses this agent's reports").count();
+    assert_eq!(said, 1, "{stderr}");
+    assert!(stderr.contains(&refusal.message), "{stderr}");
 }

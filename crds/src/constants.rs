@@ -29,4 +29,7 @@ pub mod env {
     pub const CA_PEM: &str = "PROCWATCH_CA_PEM";
     pub const TOKEN_FILE: &str = "PROCWATCH_TOKEN_FILE";
     pub const INTERVAL: &str = "PROCWATCH_INTERVAL";
+    /// What to collect until the operator's first answer, as the JSON of a
+    /// [`crate::report::CollectRequest`].
+    pub const COLLECT: &str = "PROCWATCH_COLLECT";
 }

@@ -1,5 +1,5 @@
 //! `ProcessWatch.status`: written only by the operator (server-side apply), within a byte budget.
-//! The per-container types are also what the agent reports (see [`crate::report`]).
+//! The operator fills it from the agents' reports, which have their own types ([`crate::report`]).
 
 use std::collections::BTreeMap;
 

@@ -157,7 +157,7 @@ pub async fn evict(pods: &Api<Pod>, name: &str) -> Result<Outcome, kube::Error> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::status::tests::pod;
+    use crate::fixtures::pod;
     use k8s_openapi::api::core::v1::PodCondition;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
     use k8s_openapi::jiff::Timestamp;

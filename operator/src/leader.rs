@@ -50,8 +50,15 @@ impl LeaseSettings {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaderError {
-    #[error("lost the leader lease {name}: {why}")]
-    Lost { name: String, why: String },
+    #[error("lost the leader lease {name}: another replica holds it")]
+    TakenOver { name: String },
+    #[error("lost the leader lease {name}: not renewed for {deadline:?}")]
+    NotRenewed {
+        name: String,
+        deadline: Duration,
+        #[source]
+        source: kube::Error,
+    },
 }
 
 /// Whether this replica leads, readable anywhere (report handler, readiness).
@@ -173,9 +180,8 @@ pub async fn run(
             }
             Ok(false) if was_leader => {
                 leadership.send_replace(false);
-                return Err(LeaderError::Lost {
+                return Err(LeaderError::TakenOver {
                     name: settings.name.clone(),
-                    why: "another replica holds it".into(),
                 });
             }
             Ok(false) => {}
@@ -185,9 +191,10 @@ pub async fn run(
                     last_renewal.is_some_and(|at| at.elapsed() >= settings.renew_deadline);
                 if was_leader && overdue {
                     leadership.send_replace(false);
-                    return Err(LeaderError::Lost {
+                    return Err(LeaderError::NotRenewed {
                         name: settings.name.clone(),
-                        why: format!("not renewed for {:?}: {error}", settings.renew_deadline),
+                        deadline: settings.renew_deadline,
+                        source: error,
                     });
                 }
             }
@@ -224,41 +231,19 @@ async fn try_once(
         settings.lease_duration,
         Instant::now(),
     );
-    let duration_seconds = i32::try_from(settings.lease_duration.as_secs()).unwrap_or(15);
     let result = match (step, current) {
         (Step::Create, _) => {
-            let now = now_micro();
-            let lease = Lease {
-                metadata: ObjectMeta {
-                    name: Some(settings.name.clone()),
-                    namespace: Some(settings.namespace.clone()),
-                    ..ObjectMeta::default()
-                },
-                spec: Some(LeaseSpec {
-                    holder_identity: Some(settings.identity.clone()),
-                    lease_duration_seconds: Some(duration_seconds),
-                    acquire_time: Some(now.clone()),
-                    renew_time: Some(now),
-                    lease_transitions: Some(0),
-                    ..LeaseSpec::default()
-                }),
-            };
+            let lease = new_lease(settings, now_micro());
             leases
                 .create(&PostParams::default(), &lease)
                 .await
                 .map(|_| ())
         }
         (step @ (Step::Renew | Step::TakeOver), Some(mut lease)) => {
-            let now = now_micro();
-            let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
             if step == Step::TakeOver {
                 tracing::info!(lease = %settings.name, "taking over the leader lease");
-                spec.holder_identity = Some(settings.identity.clone());
-                spec.acquire_time = Some(now.clone());
-                spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
             }
-            spec.renew_time = Some(now);
-            spec.lease_duration_seconds = Some(duration_seconds);
+            claim(&mut lease, &step, settings, now_micro());
             leases
                 .replace(&settings.name, &PostParams::default(), &lease)
                 .await
@@ -276,6 +261,42 @@ async fn try_once(
         Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
         Err(error) => Err(error),
     }
+}
+
+fn duration_seconds(settings: &LeaseSettings) -> i32 {
+    i32::try_from(settings.lease_duration.as_secs()).unwrap_or(15)
+}
+
+/// A lease held by this replica from `now`, for a lease that does not exist yet.
+fn new_lease(settings: &LeaseSettings, now: MicroTime) -> Lease {
+    Lease {
+        metadata: ObjectMeta {
+            name: Some(settings.name.clone()),
+            namespace: Some(settings.namespace.clone()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some(settings.identity.clone()),
+            lease_duration_seconds: Some(duration_seconds(settings)),
+            acquire_time: Some(now.clone()),
+            renew_time: Some(now),
+            lease_transitions: Some(0),
+            ..LeaseSpec::default()
+        }),
+    }
+}
+
+/// Renews `lease` at `now`, or (on [`Step::TakeOver`]) makes this replica its holder,
+/// counting a transition.
+fn claim(lease: &mut Lease, step: &Step, settings: &LeaseSettings, now: MicroTime) {
+    let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+    if *step == Step::TakeOver {
+        spec.holder_identity = Some(settings.identity.clone());
+        spec.acquire_time = Some(now.clone());
+        spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+    }
+    spec.renew_time = Some(now);
+    spec.lease_duration_seconds = Some(duration_seconds(settings));
 }
 
 /// Gives the lease up on shutdown, so a successor need not wait for it to expire.
@@ -358,6 +379,31 @@ mod tests {
             look(&renewed, later + Duration::from_secs(15)),
             Step::TakeOver
         );
+    }
+
+    #[test]
+    fn a_takeover_counts_a_transition_and_a_renewal_does_not() {
+        let settings = LeaseSettings::new("ops".into(), "lease".into(), "me".into());
+        let at = |second| MicroTime(Timestamp::from_second(second).unwrap());
+        let mut lease = new_lease(&settings, at(1));
+        let created = lease.spec.clone().unwrap();
+        assert_eq!(created.holder_identity.as_deref(), Some("me"));
+        assert_eq!(created.lease_transitions, Some(0));
+        assert_eq!(created.lease_duration_seconds, Some(15));
+
+        claim(&mut lease, &Step::Renew, &settings, at(5));
+        let renewed = lease.spec.clone().unwrap();
+        assert_eq!(renewed.renew_time, Some(at(5)));
+        assert_eq!(renewed.acquire_time, Some(at(1)));
+        assert_eq!(renewed.lease_transitions, Some(0));
+
+        lease.spec = Some(held_by(Some("other"), 7));
+        claim(&mut lease, &Step::TakeOver, &settings, at(30));
+        let taken = lease.spec.unwrap();
+        assert_eq!(taken.holder_identity.as_deref(), Some("me"));
+        assert_eq!(taken.acquire_time, Some(at(30)));
+        assert_eq!(taken.renew_time, Some(at(30)));
+        assert_eq!(taken.lease_transitions, Some(1));
     }
 
     #[tokio::test]

@@ -5,12 +5,16 @@ pub mod admission;
 pub mod budget;
 pub mod cli;
 pub mod controller;
+pub mod errors;
 pub mod eviction;
+#[cfg(test)]
+pub mod fixtures;
 pub mod health;
 pub mod leader;
 pub mod metrics;
 pub mod report;
 pub mod selector;
+pub mod startup;
 pub mod tls;
 
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};

@@ -18,6 +18,8 @@ use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use procwatch_crds::constants::FIELD_MANAGER;
 
+use crate::errors::Chain;
+
 pub use certs::{CaMaterial, Plan, Sans, Stored, issue_ca, issue_serving, plan, verify};
 pub use reload::{CertificateHandle, keep_fresh, reloadable_server_config};
 pub use server::serve_listener;
@@ -61,13 +63,13 @@ pub enum TlsSource {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("bad PEM: {0}")]
+    #[error("bad PEM")]
     Pem(#[from] rustls::pki_types::pem::Error),
     #[error("no certificate in the PEM")]
     NoCertificate,
@@ -75,13 +77,13 @@ pub enum TlsError {
     NoNames,
     #[error("{0:?} is not a valid DNS name")]
     InvalidName(String),
-    #[error("cannot issue a certificate: {0}")]
+    #[error("cannot issue a certificate")]
     Issue(#[from] rcgen::Error),
-    #[error("rustls refused the certificate or key: {0}")]
+    #[error("rustls refused the certificate or key")]
     Rustls(#[from] rustls::Error),
-    #[error("cannot build a certificate verifier: {0}")]
-    Verifier(String),
-    #[error("the serving certificate is not trusted for {name}: {source}")]
+    #[error("cannot build a certificate verifier")]
+    Verifier(#[from] rustls::client::VerifierBuilderError),
+    #[error("the serving certificate is not trusted for {name}")]
     Untrusted {
         name: String,
         #[source]
@@ -89,7 +91,7 @@ pub enum TlsError {
     },
     #[error("Secret {0} holds no usable {1}")]
     SecretContent(String, &'static str),
-    #[error("Kubernetes API: {0}")]
+    #[error("Kubernetes API request failed")]
     Kube(#[from] kube::Error),
     #[error("{0} kept changing under us; giving up after {1} attempts")]
     Contention(String, usize),
@@ -153,8 +155,7 @@ async fn self_managed(
     for _ in 0..ATTEMPTS {
         let now = SystemTime::now();
         let Some(existing) = secrets.get_opt(name).await? else {
-            let ca = issue_ca(now)?;
-            let material = issue_serving(&ca, sans, now)?;
+            let (ca, material) = reissue(None, sans, now, name)?;
             let secret = to_secret(name, &ca, &material, sans, None);
             match secrets.create(&PostParams::default(), &secret).await {
                 Ok(_) => {
@@ -176,17 +177,7 @@ async fn self_managed(
             Plan::RenewServing(reason) => (stored.ca.clone(), reason),
             Plan::RenewAll(reason) => (None, reason),
         };
-        let (ca, material) = match ca.map(|ca| issue_serving(&ca, sans, now).map(|m| (ca, m))) {
-            Some(Ok(issued)) => issued,
-            other => {
-                if let Some(Err(error)) = other {
-                    tracing::warn!(secret = name, %error, "stored CA cannot sign; replacing it (running agents trust the old one until their pods restart)");
-                }
-                let ca = issue_ca(now)?;
-                let material = issue_serving(&ca, sans, now)?;
-                (ca, material)
-            }
-        };
+        let (ca, material) = reissue(ca, sans, now, name)?;
         let version = existing.metadata.resource_version.clone();
         let secret = to_secret(name, &ca, &material, sans, version);
         match secrets.replace(name, &PostParams::default(), &secret).await {
@@ -200,6 +191,27 @@ async fn self_managed(
         }
     }
     Err(TlsError::Contention(format!("Secret {name}"), ATTEMPTS))
+}
+
+/// A serving certificate signed by the stored CA, or by a new CA when there is none or it
+/// cannot sign.
+fn reissue(
+    ca: Option<CaMaterial>,
+    sans: &Sans,
+    now: SystemTime,
+    secret_name: &str,
+) -> Result<(CaMaterial, TlsMaterial), TlsError> {
+    if let Some(ca) = ca {
+        match issue_serving(&ca, sans, now) {
+            Ok(material) => return Ok((ca, material)),
+            Err(error) => {
+                tracing::warn!(secret = secret_name, error = %Chain(&error), "stored CA cannot sign; replacing it (running agents trust the old one until their pods restart)");
+            }
+        }
+    }
+    let ca = issue_ca(now)?;
+    let material = issue_serving(&ca, sans, now)?;
+    Ok((ca, material))
 }
 
 fn to_secret(

@@ -16,9 +16,9 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams, PostParams};
-use procwatch_crds::constants::{AGENT_CONTAINER_NAME, TOKEN_AUDIENCE, WATCHES_ANNOTATION};
-use procwatch_crds::report::{AgentReport, ReportResponse};
-use procwatch_crds::{ContainerReport, ProcessInfo, ProcessWatch};
+use procwatch_crds::ProcessWatch;
+use procwatch_crds::constants::{AGENT_CONTAINER_NAME, TOKEN_AUDIENCE, WATCHES_ANNOTATION, env};
+use procwatch_crds::report::{self, AgentReport, CollectRequest, ReportResponse};
 use procwatch_e2e::processwatch::{
     container_id, describe_status, has_agent, metric_value, pw_cells, pw_table, pw_yaml,
     wait_for_watch,
@@ -318,6 +318,23 @@ async fn selected_deployment_reports_its_processes() -> anyhow::Result<()> {
                 })
             })
             .context("no projected token volume with audience procwatch")?;
+        // The agent starts with what the watch collects (its defaults here), as the API server
+        // stored it.
+        let agent = spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+            .find(|c| c.name == AGENT_CONTAINER_NAME)
+            .context("no agent container")?;
+        let collect = agent
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == env::COLLECT)
+            .and_then(|e| e.value.as_deref())
+            .with_context(|| format!("{}: no {} in the agent", pod_name(pod), env::COLLECT))?;
+        let collect: CollectRequest = serde_json::from_str(collect)?;
+        ensure!(collect == CollectRequest::default(), "{collect:?}");
         for c in &spec.containers {
             let mounts_it = c
                 .volume_mounts
@@ -719,11 +736,11 @@ async fn report_endpoint_refuses_forged_reports() -> anyhow::Result<()> {
         pod_namespace: ns.name().to_owned(),
         pod_uid: target.metadata.uid.clone().unwrap_or_default(),
         scanned_at: Some(Time(k8s_openapi::jiff::Timestamp::now())),
-        containers: vec![ContainerReport {
+        containers: vec![report::Container {
             name: "app".into(),
             container_id: container_id(&target, "app"),
             process_count: 1,
-            processes: vec![ProcessInfo {
+            processes: vec![report::Process {
                 pid: 4242,
                 ppid: 1,
                 command: FORGED_COMMAND.into(),

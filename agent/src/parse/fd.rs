@@ -1,4 +1,10 @@
-//! Targets of `/proc/<pid>/fd/<n>` links: what kind of thing each descriptor is.
+//! Targets of `/proc/<pid>/fd/<n>` links: what kind of thing each descriptor is, as
+//! `procfs-core` parses them.
+
+use std::os::unix::ffi::OsStrExt;
+use std::str::FromStr;
+
+use procfs_core::process::FDTarget;
 
 /// The kind of an open descriptor, as reported in `openFileKinds`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -25,29 +31,32 @@ impl FdKind {
 }
 
 /// Classifies a link target: `socket:[123]`, `pipe:[4]`, `anon_inode:[eventfd]`, `/dev/null`,
-/// `/etc/passwd`, `net:[4026531840]`, …
+/// `/etc/passwd`, `net:[4026531840]`, … A memfd (`/memfd:name`) counts as a file; what does
+/// not parse, as other.
 pub fn classify_fd_target(target: &[u8]) -> FdKind {
-    if target.starts_with(b"socket:[") {
-        FdKind::Socket
-    } else if target.starts_with(b"pipe:[") {
-        FdKind::Pipe
-    } else if target.starts_with(b"anon_inode:") {
-        FdKind::Anon
-    } else if target.starts_with(b"/dev/") {
-        FdKind::Device
-    } else if target.starts_with(b"/") {
-        FdKind::File
-    } else {
-        FdKind::Other
+    match parse(target) {
+        Some(FDTarget::Socket(_)) => FdKind::Socket,
+        Some(FDTarget::Pipe(_)) => FdKind::Pipe,
+        Some(FDTarget::AnonInode(_)) => FdKind::Anon,
+        Some(FDTarget::Path(path)) if path.as_os_str().as_bytes().starts_with(b"/dev/") => {
+            FdKind::Device
+        }
+        Some(FDTarget::Path(path)) if path.is_absolute() => FdKind::File,
+        Some(FDTarget::MemFD(_)) => FdKind::File,
+        _ => FdKind::Other,
     }
 }
 
 /// The inode of a `socket:[<inode>]` target, which `/proc/net/*` lists for each socket.
 pub fn socket_inode(target: &[u8]) -> Option<u64> {
-    std::str::from_utf8(target.strip_prefix(b"socket:[")?.strip_suffix(b"]")?)
-        .ok()?
-        .parse()
-        .ok()
+    match parse(target)? {
+        FDTarget::Socket(inode) => Some(inode),
+        _ => None,
+    }
+}
+
+fn parse(target: &[u8]) -> Option<FDTarget> {
+    FDTarget::from_str(&String::from_utf8_lossy(target)).ok()
 }
 
 #[cfg(test)]
@@ -66,6 +75,9 @@ mod tests {
             (b"/var/log/nginx/access.log", FdKind::File),
             (b"/tmp/x (deleted)", FdKind::File),
             (b"net:[4026531840]", FdKind::Other),
+            (b"/memfd:sealed (deleted)", FdKind::File),
+            (b"/dev", FdKind::File),
+            (b"", FdKind::Other),
         ] {
             assert_eq!(
                 classify_fd_target(target),
@@ -81,6 +93,6 @@ mod tests {
         assert_eq!(socket_inode(b"socket:[3183]"), Some(3183));
         assert_eq!(socket_inode(b"socket:[]"), None);
         assert_eq!(socket_inode(b"pipe:[3183]"), None);
-        assert_eq!(socket_inode(b"socket:[12"), None);
+        assert_eq!(socket_inode(b"socket:[x]"), None);
     }
 }

@@ -2,27 +2,37 @@
 
 use std::collections::BTreeSet;
 
+use procfs_core::FromBufRead;
+use procfs_core::process::{MMPermissions, MMapPath, MemoryMaps};
+
+use super::ParseError;
+
 /// Adds to `libraries` the path of every file-backed mapping with execute permission.
 /// Pseudo-mappings (`[vdso]`, anonymous memory) are skipped; ` (deleted)` is dropped so an
-/// upgraded library still names its path.
-pub fn collect_executable_mappings(text: &[u8], libraries: &mut BTreeSet<String>) {
-    for line in String::from_utf8_lossy(text).lines() {
-        // address perms offset dev inode pathname — the path may contain spaces.
-        let mut fields = line.splitn(6, ' ');
-        let perms = fields.nth(1).unwrap_or("");
-        let path = fields.nth(3).unwrap_or("").trim_start();
+/// upgraded library still names its path. A path that is not UTF-8 has its odd bytes replaced.
+pub fn collect_executable_mappings(
+    text: &[u8],
+    libraries: &mut BTreeSet<String>,
+) -> Result<(), ParseError> {
+    let text = String::from_utf8_lossy(text);
+    let maps = MemoryMaps::from_buf_read(text.as_bytes())
+        .map_err(|source| ParseError::procfs("maps", source))?;
+    for map in maps {
+        let MMapPath::Path(path) = &map.pathname else {
+            continue;
+        };
+        // Valid UTF-8: it was made so above.
+        let path = path.to_string_lossy();
         // `/memfd:name` is anonymous memory with a name, not a file.
-        if perms.as_bytes().get(2) != Some(&b'x')
-            || !path.starts_with('/')
-            || path.starts_with("/memfd:")
-        {
+        if !map.perms.contains(MMPermissions::EXECUTE) || path.starts_with("/memfd:") {
             continue;
         }
-        let path = path.strip_suffix(" (deleted)").unwrap_or(path);
+        let path = path.strip_suffix(" (deleted)").unwrap_or(&path);
         if !libraries.contains(path) {
             libraries.insert(path.to_string());
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -41,7 +51,7 @@ mod tests {
 7f1c2e000000-7f1c2e001000 rw-p 00000000 08:01 203 /usr/lib/locale/C.utf8/LC_CTYPE\n\
 7f1c2f000000-7f1c2f001000 r-xs 00000000 00:01 204 /memfd:sealed-91173221a7ea (deleted)\n";
         let mut libraries = BTreeSet::new();
-        collect_executable_mappings(maps, &mut libraries);
+        collect_executable_mappings(maps, &mut libraries).unwrap();
         assert_eq!(
             libraries.into_iter().collect::<Vec<_>>(),
             [
@@ -51,5 +61,15 @@ mod tests {
                 "/usr/sbin/nginx"
             ]
         );
+    }
+
+    #[test]
+    fn a_damaged_line_is_an_error() {
+        let mut libraries = BTreeSet::new();
+        let error =
+            collect_executable_mappings(b"zz-zz r-xp 0 08:01 1 /lib/x.so\n", &mut libraries)
+                .unwrap_err();
+        assert_eq!(error.to_string(), "malformed maps");
+        assert!(std::error::Error::source(&error).is_some());
     }
 }

@@ -2,7 +2,10 @@
 //!
 //! Each parser accepts what real kernels write (old kernels lack some fields, comm may contain
 //! spaces and parentheses, command lines may hold invalid UTF-8) and reports malformed input as
-//! [`ParseError`] instead of panicking.
+//! [`ParseError`] instead of panicking. Where `procfs-core` parses a format as fast and as
+//! completely as the scan needs, it does (the agent feeds it the bytes it read itself); the
+//! parsers kept here are the ones that `cargo bench --bench parsers` shows to be much faster, or
+//! that keep what `procfs-core` leaves out.
 
 pub mod cmdline;
 pub mod environ;
@@ -14,18 +17,29 @@ pub mod stat;
 pub mod status;
 
 /// A /proc file did not have the shape the kernel writes.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("malformed {file}: {detail}")]
-pub struct ParseError {
-    pub file: &'static str,
-    pub detail: String,
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    /// Found by one of the agent's own parsers, which says what is wrong.
+    #[error("malformed {file}: {detail}")]
+    Malformed { file: &'static str, detail: String },
+    /// Found by a `procfs-core` parser.
+    #[error("malformed {file}")]
+    Procfs {
+        file: &'static str,
+        #[source]
+        source: procfs_core::ProcError,
+    },
 }
 
 impl ParseError {
     pub(crate) fn new(file: &'static str, detail: impl Into<String>) -> Self {
-        ParseError {
+        ParseError::Malformed {
             file,
             detail: detail.into(),
         }
+    }
+
+    pub(crate) fn procfs(file: &'static str, source: procfs_core::ProcError) -> Self {
+        ParseError::Procfs { file, source }
     }
 }

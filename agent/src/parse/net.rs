@@ -1,10 +1,18 @@
 //! `/proc/<pid>/net/{tcp,tcp6,udp,udp6,unix}`: the sockets of one network namespace. Only
 //! listening ones are kept: TCP in state LISTEN, UDP bound and unconnected, unix stream and
 //! seqpacket sockets accepting connections.
+//!
+//! The TCP and UDP tables are parsed by `procfs-core`. The unix table has a parser of its own:
+//! `procfs-core`'s leaves out the flags that tell a listening socket from a bound one, and cuts
+//! paths at their first space.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 
+use procfs_core::net::{TcpNetEntries, TcpState, UdpNetEntries, UdpState};
+use procfs_core::{ExplicitSystemInfo, FromBufReadSI};
 use procwatch_crds::SocketProtocol;
+
+use super::ParseError;
 
 /// A listening TCP or UDP socket and its inode, which `/proc/<pid>/fd` links name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,67 +30,47 @@ pub struct UnixListener {
     pub inode: u64,
 }
 
-const TCP_LISTEN: &str = "0A";
-/// UDP sockets report TCP_CLOSE when unconnected, TCP_ESTABLISHED when connected.
-const UDP_UNCONNECTED: &str = "07";
 const SO_ACCEPTCON: u32 = 0x0001_0000;
 const SOCK_STREAM: &str = "0001";
 const SOCK_SEQPACKET: &str = "0005";
 
-/// Parses a `tcp`, `tcp6`, `udp` or `udp6` table, keeping listening sockets of `protocol`.
-/// Lines that do not parse are skipped: the kernel's format is fixed, so they can only be
-/// the header or damage.
-pub fn parse_inet_listeners(text: &[u8], protocol: SocketProtocol) -> Vec<InetListener> {
-    let listening_state = match protocol {
-        SocketProtocol::Udp => UDP_UNCONNECTED,
-        _ => TCP_LISTEN,
-    };
-    String::from_utf8_lossy(text)
-        .lines()
-        .filter_map(|line| {
-            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode …
-            let fields: Vec<&str> = line.split_ascii_whitespace().take(10).collect();
-            if fields.len() < 10 || fields[3] != listening_state {
-                return None;
-            }
-            let address = decode_socket_address(fields[1])?;
-            let remote = decode_socket_address(fields[2])?;
-            if protocol == SocketProtocol::Udp && remote.port() != 0 {
-                return None;
-            }
-            Some(InetListener {
-                protocol,
-                address,
-                inode: fields[9].parse().ok()?,
-            })
-        })
-        .collect()
-}
+/// The kernel prints each 32-bit word of an address as a number in host byte order: the only
+/// fact of the system the table parsers use.
+const HOST: ExplicitSystemInfo = ExplicitSystemInfo {
+    boot_time_secs: 0,
+    ticks_per_second: 0,
+    page_size: 0,
+    is_little_endian: cfg!(target_endian = "little"),
+};
 
-/// Decodes `0100007F:1F90` (IPv4) or 32 hex digits `:port` (IPv6). The kernel prints each
-/// 32-bit word of the address as a host-order number, so the bytes come back with
-/// `to_ne_bytes`.
-pub fn decode_socket_address(text: &str) -> Option<SocketAddr> {
-    let (address, port) = text.split_once(':')?;
-    let port = u16::from_str_radix(port, 16).ok()?;
-    let words: Vec<[u8; 4]> = (0..address.len() / 8)
-        .map(|i| u32::from_str_radix(address.get(i * 8..i * 8 + 8)?, 16).ok())
-        .collect::<Option<Vec<u32>>>()?
-        .into_iter()
-        .map(u32::to_ne_bytes)
-        .collect();
-    let ip = match (address.len(), words.as_slice()) {
-        (8, [word]) => IpAddr::V4(Ipv4Addr::from(*word)),
-        (32, [a, b, c, d]) => {
-            let mut octets = [0u8; 16];
-            for (chunk, word) in octets.chunks_mut(4).zip([a, b, c, d]) {
-                chunk.copy_from_slice(word);
-            }
-            IpAddr::V6(Ipv6Addr::from(octets))
-        }
-        _ => return None,
+/// Parses a `tcp`, `tcp6`, `udp` or `udp6` table, keeping listening sockets of `protocol`:
+/// TCP in state LISTEN, UDP unconnected (TCP_CLOSE, no remote port).
+pub fn parse_inet_listeners(
+    text: &[u8],
+    protocol: SocketProtocol,
+) -> Result<Vec<InetListener>, ParseError> {
+    let listener = |address, inode| InetListener {
+        protocol,
+        address,
+        inode,
     };
-    Some(SocketAddr::new(ip, port))
+    let listeners = match protocol {
+        SocketProtocol::Udp => UdpNetEntries::from_buf_read(text, &HOST)
+            .map_err(|source| ParseError::procfs("net/udp", source))?
+            .0
+            .into_iter()
+            .filter(|entry| entry.state == UdpState::Close && entry.remote_address.port() == 0)
+            .map(|entry| listener(entry.local_address, entry.inode))
+            .collect(),
+        _ => TcpNetEntries::from_buf_read(text, &HOST)
+            .map_err(|source| ParseError::procfs("net/tcp", source))?
+            .0
+            .into_iter()
+            .filter(|entry| entry.state == TcpState::Listen)
+            .map(|entry| listener(entry.local_address, entry.inode))
+            .collect(),
+    };
+    Ok(listeners)
 }
 
 /// Parses `/proc/net/unix`, keeping named stream and seqpacket sockets that accept
@@ -128,7 +116,7 @@ mod tests {
     #[test]
     fn tcp_v4_listeners() {
         assert_eq!(
-            parse_inet_listeners(TCP, SocketProtocol::Tcp),
+            parse_inet_listeners(TCP, SocketProtocol::Tcp).unwrap(),
             [
                 InetListener {
                     protocol: SocketProtocol::Tcp,
@@ -153,6 +141,7 @@ mod tests {
    3: B80D01200000000000000000010000A0:0016 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 103 1 0000000000000000 100 0 0 10 0
 ";
         let addresses: Vec<String> = parse_inet_listeners(tcp6, SocketProtocol::Tcp)
+            .unwrap()
             .iter()
             .map(|l| l.address.to_string())
             .collect();
@@ -173,23 +162,24 @@ mod tests {
   100: 00000000:0044 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 500 2 0000000000000000 0
   101: 0100007F:0035 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 501 2 0000000000000000 0
 ";
-        let listeners = parse_inet_listeners(udp, SocketProtocol::Udp);
+        let listeners = parse_inet_listeners(udp, SocketProtocol::Udp).unwrap();
         assert_eq!(listeners.len(), 1);
         assert_eq!(listeners[0].address.to_string(), "0.0.0.0:68");
         assert_eq!(listeners[0].protocol, SocketProtocol::Udp);
     }
 
     #[test]
-    fn garbage_lines_are_skipped() {
-        assert!(
-            parse_inet_listeners(
-                b"nonsense\n 0: zz:zz 00:00 0A a b c d e f\n",
-                SocketProtocol::Tcp
-            )
-            .is_empty()
+    fn a_damaged_table_is_an_error() {
+        for protocol in [SocketProtocol::Tcp, SocketProtocol::Udp] {
+            let error =
+                parse_inet_listeners(b"header\n 0: zz:zz 00:00 0A 0:0 0:0 0 0 0 1\n", protocol)
+                    .unwrap_err();
+            assert!(error.to_string().starts_with("malformed net/"), "{error}");
+        }
+        assert_eq!(
+            parse_inet_listeners(b"header only\n", SocketProtocol::Tcp).unwrap(),
+            []
         );
-        assert_eq!(decode_socket_address("0100007F"), None);
-        assert_eq!(decode_socket_address("0100007:0050"), None);
     }
 
     #[test]

@@ -33,6 +33,7 @@ use procwatch_crds::constants::{
 
 use super::InjectionSettings;
 use super::quantity;
+use crate::report::response::collect_request;
 
 /// The agent binary, named explicitly so any image with it on `PATH` works, whatever its
 /// entrypoint (the project's test image holds the operator and the agent together).
@@ -150,7 +151,14 @@ fn agent_env(settings: &InjectionSettings, ca_pem: &str, watches: &[&ProcessWatc
         value(env::CA_PEM, ca_pem.to_string()),
         value(env::TOKEN_FILE, TOKEN_FILE.to_string()),
         value(env::INTERVAL, interval.to_string()),
+        // What the operator's answer would say, so that the first report is already complete.
+        value(env::COLLECT, collect_json(watches)),
     ]
+}
+
+fn collect_json(watches: &[&ProcessWatch]) -> String {
+    // Plain strings, booleans and numbers: serialising cannot fail.
+    serde_json::to_string(&collect_request(watches)).expect("a CollectRequest serialises")
 }
 
 /// The largest request and the largest limit of every resource any watch names; the small
@@ -244,6 +252,8 @@ fn security_context(ptrace: bool) -> SecurityContext {
 mod tests {
     use super::*;
     use crate::admission::test_support::{FAKE_CA_PEM, settings, watch};
+    use procwatch_crds::EnvironmentPolicy;
+    use procwatch_crds::report::CollectRequest;
 
     fn env_value<'a>(container: &'a Container, name: &str) -> Option<&'a EnvVar> {
         container.env.iter().flatten().find(|e| e.name == name)
@@ -276,6 +286,8 @@ mod tests {
         assert!(plain(env::CA_PEM).starts_with("-----BEGIN CERTIFICATE-----"));
         assert_eq!(plain(env::TOKEN_FILE), TOKEN_FILE);
         assert_eq!(plain(env::INTERVAL), "15s");
+        let collect: CollectRequest = serde_json::from_str(&plain(env::COLLECT)).unwrap();
+        assert_eq!(collect, collect_request(&[&w]));
         assert_eq!(c.command, Some(vec![AGENT_COMMAND.to_string()]));
         assert_eq!(c.args, Some(vec!["run".to_string()]));
         assert_eq!(c.image_pull_policy.as_deref(), Some("Never"));
@@ -386,6 +398,33 @@ mod tests {
         assert_eq!(
             env_value(&c, env::INTERVAL).unwrap().value.as_deref(),
             Some("5s")
+        );
+    }
+
+    /// The agent's first scan collects what the operator's first answer would ask for: the
+    /// union of every selecting watch.
+    #[test]
+    fn collect_options_are_the_union_of_the_watches() {
+        let mut names = watch("a", &[]);
+        names.spec.collect.files = vec!["/etc/b".into()];
+        let mut redacted = watch("b", &[]);
+        redacted.spec.collect.environment = EnvironmentPolicy::Redacted;
+        redacted.spec.collect.libraries = true;
+        redacted.spec.collect.files = vec!["/etc/a".into(), "/etc/b".into()];
+        redacted.spec.report.max_processes = 7;
+        let c = agent_container(&settings(false), FAKE_CA_PEM, &[&names, &redacted]);
+        let collect = env_value(&c, env::COLLECT)
+            .unwrap()
+            .value
+            .as_deref()
+            .unwrap();
+        let collect: CollectRequest = serde_json::from_str(collect).unwrap();
+        assert_eq!(collect.environment, EnvironmentPolicy::Redacted);
+        assert!(collect.libraries);
+        assert_eq!(collect.files, ["/etc/a", "/etc/b"]);
+        assert_eq!(
+            collect.max_processes,
+            names.spec.report.max_processes.max(7)
         );
     }
 }

@@ -208,13 +208,13 @@ enum ReviewError {
     MissingObject,
     #[error("the review has no namespace")]
     MissingNamespace,
-    #[error("the object is not a valid Pod: {0}")]
+    #[error("the object is not a valid Pod")]
     NotAPod(#[source] serde_json::Error),
     #[error("ProcessWatches not yet listed after {0:?}")]
     StoreNotReady(Duration),
     #[error(transparent)]
     Injection(#[from] InjectionError),
-    #[error("cannot encode the patch: {0}")]
+    #[error("cannot encode the patch")]
     Patch(#[from] kube::core::admission::SerializePatchError),
 }
 
@@ -282,7 +282,9 @@ async fn answer(
             (outcome, response)
         }
         Err(error) => {
-            tracing::error!(namespace, uid = %request.uid, %error, "pod admitted without the agent");
+            // As a `dyn Error`, so that the log line carries its causes too.
+            let error = &error as &dyn std::error::Error;
+            tracing::error!(namespace, uid = %request.uid, error, "pod admitted without the agent");
             (Outcome::Error, allow)
         }
     }

@@ -18,10 +18,10 @@ use serde_json::Value;
 use tower_test::mock;
 
 use super::*;
+use crate::fixtures::{nginx, pod, process, watch};
 use crate::report::store::{PodFindings, PodKey};
 use conditions::tests::find;
 use conditions::{ATTACHED, READY};
-use status::tests::{nginx, pod, process, watch};
 
 #[derive(Clone, Debug)]
 struct Seen {

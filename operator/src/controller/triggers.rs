@@ -147,7 +147,7 @@ impl PodEvents {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::status::tests::{pod, watch};
+    use crate::fixtures::{pod, watch};
     use crate::report::store::PodFindings;
     use futures::FutureExt;
     use k8s_openapi::jiff::Timestamp;

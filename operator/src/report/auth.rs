@@ -49,7 +49,7 @@ pub enum AuthError {
     #[error(transparent)]
     Refused(#[from] Refusal),
     /// The TokenReview itself failed: the agent should retry.
-    #[error("cannot review the token with the API server: {0}")]
+    #[error("cannot review the token with the API server")]
     Unavailable(#[source] kube::Error),
 }
 

@@ -4,12 +4,18 @@
 //! findings are kept as the pod's latest ([`store`]) and every watch selecting the pod is
 //! reconciled. The answer tells the agent what to collect next.
 //!
+//! The report is in the protocol's own types ([`procwatch_crds::report`]), converted into status
+//! types here ([`convert`]); a report of a version outside
+//! [`procwatch_crds::report::ACCEPTED_VERSIONS`] gets a 400 whose JSON body says which versions
+//! are accepted.
+//!
 //! Refusals: 401 without or with an unaccepted token, 403 for another pod's report or a token
-//! not bound to a pod, 413 over the size limit, 400 for malformed JSON, 503 with
+//! not bound to a pod, 413 over the size limit, 400 for malformed JSON or another version, 503 with
 //! `Retry-After` on a standby replica, when the token cannot be reviewed now, or when the pod
 //! is not in the cache yet.
 
 pub mod auth;
+pub mod convert;
 pub mod response;
 pub mod store;
 
@@ -28,7 +34,7 @@ use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 use procwatch_crds::ProcessWatch;
 use procwatch_crds::constants::REPORT_PATH;
-use procwatch_crds::report::{AgentReport, ReportResponse};
+use procwatch_crds::report::{AgentReport, ReportResponse, ReportVersion, UnsupportedVersion};
 
 use crate::admission;
 use crate::controller::triggers::Triggers;
@@ -75,17 +81,19 @@ enum ReportError {
     NotLeader,
     #[error("missing bearer token")]
     NoToken,
-    #[error("{0}")]
+    #[error(transparent)]
     Refused(Refusal),
-    #[error("{0}")]
-    AuthUnavailable(kube::Error),
+    #[error("the token cannot be reviewed now; retry")]
+    AuthUnavailable(#[source] kube::Error),
     #[error("report body is larger than {0} bytes")]
     TooLarge(usize),
-    #[error("cannot read the report body: {0}")]
-    Body(String),
-    #[error("malformed report: {0}")]
-    Malformed(serde_json::Error),
-    #[error("{0}")]
+    #[error("cannot read the report body")]
+    Body(#[source] axum::Error),
+    #[error("malformed report")]
+    Malformed(#[source] serde_json::Error),
+    #[error("{}", .0.message)]
+    UnsupportedVersion(UnsupportedVersion),
+    #[error(transparent)]
     OtherPod(auth::ClaimsError),
     #[error("pod {0} is not in the operator's cache yet; retry")]
     PodUnknown(String),
@@ -104,7 +112,9 @@ impl ReportError {
                 ReportResult::Forbidden
             }
             ReportError::TooLarge(_) => ReportResult::TooLarge,
-            ReportError::Body(_) | ReportError::Malformed(_) => ReportResult::Malformed,
+            ReportError::Body(_)
+            | ReportError::Malformed(_)
+            | ReportError::UnsupportedVersion(_) => ReportResult::Malformed,
         }
     }
 
@@ -124,7 +134,13 @@ impl ReportError {
 impl IntoResponse for ReportError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let mut response = (status, format!("{self}\n")).into_response();
+        let mut response = match self {
+            // The agent recognises this one by its JSON body, and logs it once.
+            ReportError::UnsupportedVersion(refusal) => {
+                (status, axum::Json(refusal)).into_response()
+            }
+            _ => (status, format!("{}\n", error_chain(&self))).into_response(),
+        };
         let headers = response.headers_mut();
         match status {
             StatusCode::UNAUTHORIZED => {
@@ -153,12 +169,25 @@ async fn report(State(state): State<ReportState>, headers: HeaderMap, body: Body
         Err(error) => {
             state.metrics.report(error.result());
             match error.result() {
-                ReportResult::Unavailable => tracing::debug!(%error, "report deferred"),
-                _ => tracing::info!(%error, "report refused"),
+                ReportResult::Unavailable => {
+                    tracing::debug!(error = error_chain(&error), "report deferred")
+                }
+                _ => tracing::info!(error = error_chain(&error), "report refused"),
             }
             error.into_response()
         }
     }
+}
+
+/// The error and its causes, `: `-separated, for the agent to read.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -186,7 +215,7 @@ async fn read_body(
     }
     let mut kept = Vec::with_capacity(declared.unwrap_or(0));
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|error| ReportError::Body(error.to_string()))?;
+        let frame = frame.map_err(ReportError::Body)?;
         if let Ok(data) = frame.into_data() {
             read += data.len();
             if read > limit {
@@ -232,6 +261,11 @@ async fn handle(
             AuthError::Unavailable(error) => ReportError::AuthUnavailable(error),
         })?;
     let bytes = read_body(headers, body, state.max_body_bytes).await?;
+    let ReportVersion { version } =
+        serde_json::from_slice(&bytes).map_err(ReportError::Malformed)?;
+    if let Some(refusal) = UnsupportedVersion::check(version) {
+        return Err(ReportError::UnsupportedVersion(refusal));
+    }
     let report: AgentReport = serde_json::from_slice(&bytes).map_err(ReportError::Malformed)?;
     auth::check_claims(&identity, &report).map_err(ReportError::OtherPod)?;
 
@@ -252,7 +286,7 @@ async fn handle(
         tracing::debug!(pod = %key.name, namespace = %key.namespace, "report from a pod no watch selects");
         return Ok((ReportResult::Unwatched, response::unwatched(&pod)));
     }
-    let containers = response::rename_containers(report.containers, &pod);
+    let containers = response::rename_containers(convert::containers(report.containers), &pod);
     tracing::debug!(
         pod = %key.name,
         namespace = %key.namespace,

@@ -145,10 +145,21 @@ pub fn rename_containers(reported: Vec<ContainerReport>, pod: &Pod) -> Vec<Conta
 /// The answer for a pod that the given watches select: the shortest interval, the union of
 /// what they collect, the largest process limit, and the pod's containers.
 pub fn merge(watches: &[&ProcessWatch], pod: &Pod) -> ReportResponse {
-    let Some(first) = watches.first() else {
+    let Some(interval) = watches.iter().map(|watch| watch.spec.interval).min() else {
         return unwatched(pod);
     };
-    let mut interval = first.spec.interval;
+    ReportResponse {
+        watched: true,
+        interval_seconds: interval.as_duration().as_secs(),
+        collect: collect_request(watches),
+        containers: pod_containers(pod),
+        workload_finished: workload_finished(pod),
+    }
+}
+
+/// The union of what `watches` collect, and the largest process limit. The webhook gives the
+/// same to the agent at start, so that its first report is as complete as the later ones.
+pub fn collect_request(watches: &[&ProcessWatch]) -> CollectRequest {
     let mut collect = CollectRequest {
         environment: EnvironmentPolicy::None,
         open_files: false,
@@ -160,7 +171,6 @@ pub fn merge(watches: &[&ProcessWatch], pod: &Pod) -> ReportResponse {
     let mut files = BTreeSet::new();
     for watch in watches {
         let spec = &watch.spec;
-        interval = interval.min(spec.interval);
         collect.environment = collect.environment.max(spec.collect.environment);
         collect.open_files |= spec.collect.open_files;
         collect.sockets |= spec.collect.sockets;
@@ -169,13 +179,7 @@ pub fn merge(watches: &[&ProcessWatch], pod: &Pod) -> ReportResponse {
         collect.max_processes = collect.max_processes.max(spec.report.max_processes);
     }
     collect.files = files.into_iter().collect();
-    ReportResponse {
-        watched: true,
-        interval_seconds: interval.as_duration().as_secs(),
-        collect,
-        containers: pod_containers(pod),
-        workload_finished: workload_finished(pod),
-    }
+    collect
 }
 
 /// The answer for a pod no watch selects: the agent stops reporting (and exits once the pod's

@@ -12,15 +12,16 @@ use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use kube::Client;
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher;
+use procwatch_crds::ProcessWatch;
 use procwatch_crds::constants::{REPORT_PATH, TOKEN_AUDIENCE};
-use procwatch_crds::report::{AgentReport, ReportResponse};
-use procwatch_crds::{ContainerReport, ProcessWatch};
+use procwatch_crds::report::{self, AgentReport, ReportResponse, UnsupportedVersion};
 use prometheus_client::registry::Registry;
+use serde_json::{Value, json};
 use tower::ServiceExt;
 use tower_test::mock;
 
 use super::*;
-use crate::controller::status::tests::{pod, process, watch};
+use crate::fixtures::{pod, watch};
 use auth::tests::review_status;
 
 /// Tokens the fake API server knows: `pod:<name>` is bound to that pod of namespace shop,
@@ -114,19 +115,29 @@ fn agent_report(pod: &str) -> AgentReport {
         pod_name: pod.into(),
         pod_namespace: "shop".into(),
         pod_uid: format!("uid-{pod}"),
-        scanned_at: None,
-        containers: vec![ContainerReport {
+        containers: vec![report::Container {
             // The agent did not know the name yet; the operator names it by ID.
             name: "containerd-web".into(),
             container_id: Some(format!("containerd://{pod}-nginx")),
             process_count: 1,
-            processes: vec![process(7, "nginx", 2)],
-            ..ContainerReport::default()
+            processes: vec![report::Process {
+                pid: 7,
+                command: "nginx".into(),
+                cpu_millicores: 2,
+                ..report::Process::default()
+            }],
+            ..report::Container::default()
         }],
-        vanished_processes: 0,
         agent_version: "test".into(),
+        ..AgentReport::default()
     }
 }
+
+/// A version 1 report as the agent sent it before reports had their own types and a version:
+/// `procwatch-agent snapshot --format json --environment redacted --libraries --file …` of a
+/// PID namespace running socat on a TCP and a unix socket, with the pod's coordinates, the
+/// container's ID and the agent version filled in as `run` fills them.
+const GOLDEN_V1_REPORT: &str = include_str!("../../tests/fixtures/report-v1.json");
 
 async fn post(state: &ReportState, token: Option<&str>, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
     let mut request = Request::post(REPORT_PATH).header("content-type", "application/json");
@@ -301,4 +312,93 @@ async fn standby_replica_sends_agents_elsewhere() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(fixture.reviews.load(Ordering::SeqCst), 0);
     assert!(metric(&fixture.registry, "unavailable"));
+}
+
+/// Posts `body` as pod web-1's report, and returns what the operator kept of it.
+async fn accepted_from_web_1(state: &ReportState, body: Vec<u8>) -> Arc<PodFindings> {
+    let (status, answer) = post(state, Some("pod:web-1"), body).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    state.findings.get(&PodKey::new("shop", "web-1")).unwrap()
+}
+
+#[tokio::test]
+async fn a_version_1_report_from_an_older_agent_is_accepted_whole() {
+    let fixture = fixture();
+    let golden: Value = serde_json::from_str(GOLDEN_V1_REPORT).unwrap();
+    assert!(golden.get("version").is_none(), "it predates the field");
+    let kept = accepted_from_web_1(&fixture.state, GOLDEN_V1_REPORT.as_bytes().to_vec()).await;
+    let nginx = &kept.containers[0];
+    assert_eq!(nginx.name, "nginx");
+    // Nothing the agent sent is lost on the way into the status types.
+    let mut sent = golden["containers"][0].clone();
+    sent["name"] = json!("nginx");
+    assert_eq!(serde_json::to_value(nginx).unwrap(), sent);
+    assert_eq!(nginx.processes.len(), 3);
+    assert!(nginx.libraries.len() > 1);
+    assert_eq!(nginx.files[0].path, "/tmp/golden/nginx.conf");
+    assert!(
+        nginx.processes[0]
+            .environment
+            .contains(&"API_TOKEN=<redacted>".to_string())
+    );
+    assert_eq!(nginx.listening.len(), 2);
+}
+
+#[tokio::test]
+async fn fields_from_a_newer_agent_are_ignored() {
+    let fixture = fixture();
+    let mut newer = serde_json::to_value(agent_report("web-1")).unwrap();
+    newer["kernel"] = json!({"release": "9.1"});
+    newer["containers"][0]["gpuMillicores"] = json!(300);
+    newer["containers"][0]["processes"][0]["cgroupPressure"] = json!([1, 2]);
+    newer["containers"][0]["processes"][0]["state"] = json!("Parked");
+    let kept = accepted_from_web_1(&fixture.state, serde_json::to_vec(&newer).unwrap()).await;
+    let process = &kept.containers[0].processes[0];
+    assert_eq!((process.pid, process.command.as_str()), (7, "nginx"));
+    assert_eq!(process.state, procwatch_crds::ProcessState::Other);
+}
+
+#[tokio::test]
+async fn a_version_outside_the_accepted_ones_is_refused_with_json() {
+    let fixture = fixture();
+    for version in [0, report::VERSION + 1] {
+        let report = AgentReport {
+            version,
+            ..agent_report("web-1")
+        };
+        let (status, body) = post(&fixture.state, Some("pod:web-1"), json(&report)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let refusal: UnsupportedVersion = serde_json::from_slice(&body).unwrap();
+        assert_eq!(refusal.version, version);
+        assert_eq!(
+            refusal.accepted,
+            report::ACCEPTED_VERSIONS.collect::<Vec<_>>()
+        );
+        assert!(refusal.message.contains("not supported"), "{refusal:?}");
+    }
+    // A newer shape is refused for its version, not as malformed.
+    let newer = json!({"version": report::VERSION + 1, "pods": [{"name": "web-1"}]});
+    let (status, body) = post(
+        &fixture.state,
+        Some("pod:web-1"),
+        serde_json::to_vec(&newer).unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let refusal: UnsupportedVersion = serde_json::from_slice(&body).unwrap();
+    assert_eq!(refusal.version, report::VERSION + 1);
+    assert!(fixture.state.findings.is_empty());
+
+    // The current version, said explicitly, is accepted.
+    let current = AgentReport {
+        version: report::VERSION,
+        ..agent_report("web-1")
+    };
+    let (status, _) = post(&fixture.state, Some("pod:web-1"), json(&current)).await;
+    assert_eq!(status, StatusCode::OK);
 }

@@ -156,9 +156,8 @@ pub fn verify(material: &TlsMaterial, sans: &Sans, at: SystemTime) -> Result<(),
             .collect::<Result<_, _>>()?;
     let (leaf, intermediates) = chain.split_first().ok_or(TlsError::NoCertificate)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
-        .build()
-        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let verifier =
+        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider).build()?;
     let seconds = at.duration_since(UNIX_EPOCH).unwrap_or_default();
     for name in sans.server_names()? {
         verifier

@@ -13,6 +13,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use super::{TlsError, TlsMaterial, TlsSource, load};
+use crate::errors::Chain;
 
 /// The certificate a server built by [`reloadable_server_config`] presents; replacing it
 /// takes effect from the next handshake.
@@ -81,7 +82,7 @@ pub async fn keep_fresh(
             Ok(true) => tracing::info!("serving a renewed certificate"),
             Ok(false) => tracing::debug!("serving certificate unchanged"),
             Err(error) => {
-                tracing::warn!(%error, "cannot reload the serving certificate; keeping the current one");
+                tracing::warn!(error = %Chain(&error), "cannot reload the serving certificate; keeping the current one");
             }
         }
     }

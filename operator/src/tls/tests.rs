@@ -599,3 +599,49 @@ async fn files_are_read_and_checked() {
     ));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn errors_name_each_cause_once() {
+    use crate::errors::assert_each_cause_once;
+
+    let now = SystemTime::now();
+    let (_, material) = fresh(now);
+    let elsewhere = Sans {
+        dns_names: vec!["other.procwatch-system.svc".to_string()],
+        ip_addresses: vec![],
+    };
+    assert_each_cause_once(&verify(&material, &elsewhere, now).unwrap_err());
+    let no_key = TlsMaterial {
+        key_pem: "-----BEGIN PRIVATE KEY-----\nnot base64\n-----END PRIVATE KEY-----\n".into(),
+        ..material.clone()
+    };
+    assert_each_cause_once(&reload::certified_key(&no_key).unwrap_err());
+    let mismatched_key = TlsMaterial {
+        key_pem: fresh(now).1.key_pem,
+        ..material
+    };
+    assert_each_cause_once(&reload::certified_key(&mismatched_key).unwrap_err());
+    assert_each_cause_once(&TlsError::Read {
+        path: "/tls/tls.crt".into(),
+        source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+    });
+    assert_each_cause_once(&TlsError::Kube(kube::Error::TlsRequired));
+}
+
+#[test]
+fn reissue_keeps_a_ca_that_signs_and_replaces_one_that_cannot() {
+    let now = SystemTime::now();
+    let (ca, _) = fresh(now);
+    let (kept, material) = reissue(Some(ca.clone()), &sans(), now, "serving").unwrap();
+    assert_eq!(kept, ca);
+    assert_eq!(material.ca_pem, ca.cert_pem);
+
+    let broken = CaMaterial {
+        key_pem: "not a key".into(),
+        ..ca.clone()
+    };
+    let (replaced, material) = reissue(Some(broken), &sans(), now, "serving").unwrap();
+    assert_ne!(replaced.cert_pem, ca.cert_pem);
+    verify(&material, &sans(), now).unwrap();
+    assert_eq!(material.ca_pem, replaced.cert_pem);
+}

@@ -1,0 +1,117 @@
+//! Fingerprints of the requested files inside each container.
+
+use procwatch_crds::FileFingerprint;
+
+use crate::fingerprint::{FingerprintError, fingerprint};
+use crate::procfs_read::ReadFailure;
+
+use super::group::{GroupReport, ScanContext};
+use super::notes;
+
+impl ScanContext<'_> {
+    /// Fingerprints the requested files through the root of the first process that lets us.
+    pub(super) fn fingerprint_files(&mut self, group: &mut GroupReport) {
+        let pids: Vec<i32> = group.report.processes.iter().map(|p| p.pid).collect();
+        for path in &self.options.files {
+            let mut last_reason = None;
+            let mut printed: Option<FileFingerprint> = None;
+            for &pid in &pids {
+                match self.scanner.root.open_in_root(pid, path) {
+                    Ok(file) => {
+                        match fingerprint(path, file) {
+                            Ok(print) => printed = Some(print),
+                            Err(FingerprintError::NotRegular) => {
+                                last_reason = Some("not a regular file".to_string())
+                            }
+                            Err(FingerprintError::Io(error)) => {
+                                last_reason = Some(error.to_string())
+                            }
+                        }
+                        break;
+                    }
+                    // Another process of the container may still be readable.
+                    Err(ReadFailure::Denied) => {
+                        last_reason =
+                            Some(notes::denied_reason(self.scanner.lacks_ptrace).to_string())
+                    }
+                    Err(ReadFailure::Gone) => {
+                        last_reason = Some("not found".to_string());
+                        break;
+                    }
+                    Err(failure) => {
+                        last_reason = Some(self.scanner.reason(&failure));
+                        break;
+                    }
+                }
+            }
+            match (printed, last_reason) {
+                (Some(print), _) => group.report.files.push(print),
+                (None, Some(reason)) => group.notes.add_line(format!("file {path}: {reason}")),
+                (None, None) => group
+                    .notes
+                    .add_line(format!("file {path}: no process to read it through")),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use procwatch_crds::ProcessInfo;
+
+    use super::super::ScanOptions;
+    use super::super::test_proc::TestProc;
+    use super::*;
+
+    fn fingerprints(proc: &TestProc, pids: &[i32], files: &[&str]) -> GroupReport {
+        let scanner = proc.scanner();
+        let options = ScanOptions {
+            files: files.iter().map(|f| f.to_string()).collect(),
+            ..ScanOptions::default()
+        };
+        let mut context = ScanContext::new(&scanner, &options);
+        let mut group = GroupReport::for_test();
+        group.report.processes = pids
+            .iter()
+            .map(|&pid| ProcessInfo {
+                pid,
+                ..ProcessInfo::default()
+            })
+            .collect();
+        context.fingerprint_files(&mut group);
+        group
+    }
+
+    #[test]
+    fn found_missing_and_not_regular() {
+        let proc = TestProc::new();
+        proc.process(7, "nginx");
+        proc.file(7, "root/etc/nginx.conf", "events {}\n");
+        std::fs::create_dir_all(proc.path(7, "root/etc/conf.d")).unwrap();
+        let group = fingerprints(
+            &proc,
+            &[7],
+            &["/etc/nginx.conf", "/etc/missing", "/etc/conf.d"],
+        );
+        assert_eq!(group.report.files.len(), 1);
+        assert_eq!(group.report.files[0].path, "/etc/nginx.conf");
+        assert_eq!(group.report.files[0].size, 10);
+        assert_eq!(
+            group.notes.render(),
+            [
+                "file /etc/conf.d: not a regular file",
+                "file /etc/missing: not found"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_container_with_no_listed_process_says_so() {
+        let proc = TestProc::new();
+        let group = fingerprints(&proc, &[], &["/etc/os-release"]);
+        assert_eq!(
+            group.notes.render(),
+            ["file /etc/os-release: no process to read it through"]
+        );
+    }
+}

@@ -1,0 +1,95 @@
+//! User names from each container's own `/etc/passwd`.
+
+use std::io::Read;
+
+use crate::parse::passwd;
+use crate::procfs_read::ReadFailure;
+
+use super::candidates::Candidate;
+use super::group::{GroupReport, ScanContext};
+
+/// The longest `/etc/passwd` read.
+const PASSWD_LIMIT: u64 = 1024 * 1024;
+
+impl ScanContext<'_> {
+    /// The user name from the process's own /etc/passwd, read once per group and mount namespace.
+    pub(super) fn user_name(
+        &mut self,
+        candidate: &Candidate,
+        uid: u32,
+        group: &mut GroupReport,
+    ) -> Option<String> {
+        let namespace = candidate.identity.mount_namespace;
+        let pid = candidate.stat.pid;
+        if !self.users.contains_key(&namespace) {
+            let users = match self.read_in_root(pid, "/etc/passwd") {
+                Ok(text) => Some(passwd::parse_passwd(&text)),
+                // Distroless images have no /etc/passwd: nothing was withheld.
+                Err(ReadFailure::Gone) => None,
+                Err(failure) => {
+                    group
+                        .notes
+                        .add("/etc/passwd", pid, self.scanner.reason(&failure));
+                    None
+                }
+            };
+            self.users.insert(namespace, users);
+        }
+        self.users[&namespace].as_ref()?.get(&uid).cloned()
+    }
+
+    fn read_in_root(&self, pid: i32, path: &str) -> Result<Vec<u8>, ReadFailure> {
+        let file = self.scanner.root.open_in_root(pid, path)?;
+        let mut text = Vec::new();
+        file.take(PASSWD_LIMIT).read_to_end(&mut text)?;
+        Ok(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::ScanOptions;
+    use super::super::test_proc::TestProc;
+    use super::*;
+
+    /// The user names of processes 7 (uid 0) and 8 (uid 101), and the container's notes.
+    fn names(proc: &TestProc) -> (Option<String>, Option<String>, Vec<String>) {
+        let (scanner, candidates) = proc.first_pass();
+        let options = ScanOptions::default();
+        let mut context = ScanContext::new(&scanner, &options);
+        let mut group = GroupReport::for_test();
+        let root = context.user_name(&candidates[0], 0, &mut group);
+        let nginx = context.user_name(&candidates[1], 101, &mut group);
+        (root, nginx, group.notes.render())
+    }
+
+    #[test]
+    fn names_from_the_container_passwd_read_once_per_namespace() {
+        let proc = TestProc::new();
+        for pid in [7, 8] {
+            proc.process(pid, "nginx");
+            proc.link(pid, "ns/mnt", "mnt:[20]");
+        }
+        proc.file(
+            7,
+            "root/etc/passwd",
+            "root:x:0:0::/:/bin/sh\nnginx:x:101:101::/:/bin/sh\n",
+        );
+        // Never read: 8 shares 7's mount namespace.
+        proc.file(8, "root/etc/passwd", "other:x:101:101::/:/bin/sh\n");
+        let (root, nginx, notes) = names(&proc);
+        assert_eq!(root.as_deref(), Some("root"));
+        assert_eq!(nginx.as_deref(), Some("nginx"));
+        assert!(notes.is_empty(), "{notes:?}");
+    }
+
+    #[test]
+    fn a_container_without_passwd_has_no_names_and_nothing_to_note() {
+        let proc = TestProc::new();
+        for pid in [7, 8] {
+            proc.process(pid, "app");
+            std::fs::create_dir_all(proc.path(pid, "root")).unwrap();
+        }
+        assert_eq!(names(&proc), (None, None, Vec::new()));
+    }
+}
