@@ -158,11 +158,20 @@ fn pod_activity(pod: &PodReport) -> (u64, u64, u64) {
     pod.containers
         .iter()
         .fold((0, 0, 0), |(cpu, memory, count), c| {
-            let listed = c.processes.iter();
-            (
-                cpu + listed.clone().map(|p| p.cpu_millicores).sum::<u64>(),
-                memory + listed.map(|p| p.memory_bytes).sum::<u64>(),
-                count + u64::from(c.process_count),
+            // Saturating: the figures come from the agent.
+            c.processes.iter().fold(
+                (
+                    cpu,
+                    memory,
+                    count.saturating_add(u64::from(c.process_count)),
+                ),
+                |(cpu, memory, count), p| {
+                    (
+                        cpu.saturating_add(p.cpu_millicores),
+                        memory.saturating_add(p.memory_bytes),
+                        count,
+                    )
+                },
             )
         })
 }

@@ -56,6 +56,8 @@ label_values!(StatusWrite {
     Unchanged => "unchanged",
     /// Deferred to keep to about one write per watch per second.
     Deferred => "deferred",
+    /// Refused by the API server for its content (400, 422): a reduced status is written.
+    Rejected => "rejected",
     Error => "error",
 });
 
@@ -89,7 +91,7 @@ pub struct OutcomeLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusWriteLabels {
-    pub outcome: StatusWrite,
+    pub result: StatusWrite,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -157,7 +159,7 @@ impl Metrics {
         );
         registry.register(
             "procwatch_status_writes",
-            "ProcessWatch status writes by outcome",
+            "ProcessWatch status writes by result",
             metrics.status_writes.clone(),
         );
         registry.register(
@@ -195,9 +197,9 @@ impl Metrics {
         self.reconcile_duration.observe(took.as_secs_f64());
     }
 
-    pub fn status_write(&self, outcome: StatusWrite) {
+    pub fn status_write(&self, result: StatusWrite) {
         self.status_writes
-            .get_or_create(&StatusWriteLabels { outcome })
+            .get_or_create(&StatusWriteLabels { result })
             .inc();
     }
 
@@ -313,13 +315,15 @@ mod tests {
         let metrics = Metrics::register(&mut registry);
         metrics.report(ReportResult::Forbidden);
         metrics.status_write(StatusWrite::Applied);
+        metrics.status_write(StatusWrite::Rejected);
         metrics.reconciled(Outcome::Success, Duration::from_millis(3));
         let text = render(&registry);
         assert!(
             text.contains(r#"procwatch_reports_total{result="forbidden"} 1"#),
             "{text}"
         );
-        assert!(text.contains(r#"procwatch_status_writes_total{outcome="applied"} 1"#));
+        assert!(text.contains(r#"procwatch_status_writes_total{result="applied"} 1"#));
+        assert!(text.contains(r#"procwatch_status_writes_total{result="rejected"} 1"#));
         assert!(text.contains(r#"procwatch_reconciles_total{outcome="success"} 1"#));
         assert!(text.contains("procwatch_reconcile_duration_seconds_count 1"));
     }

@@ -10,6 +10,8 @@ use super::status::Facts;
 pub const READY: &str = "Ready";
 pub const ATTACHED: &str = "Attached";
 pub const REPORTING: &str = "Reporting";
+/// Ready's reason while the API server refuses the full status.
+pub const STATUS_REJECTED: &str = "StatusRejected";
 
 #[derive(Clone)]
 struct Verdict {
@@ -32,6 +34,15 @@ pub fn conditions(
             ok: false,
             reason: "InvalidSpec",
             message: format!("{invalid}; fix the spec"),
+        }
+    } else if let Some(refusal) = &facts.status_rejected {
+        Verdict {
+            ok: false,
+            reason: STATUS_REJECTED,
+            message: format!(
+                "the API server refused the status: {refusal}; until it accepts one, the status \
+                 shows counts, summary and conditions without the pod detail"
+            ),
         }
     } else if !attached.ok {
         attached.clone()
@@ -244,6 +255,31 @@ pub(crate) mod tests {
 
     pub fn find<'a>(conditions: &'a [Condition], kind: &str) -> &'a Condition {
         conditions.iter().find(|c| c.type_ == kind).unwrap()
+    }
+
+    #[test]
+    fn a_refused_status_makes_ready_false_with_the_servers_words() {
+        let facts = Facts {
+            status_rejected: Some("status.pods: Invalid value".into()),
+            ..facts()
+        };
+        let conditions = conditions(&facts, Some(4), &[], &time(10));
+        let ready = find(&conditions, READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", STATUS_REJECTED)
+        );
+        assert!(
+            ready.message.contains("status.pods: Invalid value"),
+            "{}",
+            ready.message
+        );
+        assert_eq!(
+            find(&conditions, REPORTING).status,
+            "True",
+            "the agents do report"
+        );
+        assert_eq!(find(&conditions, ATTACHED).status, "True");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Kubernetes Events for what changed on a watch: a pod attached, a pod that needs a restart,
-//! an eviction, the watch becoming ready. Pod changes are found by comparing with what this
+//! an eviction, the watch becoming ready or no longer ready, a status the API server refused.
+//! Pod changes are found by comparing with what this
 //! process saw last; after a restart the first look only remembers, so a new leader does not
 //! repeat old news.
 
@@ -8,7 +9,7 @@ use std::collections::BTreeSet;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType};
 
-use super::conditions::READY;
+use super::conditions::{READY, STATUS_REJECTED};
 use procwatch_crds::ProcessWatchStatus;
 
 /// Which pods of a watch had the agent and which needed a restart, at the last reconcile.
@@ -23,8 +24,18 @@ pub enum Change {
     PodAttached(String),
     PodNeedsRestart(String),
     PodEvicted(String),
-    EvictionBlocked { pod: String, why: String },
+    EvictionBlocked {
+        pod: String,
+        why: String,
+    },
     Ready(String),
+    /// Ready turned False: the condition's reason and message.
+    NotReady {
+        reason: String,
+        message: String,
+    },
+    /// The API server refused the full status with this message.
+    StatusRejected(String),
 }
 
 /// Pods that newly have the agent or newly need a restart.
@@ -43,21 +54,23 @@ pub fn pod_changes(before: Option<&Membership>, after: &Membership) -> Vec<Chang
     attached.chain(needs_restart).collect()
 }
 
-/// The watch became ready with this status write.
-pub fn became_ready(
+/// The watch became ready, or stopped being ready, with this status write. A fall is news only
+/// from a known Ready=True (a new watch that is not ready yet is not one), and a refused status
+/// has an event of its own.
+pub fn readiness_change(
     before: Option<&ProcessWatchStatus>,
     after: &ProcessWatchStatus,
 ) -> Option<Change> {
-    let ready = |status: &ProcessWatchStatus| {
-        status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == READY)
-            .filter(|c| c.status == "True")
-            .map(|c| c.message.clone())
-    };
-    match (before.and_then(ready), ready(after)) {
-        (None, Some(message)) => Some(Change::Ready(message)),
+    let ready =
+        |status: &ProcessWatchStatus| status.conditions.iter().find(|c| c.type_ == READY).cloned();
+    let was_ready = before.and_then(ready).is_some_and(|c| c.status == "True");
+    let now = ready(after)?;
+    match (was_ready, now.status == "True") {
+        (false, true) => Some(Change::Ready(now.message)),
+        (true, false) if now.reason != STATUS_REJECTED => Some(Change::NotReady {
+            reason: now.reason,
+            message: now.message,
+        }),
         _ => None,
     }
 }
@@ -70,7 +83,7 @@ impl Change {
             | Change::PodNeedsRestart(pod)
             | Change::PodEvicted(pod)
             | Change::EvictionBlocked { pod, .. } => Some(pod),
-            Change::Ready(_) => None,
+            Change::Ready(_) | Change::NotReady { .. } | Change::StatusRejected(_) => None,
         }
     }
 
@@ -106,6 +119,23 @@ impl Change {
                 format!("eviction of pod {pod} refused for now, retrying: {why}"),
             ),
             Change::Ready(message) => (EventType::Normal, "Ready", "Reconcile", message.clone()),
+            // The condition's reason is the event's: a recorder folds a repeated fall into one
+            // series, and a fall for another reason is a series of its own.
+            Change::NotReady { reason, message } => (
+                EventType::Warning,
+                reason.as_str(),
+                "Reconcile",
+                format!("no longer ready: {message}"),
+            ),
+            Change::StatusRejected(message) => (
+                EventType::Warning,
+                STATUS_REJECTED,
+                "WriteStatus",
+                format!(
+                    "the API server refused the status; writing it without the pod detail: \
+                     {message}"
+                ),
+            ),
         };
         Event {
             type_,
@@ -181,12 +211,16 @@ mod tests {
     }
 
     fn with_ready(status: &str) -> ProcessWatchStatus {
+        with_ready_because(status, "Ready", "3 pods report 27 processes")
+    }
+
+    fn with_ready_because(status: &str, reason: &str, message: &str) -> ProcessWatchStatus {
         ProcessWatchStatus {
             conditions: vec![Condition {
                 type_: READY.into(),
                 status: status.into(),
-                reason: "Ready".into(),
-                message: "3 pods report 27 processes".into(),
+                reason: reason.into(),
+                message: message.into(),
                 observed_generation: None,
                 last_transition_time: Time(Timestamp::UNIX_EPOCH),
             }],
@@ -198,14 +232,45 @@ mod tests {
     fn ready_once_when_it_turns_true() {
         let ready = with_ready("True");
         assert_eq!(
-            became_ready(Some(&with_ready("False")), &ready),
+            readiness_change(Some(&with_ready("False")), &ready),
             Some(Change::Ready("3 pods report 27 processes".into()))
         );
         assert_eq!(
-            became_ready(None, &ready).map(|c| c.event("shop").reason),
+            readiness_change(None, &ready).map(|c| c.event("shop").reason),
             Some("Ready".into())
         );
-        assert_eq!(became_ready(Some(&ready), &ready), None);
-        assert_eq!(became_ready(Some(&ready), &with_ready("False")), None);
+        assert_eq!(readiness_change(Some(&ready), &ready), None);
+    }
+
+    #[test]
+    fn a_fall_from_ready_is_a_warning_with_the_reason() {
+        let ready = with_ready("True");
+        let silent = with_ready_because("False", "AgentsNotReporting", "1 of 3 agents silent");
+        let change = readiness_change(Some(&ready), &silent).expect("a fall is news");
+        let event = change.event("shop");
+        assert_eq!(event.type_, EventType::Warning);
+        assert_eq!(event.reason, "AgentsNotReporting");
+        assert_eq!(
+            event.note.as_deref(),
+            Some("no longer ready: 1 of 3 agents silent")
+        );
+        // Still not ready, or never was: nothing new.
+        assert_eq!(readiness_change(Some(&silent), &silent), None);
+        assert_eq!(readiness_change(None, &silent), None);
+        // A refused status announces itself with its own event.
+        let refused = with_ready_because("False", STATUS_REJECTED, "refused");
+        assert_eq!(readiness_change(Some(&ready), &refused), None);
+    }
+
+    #[test]
+    fn a_refused_status_is_a_warning_naming_the_servers_message() {
+        let event = Change::StatusRejected("status.pods: Invalid value".into()).event("shop");
+        assert_eq!(event.type_, EventType::Warning);
+        assert_eq!(event.reason, STATUS_REJECTED);
+        assert!(
+            event.note.unwrap().contains("status.pods: Invalid value"),
+            "the message tells what was refused"
+        );
+        assert!(event.secondary.is_none());
     }
 }

@@ -43,6 +43,11 @@ const EVICTION_RECHECK: Duration = Duration::from_secs(5);
 /// A PodDisruptionBudget said no: ask again after this.
 const EVICTION_RETRY: Duration = Duration::from_secs(10);
 const MAX_ERROR_BACKOFF: Duration = Duration::from_secs(300);
+/// While the API server refuses the full status, it is offered again after this, doubling with
+/// each refusal in a row up to `MAX_ERROR_BACKOFF`; a reduced status is written meanwhile.
+const REFUSED_RETRY: Duration = Duration::from_secs(30);
+/// The API server's message is cut to this many bytes in the condition and the event.
+const REFUSAL_MESSAGE_BYTES: usize = 1024;
 const RECONCILE_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Debug)]
@@ -100,6 +105,81 @@ struct WatchMemory {
     /// `EVICTION_RETRY`, however often the watch is reconciled meanwhile.
     blocked: Option<Blocked>,
     failures: u32,
+    /// The API server refused the full status, until it accepts one again.
+    refusal: Option<Refusal>,
+}
+
+/// The API server refused the full status: its message, when, and how many times in a row.
+struct Refusal {
+    message: String,
+    at: Instant,
+    in_a_row: u32,
+    /// The message an event has named, so each distinct message is announced once.
+    announced: bool,
+}
+
+impl Refusal {
+    /// How long the full status is still held back, if at all.
+    fn holds_back(&self) -> Option<Duration> {
+        let backoff = REFUSED_RETRY
+            .saturating_mul(1 << self.in_a_row.saturating_sub(1).min(8))
+            .min(MAX_ERROR_BACKOFF);
+        backoff
+            .checked_sub(self.at.elapsed())
+            .filter(|left| !left.is_zero())
+    }
+}
+
+/// How much of the status a write carries: all of it, or less once the API server refused it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Detail {
+    Full,
+    /// Counts, summary and conditions.
+    WithoutPods,
+    /// Counts and conditions.
+    CountsOnly,
+}
+
+impl Detail {
+    fn less(self) -> Option<Detail> {
+        match self {
+            Detail::Full => Some(Detail::WithoutPods),
+            Detail::WithoutPods => Some(Detail::CountsOnly),
+            Detail::CountsOnly => None,
+        }
+    }
+
+    /// `full` with only this much detail.
+    pub fn of(self, full: &ProcessWatchStatus) -> ProcessWatchStatus {
+        let mut status = full.clone();
+        if self != Detail::Full {
+            status.pods.clear();
+        }
+        if self == Detail::CountsOnly {
+            status.summary.clear();
+        }
+        status
+    }
+}
+
+/// The API server's message, cut on a character boundary.
+fn refusal_message(response: &kube::core::Status) -> String {
+    let message = response.message.trim();
+    if message.len() <= REFUSAL_MESSAGE_BYTES {
+        return message.to_string();
+    }
+    let mut end = REFUSAL_MESSAGE_BYTES;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &message[..end])
+}
+
+/// Why a status write failed: the content was refused (400, 422, also by an admission
+/// webhook), or anything else (the server unreachable, no permission, a conflict).
+enum WriteFailure {
+    Refused(kube::Error),
+    Other(kube::Error),
 }
 
 #[derive(Clone)]
@@ -266,21 +346,8 @@ async fn apply(watch: &ProcessWatch, ctx: &Context) -> Result<Action, Error> {
         failure = step.failure;
     }
 
-    let mut new_status = built.status;
-    let previous = watch.status.as_ref();
-    new_status.conditions = conditions::conditions(
-        &built.facts,
-        watch.metadata.generation,
-        previous.map_or(&[], |s| s.conditions.as_slice()),
-        &status::whole_seconds(now),
-    );
-    let cuts = crate::budget::fit(&mut new_status, ctx.settings.status_budget_bytes);
-    if cuts.any() {
-        tracing::debug!(%namespace, watch = %name, ?cuts, "status cut to its byte budget");
-    }
-    if !cuts.fits {
-        tracing::warn!(%namespace, watch = %name, budget = ctx.settings.status_budget_bytes, "status exceeds its byte budget even without pod detail");
-    }
+    let full = built.status;
+    let mut facts = built.facts;
     ctx.metrics
         .set_containers(&namespace, &name, &built.figures);
 
@@ -290,35 +357,89 @@ async fn apply(watch: &ProcessWatch, ctx: &Context) -> Result<Action, Error> {
             .filter(|p| p.attached && !p.terminating)
             .map(|p| p.name())
             .collect(),
-        needs_restart: built.facts.without_agent.iter().cloned().collect(),
+        needs_restart: facts.without_agent.iter().cloned().collect(),
     };
     let before = ctx
         .memory
         .with(watch, |m| m.members.replace(members.clone()));
     changes.extend(events::pod_changes(before.as_ref(), &members));
 
-    let written = ctx.memory.with(watch, |m| m.written.clone());
+    // A refused full status is held back for a while: the reduced one is written meanwhile.
+    let mut detail = Detail::Full;
+    let held_back = ctx.memory.with(watch, |m| {
+        let refusal = m.refusal.as_ref()?;
+        Some((refusal.message.clone(), refusal.holds_back()?))
+    });
+    if let Some((message, left)) = held_back {
+        detail = Detail::WithoutPods;
+        facts.status_rejected = Some(message);
+        requeue = requeue.min(left);
+    }
+    let previous = watch.status.as_ref();
     let takeover_left = status::stale_after(watch).checked_sub(ctx.leading_since.elapsed());
-    match write_decision(
-        &new_status,
-        previous,
-        written.as_ref(),
-        ctx.settings.min_write_interval,
-        takeover_left.filter(|left| !left.is_zero()),
-        Instant::now(),
-    ) {
-        Write::Unchanged => ctx.metrics.status_write(StatusWrite::Unchanged),
-        Write::Defer(wait) => {
-            ctx.metrics.status_write(StatusWrite::Deferred);
-            requeue = requeue.min(wait);
+    loop {
+        let new_status = finish(ctx, watch, detail.of(&full), &facts, now);
+        let written = ctx.memory.with(watch, |m| m.written.clone());
+        match write_decision(
+            &new_status,
+            previous,
+            written.as_ref(),
+            ctx.settings.min_write_interval,
+            takeover_left.filter(|left| !left.is_zero()),
+            Instant::now(),
+        ) {
+            Write::Unchanged => ctx.metrics.status_write(StatusWrite::Unchanged),
+            Write::Defer(wait) => {
+                ctx.metrics.status_write(StatusWrite::Deferred);
+                requeue = requeue.min(wait);
+            }
+            Write::Now => match write_status(ctx, watch, &new_status).await {
+                Ok(()) => {
+                    changes.extend(events::readiness_change(previous, &new_status));
+                    ctx.memory.with(watch, |m| {
+                        m.written = Some((new_status, Instant::now()));
+                        if detail == Detail::Full {
+                            m.refusal = None;
+                        }
+                    });
+                }
+                Err(WriteFailure::Refused(source)) => {
+                    let message = match &source {
+                        kube::Error::Api(response) => refusal_message(response),
+                        other => other.to_string(),
+                    };
+                    tracing::warn!(%namespace, watch = %name, ?detail, %message, "the API server refused the status");
+                    if let Some(announce) = refused(ctx, watch, detail, &message) {
+                        changes.push(announce);
+                    }
+                    if detail == Detail::Full {
+                        requeue = requeue.min(REFUSED_RETRY);
+                    }
+                    facts.status_rejected = Some(message);
+                    match detail.less() {
+                        Some(less) => {
+                            detail = less;
+                            continue;
+                        }
+                        None => {
+                            failure = Some(Error::WriteStatus {
+                                namespace: namespace.clone(),
+                                name: name.clone(),
+                                source,
+                            })
+                        }
+                    }
+                }
+                Err(WriteFailure::Other(source)) => {
+                    failure = Some(Error::WriteStatus {
+                        namespace: namespace.clone(),
+                        name: name.clone(),
+                        source,
+                    })
+                }
+            },
         }
-        Write::Now => {
-            let became_ready = events::became_ready(previous, &new_status);
-            write_status(ctx, watch, &new_status).await?;
-            ctx.memory
-                .with(watch, |m| m.written = Some((new_status, Instant::now())));
-            changes.extend(became_ready);
-        }
+        break;
     }
     publish(ctx, watch, &changes).await;
     match failure {
@@ -431,11 +552,70 @@ async fn evict_next(
     }
 }
 
+/// Conditions from `facts`, then the byte budget.
+fn finish(
+    ctx: &Context,
+    watch: &ProcessWatch,
+    mut status: ProcessWatchStatus,
+    facts: &status::Facts,
+    now: Timestamp,
+) -> ProcessWatchStatus {
+    let previous = watch.status.as_ref();
+    status.conditions = conditions::conditions(
+        facts,
+        watch.metadata.generation,
+        previous.map_or(&[], |s| s.conditions.as_slice()),
+        &status::whole_seconds(now),
+    );
+    let cuts = crate::budget::fit(&mut status, ctx.settings.status_budget_bytes);
+    if cuts.any() {
+        tracing::debug!(
+            namespace = watch.namespace(),
+            watch = watch.name_any(),
+            ?cuts,
+            "status cut to its byte budget"
+        );
+    }
+    if !cuts.fits {
+        tracing::warn!(
+            namespace = watch.namespace(),
+            watch = watch.name_any(),
+            budget = ctx.settings.status_budget_bytes,
+            "status exceeds its byte budget even without pod detail"
+        );
+    }
+    status
+}
+
+/// Remembers a refusal of the status written with `detail`; returns the event that announces
+/// it when its message is new.
+fn refused(ctx: &Context, watch: &ProcessWatch, detail: Detail, message: &str) -> Option<Change> {
+    ctx.metrics.status_write(StatusWrite::Rejected);
+    ctx.memory.with(watch, |m| {
+        let refusal = m.refusal.get_or_insert_with(|| Refusal {
+            message: message.to_string(),
+            at: Instant::now(),
+            in_a_row: 0,
+            announced: false,
+        });
+        if detail == Detail::Full {
+            refusal.in_a_row = refusal.in_a_row.saturating_add(1);
+            refusal.at = Instant::now();
+        }
+        if refusal.message != message {
+            refusal.message = message.to_string();
+            refusal.announced = false;
+        }
+        (!std::mem::replace(&mut refusal.announced, true))
+            .then(|| Change::StatusRejected(message.to_string()))
+    })
+}
+
 async fn write_status(
     ctx: &Context,
     watch: &ProcessWatch,
     status: &ProcessWatchStatus,
-) -> Result<(), Error> {
+) -> Result<(), WriteFailure> {
     let namespace = watch.namespace().unwrap_or_default();
     let name = watch.name_any();
     let api = Api::<ProcessWatch>::namespaced(ctx.client.clone(), &namespace);
@@ -456,13 +636,14 @@ async fn write_status(
             tracing::debug!(%namespace, watch = %name, "watch deleted before its status was written");
             Ok(())
         }
+        // The content: invalid for the schema (422), or refused by an admission webhook or as
+        // malformed (400). Writing the same again would be refused again.
+        Err(kube::Error::Api(status)) if matches!(status.code, 400 | 422) => {
+            Err(WriteFailure::Refused(kube::Error::Api(status)))
+        }
         Err(source) => {
             ctx.metrics.status_write(StatusWrite::Error);
-            Err(Error::WriteStatus {
-                namespace,
-                name,
-                source,
-            })
+            Err(WriteFailure::Other(source))
         }
     }
 }
@@ -511,5 +692,7 @@ pub async fn run(
         .await;
 }
 
+#[cfg(test)]
+mod status_schema_tests;
 #[cfg(test)]
 mod tests;

@@ -14,7 +14,7 @@ use kube::ResourceExt;
 use procwatch_crds::constants::{AGENT_CONTAINER_NAME, INJECT_LABEL};
 use procwatch_crds::{
     AttachMode, Collect, ContainerReport, ContainerSummary, EnvironmentPolicy, ExistingPods,
-    FileVariants, PodReport, ProcessWatch, ProcessWatchStatus,
+    FileVariants, PodReport, ProcessInfo, ProcessWatch, ProcessWatchStatus,
 };
 
 use crate::budget::busiest_first;
@@ -134,6 +134,8 @@ pub struct Facts {
     pub eviction: Option<String>,
     /// Pods without the agent that have no controller, so are never evicted.
     pub bare: Vec<String>,
+    /// Set by the status writer: the API server refused the full status with this message.
+    pub status_rejected: Option<String>,
 }
 
 /// The status without conditions, the facts for them, and the per-container metrics.
@@ -196,7 +198,7 @@ pub fn build(watch: &ProcessWatch, selected: &[SelectedPod]) -> Built {
             .iter()
             .flat_map(|(_, containers)| containers)
             .map(|c| u64::from(c.process_count))
-            .sum(),
+            .fold(0, u64::saturating_add),
         needs_restart: without_agent
             .iter()
             .take(NEEDS_RESTART_CAP)
@@ -229,6 +231,7 @@ pub fn build(watch: &ProcessWatch, selected: &[SelectedPod]) -> Built {
         stale_after: stale_after(watch),
         eviction: None,
         bare: Vec::new(),
+        status_rejected: None,
     };
     Built {
         status,
@@ -251,7 +254,9 @@ fn covered_containers(
     let wanted = &watch.spec.containers;
     containers
         .iter()
-        .filter(|c| c.name != AGENT_CONTAINER_NAME)
+        // Reports name only the pod's containers; a nameless one would be an empty list-map
+        // key, which the API server refuses together with the whole status.
+        .filter(|c| !c.name.is_empty() && c.name != AGENT_CONTAINER_NAME)
         .filter(|c| wanted.is_empty() || wanted.contains(&c.name))
         .map(|c| project(c.clone(), &watch.spec.collect))
         .collect()
@@ -327,10 +332,17 @@ struct Totals {
 
 /// CPU millicores and memory bytes of every process of a container, listed or not, as its
 /// agent added them up. An agent older than these totals reports 0: then the listed processes'
-/// sum, which the totals never fall below.
+/// sum, which the totals never fall below. Sums saturate: the figures come from the agent.
 fn container_totals(container: &ContainerReport) -> (u64, u64) {
-    let listed_cpu = container.processes.iter().map(|p| p.cpu_millicores).sum();
-    let listed_memory = container.processes.iter().map(|p| p.memory_bytes).sum();
+    let listed = |figure: fn(&ProcessInfo) -> u64| {
+        container
+            .processes
+            .iter()
+            .map(figure)
+            .fold(0, u64::saturating_add)
+    };
+    let listed_cpu = listed(|p| p.cpu_millicores);
+    let listed_memory = listed(|p| p.memory_bytes);
     (
         container.cpu_millicores.max(listed_cpu),
         container.memory_bytes.max(listed_memory),
@@ -342,11 +354,13 @@ fn summary(reporting: &[(&SelectedPod, Vec<ContainerReport>)]) -> Vec<ContainerS
     let mut totals: BTreeMap<&str, Totals> = BTreeMap::new();
     for container in reporting.iter().flat_map(|(_, containers)| containers) {
         let entry = totals.entry(&container.name).or_default();
-        entry.pods += 1;
-        entry.processes += u64::from(container.process_count);
+        entry.pods = entry.pods.saturating_add(1);
+        entry.processes = entry
+            .processes
+            .saturating_add(u64::from(container.process_count));
         let (cpu_millicores, memory_bytes) = container_totals(container);
-        entry.cpu_millicores += cpu_millicores;
-        entry.memory_bytes += memory_bytes;
+        entry.cpu_millicores = entry.cpu_millicores.saturating_add(cpu_millicores);
+        entry.memory_bytes = entry.memory_bytes.saturating_add(memory_bytes);
         for process in &container.processes {
             entry.commands.insert(process.command.clone());
         }

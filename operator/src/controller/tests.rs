@@ -38,6 +38,15 @@ struct ApiServer {
 
 impl ApiServer {
     fn start(watch: ProcessWatch, eviction_code: StatusCode) -> (Client, ApiServer) {
+        Self::refusing(watch, eviction_code, |_| None)
+    }
+
+    /// Like `start`, but a status patch for which `refuse` gives a message is answered 422.
+    fn refusing(
+        watch: ProcessWatch,
+        eviction_code: StatusCode,
+        refuse: fn(&Value) -> Option<String>,
+    ) -> (Client, ApiServer) {
         let (service, mut handle) =
             mock::pair::<Request<kube::client::Body>, Response<kube::client::Body>>();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -62,6 +71,14 @@ impl ApiServer {
                         "code": eviction_code.as_u16(),
                     });
                     (eviction_code, status)
+                } else if let Some(message) =
+                    refuse(&body["status"]).filter(|_| uri.contains("/status"))
+                {
+                    let status = serde_json::json!({
+                        "kind": "Status", "apiVersion": "v1", "metadata": {},
+                        "status": "Failure", "message": message, "reason": "Invalid", "code": 422,
+                    });
+                    (StatusCode::UNPROCESSABLE_ENTITY, status)
                 } else if uri.contains("/status") {
                     let mut answer = serde_json::to_value(&watch).unwrap();
                     answer["status"] = body["status"].clone();
@@ -357,4 +374,148 @@ fn a_new_leader_does_not_report_agents_missing_before_they_could_report() {
         write_decision(&changed, Some(&reporting(3)), None, second, left, now),
         Write::Now
     );
+}
+
+fn reporting_web_1() -> FindingsStore {
+    let findings = FindingsStore::default();
+    findings.insert(
+        PodKey::new("shop", "web-1"),
+        PodFindings {
+            uid: "uid-web-1".into(),
+            received_at: Timestamp::now(),
+            containers: vec![nginx(vec![process(7, "nginx", 3)], "h")],
+        },
+    );
+    findings
+}
+
+/// The message of a real 1.20 API server refusing a null where the schema wants a string.
+const NULL_ARGS: &str = "ProcessWatch.procwatch.dev \"web\" is invalid: \
+    status.pods.containers.processes.args: Invalid value: \"null\": must be of type string";
+
+fn refuse_pod_detail(status: &Value) -> Option<String> {
+    let has_pods = status["pods"]
+        .as_array()
+        .is_some_and(|pods| !pods.is_empty());
+    has_pods.then(|| NULL_ARGS.to_string())
+}
+
+#[tokio::test]
+async fn a_refused_status_is_written_again_without_the_pod_detail_and_said() {
+    let watch = watch("web");
+    let (client, server) = ApiServer::refusing(watch.clone(), StatusCode::OK, refuse_pod_detail);
+    let ctx = context(
+        client,
+        vec![ready(pod("web-1", "web", true))],
+        reporting_web_1(),
+    );
+
+    let action = reconcile(Arc::new(watch.clone()), ctx.clone())
+        .await
+        .expect("a refusal is handled, not a failure");
+    assert_eq!(action, Action::requeue(Duration::from_secs(10)));
+
+    let patches = server.status_patches();
+    assert_eq!(patches.len(), 2, "the full status, then the reduced one");
+    let reduced: ProcessWatchStatus =
+        serde_json::from_value(patches[1].body["status"].clone()).unwrap();
+    assert!(reduced.pods.is_empty(), "no pod detail");
+    assert_eq!(
+        (
+            reduced.selected_pods,
+            reduced.reporting_pods,
+            reduced.processes
+        ),
+        (1, 1, 1),
+        "the counts stay"
+    );
+    assert_eq!(reduced.summary[0].container, "nginx", "the summary stays");
+    let ready = find(&reduced.conditions, READY);
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "StatusRejected")
+    );
+    assert!(
+        ready.message.contains("must be of type string"),
+        "{}",
+        ready.message
+    );
+
+    let rejected: Vec<Seen> = server
+        .events()
+        .into_iter()
+        .filter(|e| e.body["reason"] == "StatusRejected")
+        .collect();
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0].body["type"], "Warning");
+    assert!(rejected[0].body["note"].as_str().unwrap().contains("args"));
+
+    // Reconciled again at once (a report arrives): the full status is held back, nothing new
+    // is written or announced.
+    reconcile(Arc::new(watch), ctx.clone()).await.unwrap();
+    assert_eq!(server.status_patches().len(), 2);
+    assert_eq!(
+        server
+            .events()
+            .iter()
+            .filter(|e| e.body["reason"] == "StatusRejected")
+            .count(),
+        1,
+        "one event per distinct message"
+    );
+}
+
+#[tokio::test]
+async fn when_even_the_summary_is_refused_counts_and_conditions_are_written() {
+    fn refuse_any_detail(status: &Value) -> Option<String> {
+        let summary = status["summary"].as_array().is_some_and(|s| !s.is_empty());
+        (refuse_pod_detail(status).is_some() || summary).then(|| NULL_ARGS.to_string())
+    }
+    let watch = watch("web");
+    let (client, server) = ApiServer::refusing(watch.clone(), StatusCode::OK, refuse_any_detail);
+    let ctx = context(
+        client,
+        vec![ready(pod("web-1", "web", true))],
+        reporting_web_1(),
+    );
+
+    reconcile(Arc::new(watch), ctx).await.unwrap();
+    let patches = server.status_patches();
+    assert_eq!(patches.len(), 3);
+    let last: ProcessWatchStatus =
+        serde_json::from_value(patches[2].body["status"].clone()).unwrap();
+    assert!(last.pods.is_empty() && last.summary.is_empty());
+    assert_eq!(last.reporting_pods, 1);
+    assert_eq!(find(&last.conditions, READY).reason, "StatusRejected");
+}
+
+#[test]
+fn a_refused_status_is_offered_again_later_and_later() {
+    let refusal = |in_a_row, ago| Refusal {
+        message: NULL_ARGS.into(),
+        at: Instant::now() - ago,
+        in_a_row,
+        announced: true,
+    };
+    let held = |in_a_row, ago| refusal(in_a_row, ago).holds_back().map(|d| d.as_secs() + 1);
+    assert_eq!(held(1, Duration::ZERO), Some(30));
+    assert_eq!(held(2, Duration::ZERO), Some(60));
+    assert_eq!(held(9, Duration::ZERO), Some(300), "at most five minutes");
+    assert_eq!(
+        held(1, Duration::from_secs(31)),
+        None,
+        "then the full status again"
+    );
+}
+
+#[test]
+fn a_long_refusal_message_is_cut_on_a_character_boundary() {
+    let status = kube::core::Status {
+        message: "é".repeat(REFUSAL_MESSAGE_BYTES),
+        code: 422,
+        ..kube::core::Status::default()
+    };
+    let message = refusal_message(&status);
+    assert!(message.len() <= REFUSAL_MESSAGE_BYTES + '…'.len_utf8());
+    assert!(message.ends_with('…'));
 }
