@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use procwatch_crds::{ContainerReport, ProcessInfo, ProcessState, SocketProtocol};
+use procwatch_crds::{ContainerReport, ProcessInfo, SocketProtocol};
 
 /// Renders the containers as aligned text tables.
 pub fn render(containers: &[ContainerReport], vanished: u32) -> String {
@@ -136,7 +136,7 @@ fn process_cells(container: &ContainerReport, process: &ProcessInfo) -> Vec<Stri
             .user
             .clone()
             .unwrap_or_else(|| process.uid.to_string()),
-        state_letter(process.state).to_string(),
+        process.state.letter().to_string(),
         process.threads.to_string(),
         process.cpu_millicores.to_string(),
         human_bytes(process.memory_bytes),
@@ -185,21 +185,6 @@ fn write_row(out: &mut String, cells: &[String], widths: &[usize], right: &[bool
     out.push('\n');
 }
 
-/// The STAT letter `ps` prints.
-pub fn state_letter(state: ProcessState) -> char {
-    match state {
-        ProcessState::Running => 'R',
-        ProcessState::Sleeping => 'S',
-        ProcessState::DiskSleep => 'D',
-        ProcessState::Stopped => 'T',
-        ProcessState::Tracing => 't',
-        ProcessState::Zombie => 'Z',
-        ProcessState::Dead => 'X',
-        ProcessState::Idle => 'I',
-        ProcessState::Other => '?',
-    }
-}
-
 /// Binary units, one decimal below 10: `512`, `7.5Mi`, `23Mi`, `1.2Gi`.
 pub fn human_bytes(bytes: u64) -> String {
     let mut value = bytes as f64;
@@ -232,7 +217,7 @@ fn printable(text: String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use procwatch_crds::{FileFingerprint, ListeningSocket};
+    use procwatch_crds::{FileFingerprint, ListeningSocket, ProcessState};
 
     #[test]
     fn a_ps_like_table_with_sockets_files_and_notes() {

@@ -4,7 +4,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::process::Command;
 
-use procwatch_agent::table::state_letter;
 use procwatch_agent::{ScanOptions, Scanner};
 use procwatch_crds::ProcessInfo;
 
@@ -140,7 +139,7 @@ fn observe(scanner: &mut Scanner) -> (usize, usize, BTreeMap<(i32, &'static str)
             );
         }
         // Running and disk sleep are moments: a busy process flips between R, D and S.
-        let ours = state_letter(process.state);
+        let ours = process.state.letter();
         let transient = |state: char| state == 'R' || state == 'D';
         if first.state == second.state && !transient(first.state) && !transient(ours) {
             check(

@@ -244,6 +244,23 @@ pub enum ProcessState {
     Other,
 }
 
+impl ProcessState {
+    /// The STAT letter `ps` prints.
+    pub fn letter(self) -> char {
+        match self {
+            ProcessState::Running => 'R',
+            ProcessState::Sleeping => 'S',
+            ProcessState::DiskSleep => 'D',
+            ProcessState::Stopped => 'T',
+            ProcessState::Tracing => 't',
+            ProcessState::Zombie => 'Z',
+            ProcessState::Dead => 'X',
+            ProcessState::Idle => 'I',
+            ProcessState::Other => '?',
+        }
+    }
+}
+
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum SeccompMode {
     Disabled,

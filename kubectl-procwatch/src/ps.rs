@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use procwatch_agent::table::state_letter;
 use procwatch_crds::ProcessInfo;
 use serde::Serialize;
 
@@ -122,7 +121,7 @@ pub fn render(input: &Input, options: &Options, width: Width) -> String {
                 p.pid.to_string(),
                 p.ppid.to_string(),
                 p.user.clone().unwrap_or_else(|| p.uid.to_string()),
-                state_letter(p.state).to_string(),
+                p.state.letter().to_string(),
                 p.threads.to_string(),
                 p.cpu_millicores.to_string(),
                 table::bytes(p.memory_bytes),

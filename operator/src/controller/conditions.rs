@@ -10,6 +10,9 @@ use super::status::Facts;
 pub const READY: &str = "Ready";
 pub const ATTACHED: &str = "Attached";
 pub const REPORTING: &str = "Reporting";
+/// Present, and True, only while the spec is invalid: kstatus (Flux's health checks) fails a
+/// resource on `Stalled=True`, where it would otherwise wait out its timeout.
+pub const STALLED: &str = "Stalled";
 /// Ready's reason while the API server refuses the full status.
 pub const STATUS_REJECTED: &str = "StatusRejected";
 
@@ -20,7 +23,8 @@ struct Verdict {
     message: String,
 }
 
-/// The three conditions, sorted by type, carrying over transition times from `previous`.
+/// The three conditions (and `Stalled` for an invalid spec), sorted by type, carrying over
+/// transition times from `previous`.
 pub fn conditions(
     facts: &Facts,
     generation: Option<i64>,
@@ -61,8 +65,14 @@ pub fn conditions(
             ),
         }
     };
+    // Wait as long as a fix: a stalled watch is not retried by itself.
+    let stalled = facts.invalid_spec.as_ref().map(|_| Verdict {
+        ok: true,
+        ..ready.clone()
+    });
     [(ATTACHED, attached), (READY, ready), (REPORTING, reporting)]
         .into_iter()
+        .chain(stalled.map(|verdict| (STALLED, verdict)))
         .map(|(kind, verdict)| {
             let status = if verdict.ok { "True" } else { "False" };
             let last_transition_time = previous
@@ -255,6 +265,25 @@ pub(crate) mod tests {
 
     pub fn find<'a>(conditions: &'a [Condition], kind: &str) -> &'a Condition {
         conditions.iter().find(|c| c.type_ == kind).unwrap()
+    }
+
+    #[test]
+    fn an_invalid_spec_is_stalled_for_kstatus_and_only_then() {
+        let invalid = Facts {
+            invalid_spec: Some("spec.selector: bad".into()),
+            ..facts()
+        };
+        let conditions = conditions(&invalid, Some(4), &[], &time(10));
+        let kinds: Vec<&str> = conditions.iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(kinds, [ATTACHED, READY, REPORTING, STALLED]);
+        let stalled = find(&conditions, STALLED);
+        assert_eq!(
+            (stalled.status.as_str(), stalled.reason.as_str()),
+            ("True", "InvalidSpec")
+        );
+        assert_eq!(stalled.message, find(&conditions, READY).message);
+        let fine = super::conditions(&facts(), Some(4), &[], &time(10));
+        assert!(fine.iter().all(|c| c.type_ != STALLED), "{fine:?}");
     }
 
     #[test]

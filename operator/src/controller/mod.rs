@@ -27,6 +27,7 @@ use kube::{Client, Resource, ResourceExt};
 use procwatch_crds::constants::FIELD_MANAGER;
 use procwatch_crds::{AttachMode, ExistingPods, ProcessWatch, ProcessWatchStatus};
 
+use crate::errors::Chain;
 use crate::eviction::{self, Decision};
 use crate::lock;
 use crate::metrics::{EvictionResult, Metrics, Outcome, StatusWrite};
@@ -70,7 +71,7 @@ pub struct Context {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot write the status of ProcessWatch {namespace}/{name}: {source}")]
+    #[error("cannot write the status of ProcessWatch {namespace}/{name}")]
     WriteStatus {
         namespace: String,
         name: String,
@@ -79,7 +80,7 @@ pub enum Error {
     },
     #[error("reconcile took longer than {0:?}; the API server is slow or unreachable")]
     Timeout(Duration),
-    #[error("cannot evict pod {namespace}/{pod}: {source}")]
+    #[error("cannot evict pod {namespace}/{pod}")]
     Evict {
         namespace: String,
         pod: String,
@@ -311,7 +312,7 @@ pub fn error_policy(watch: Arc<ProcessWatch>, error: &Error, ctx: Arc<Context>) 
     tracing::warn!(
         namespace = watch.namespace().unwrap_or_default(),
         watch = watch.name_any(),
-        %error,
+        error = %Chain(error),
         retry_in = ?backoff,
         "reconcile failed"
     );
