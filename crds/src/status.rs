@@ -4,31 +4,35 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+#[cfg(feature = "crd")]
 use schemars::{JsonSchema, Schema};
 use serde::{Deserialize, Serialize};
 
 // kube-apiserver 1.20 refuses a CRD whose schema has `default: ""` or `null` in an `enum`
 // (found on the test cluster); the fields below need neither in the schema.
 
+#[cfg(feature = "crd")]
 fn without_default(schema: &mut Schema) {
     schema.remove("default");
 }
 
 /// `nullable: true` already admits null.
+#[cfg(feature = "crd")]
 fn without_null_in_enum(schema: &mut Schema) {
     if let Some(serde_json::Value::Array(values)) = schema.get_mut("enum") {
         values.retain(|value| !value.is_null());
     }
 }
 
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ProcessWatchStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// `Ready`, `Attached` and `Reporting`.
     #[serde(default)]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    #[cfg_attr(feature = "crd", schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"])))]
     pub conditions: Vec<Condition>,
     /// Pods of the namespace that the selector matches.
     #[serde(default)]
@@ -47,15 +51,16 @@ pub struct ProcessWatchStatus {
     pub needs_restart: Vec<String>,
     /// One entry per container name, across every reporting pod.
     #[serde(default)]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["container"]))]
+    #[cfg_attr(feature = "crd", schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["container"])))]
     pub summary: Vec<ContainerSummary>,
     /// Full detail of at most `report.maxPods` pods.
     #[serde(default)]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    #[cfg_attr(feature = "crd", schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"])))]
     pub pods: Vec<PodReport>,
 }
 
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerSummary {
     pub container: String,
@@ -71,14 +76,16 @@ pub struct ContainerSummary {
     pub file_variants: Vec<FileVariants>,
 }
 
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct FileVariants {
     pub path: String,
     pub variants: u32,
 }
 
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct PodReport {
     pub name: String,
@@ -89,19 +96,20 @@ pub struct PodReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reported_at: Option<Time>,
     #[serde(default)]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    #[cfg_attr(feature = "crd", schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"])))]
     pub containers: Vec<ContainerReport>,
 }
 
 /// What runs in one container of one pod.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerReport {
     /// Container name; on a plain host the runtime and short ID (`containerd-3f2a…`) or `host`.
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[serde(rename = "containerID")]
-    #[schemars(rename = "containerID")]
+    #[cfg_attr(feature = "crd", schemars(rename = "containerID"))]
     pub container_id: Option<String>,
     /// Every process of the container, listed or not.
     pub process_count: u32,
@@ -113,7 +121,7 @@ pub struct ContainerReport {
     pub memory_bytes: u64,
     /// The busiest processes (CPU, then memory), at most `report.maxProcesses`.
     #[serde(default)]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["pid"]))]
+    #[cfg_attr(feature = "crd", schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["pid"])))]
     pub processes: Vec<ProcessInfo>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub listening: Vec<ListeningSocket>,
@@ -129,7 +137,8 @@ pub struct ContainerReport {
     pub unreadable: Vec<String>,
 }
 
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ProcessInfo {
     pub pid: i32,
@@ -141,7 +150,7 @@ pub struct ProcessInfo {
     pub command: String,
     /// The command line, NULs as spaces, invalid UTF-8 replaced, bounded in length.
     #[serde(default)]
-    #[schemars(transform = without_default)]
+    #[cfg_attr(feature = "crd", schemars(transform = without_default))]
     pub args: String,
     pub state: ProcessState,
     pub threads: u32,
@@ -162,7 +171,7 @@ pub struct ProcessInfo {
     #[serde(default)]
     pub capabilities: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(transform = without_null_in_enum)]
+    #[cfg_attr(feature = "crd", schemars(transform = without_null_in_enum))]
     pub seccomp: Option<SeccompMode>,
     #[serde(default)]
     pub no_new_privs: bool,
@@ -175,7 +184,8 @@ pub struct ProcessInfo {
     pub cwd: Option<String>,
 }
 
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
 pub enum ProcessState {
     Running,
     #[default]
@@ -189,14 +199,16 @@ pub enum ProcessState {
     Other,
 }
 
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
 pub enum SeccompMode {
     Disabled,
     Strict,
     Filter,
 }
 
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ListeningSocket {
     pub protocol: SocketProtocol,
@@ -213,9 +225,8 @@ pub struct ListeningSocket {
     pub pid: Option<i32>,
 }
 
-#[derive(
-    Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
-)]
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
 pub enum SocketProtocol {
     #[serde(rename = "TCP")]
     Tcp,
@@ -225,7 +236,8 @@ pub enum SocketProtocol {
 }
 
 /// A file's fingerprint: never its content.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct FileFingerprint {
     pub path: String,
