@@ -15,6 +15,9 @@ use procwatch_crds::constants::{TOKEN_FILE, env};
 use procwatch_crds::report::CollectRequest;
 use procwatch_crds::{ContainerReport, EnvironmentPolicy, Interval};
 use serde::Serialize;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -134,16 +137,23 @@ struct SnapshotOutput {
     containers: Vec<ContainerReport>,
 }
 
+/// `RUST_LOG` as `target=level,…,default-level` (no span or field filters: those need
+/// `EnvFilter` and its regex engine, which would double the agent's dependencies), else `info`.
+fn log_filter() -> Targets {
+    std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|directives| directives.parse().ok())
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         // Colours only for a person at a terminal, never in `kubectl logs`.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .finish()
+        .with(log_filter())
         .init();
     let result = match cli.command {
         Command::Snapshot(args) => snapshot(args),

@@ -3,6 +3,7 @@
 
 use std::{borrow::Cow, fmt, str::FromStr, time::Duration};
 
+#[cfg(feature = "crd")]
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -125,6 +126,7 @@ impl<'de> Deserialize<'de> for Interval {
     }
 }
 
+#[cfg(feature = "crd")]
 impl JsonSchema for Interval {
     fn schema_name() -> Cow<'static, str> {
         "Interval".into()

@@ -1,5 +1,9 @@
 //! The public API of procwatch: the `ProcessWatch` custom resource (`procwatch.dev/v1alpha1`),
 //! the protocol between the agent and the operator, and the names both sides agree on.
+//!
+//! The default feature `crd` adds what only the API server needs: the `ProcessWatch` type
+//! (kube's `CustomResource` derive), the JSON schemas and [`crd_yaml`]. The agent turns it off
+//! and gets plain serde types, without kube or schemars.
 
 pub mod constants;
 pub mod duration;
@@ -11,9 +15,11 @@ pub use duration::Interval;
 pub use spec::*;
 pub use status::*;
 
+#[cfg(feature = "crd")]
 use kube::CustomResourceExt;
 
-/// The CRD as YAML, exactly as committed under `crds/` and applied by `config/`.
+/// The CRD as YAML, exactly as committed in `config/crd/processwatches.yaml`.
+#[cfg(feature = "crd")]
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
     serde_yaml::to_string(&ProcessWatch::crd())
 }

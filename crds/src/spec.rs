@@ -3,7 +3,9 @@
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+#[cfg(feature = "crd")]
 use kube::CustomResource;
+#[cfg(feature = "crd")]
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -11,22 +13,26 @@ use crate::{Interval, status::ProcessWatchStatus};
 
 /// Selects pods of its namespace, attaches the procwatch agent to them and reports, per
 /// container, what runs there.
-#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
-#[kube(
-    group = "procwatch.dev",
-    version = "v1alpha1",
-    kind = "ProcessWatch",
-    plural = "processwatches",
-    doc = "Selects pods of its namespace, attaches the procwatch agent and reports what runs in each container.",
-    shortname = "pw",
-    namespaced,
-    status = "ProcessWatchStatus",
-    printcolumn = r#"{"name":"Selected","type":"integer","jsonPath":".status.selectedPods"}"#,
-    printcolumn = r#"{"name":"Attached","type":"integer","jsonPath":".status.attachedPods"}"#,
-    printcolumn = r#"{"name":"Reporting","type":"integer","jsonPath":".status.reportingPods"}"#,
-    printcolumn = r#"{"name":"Processes","type":"integer","jsonPath":".status.processes"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "crd", derive(CustomResource, JsonSchema))]
+#[cfg_attr(
+    feature = "crd",
+    kube(
+        group = "procwatch.dev",
+        version = "v1alpha1",
+        kind = "ProcessWatch",
+        plural = "processwatches",
+        doc = "Selects pods of its namespace, attaches the procwatch agent and reports what runs in each container.",
+        shortname = "pw",
+        namespaced,
+        status = "ProcessWatchStatus",
+        printcolumn = r#"{"name":"Selected","type":"integer","jsonPath":".status.selectedPods"}"#,
+        printcolumn = r#"{"name":"Attached","type":"integer","jsonPath":".status.attachedPods"}"#,
+        printcolumn = r#"{"name":"Reporting","type":"integer","jsonPath":".status.reportingPods"}"#,
+        printcolumn = r#"{"name":"Processes","type":"integer","jsonPath":".status.processes"}"#,
+        printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+        printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ProcessWatchSpec {
@@ -37,7 +43,7 @@ pub struct ProcessWatchSpec {
     pub containers: Vec<String>,
     /// Sampling period, from 1s to 1h.
     #[serde(default)]
-    #[schemars(default = "default_interval_text")]
+    #[cfg_attr(feature = "crd", schemars(default = "default_interval_text"))]
     pub interval: Interval,
     #[serde(default)]
     pub attach: Attach,
@@ -49,11 +55,13 @@ pub struct ProcessWatchSpec {
     pub agent: AgentSettings,
 }
 
+#[cfg(feature = "crd")]
 fn default_interval_text() -> String {
     Interval::DEFAULT.to_string()
 }
 
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Attach {
     #[serde(default)]
@@ -63,7 +71,8 @@ pub struct Attach {
 }
 
 /// How the agent joins a pod.
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
 pub enum AttachMode {
     /// Injected at pod creation by the admission webhook.
     #[default]
@@ -73,7 +82,8 @@ pub enum AttachMode {
 }
 
 /// What happens to pods that were created before the watch and so have no agent.
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
 pub enum ExistingPods {
     /// List them in `status.needsRestart`.
     #[default]
@@ -82,7 +92,8 @@ pub enum ExistingPods {
     Evict,
 }
 
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Collect {
     #[serde(default)]
@@ -98,7 +109,10 @@ pub struct Collect {
     pub libraries: bool,
     /// Absolute paths to fingerprint inside each container: size, mode, sha256, never content.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32), inner(regex(pattern = "^/"), length(max = 4096)))]
+    #[cfg_attr(
+        feature = "crd",
+        schemars(length(max = 32), inner(regex(pattern = "^/"), length(max = 4096)))
+    )]
     pub files: Vec<String>,
 }
 
@@ -119,9 +133,8 @@ impl Default for Collect {
 }
 
 /// How much of each process's environment is reported.
-#[derive(
-    Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
-)]
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
 pub enum EnvironmentPolicy {
     /// Nothing.
     None,
@@ -132,16 +145,17 @@ pub enum EnvironmentPolicy {
     Redacted,
 }
 
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ReportLimits {
     /// Processes listed per container, busiest first.
     #[serde(default = "default_max_processes")]
-    #[schemars(range(min = 1, max = 200))]
+    #[cfg_attr(feature = "crd", schemars(range(min = 1, max = 200)))]
     pub max_processes: u32,
     /// Pods listed with full detail; the summary always covers every pod.
     #[serde(default = "default_max_pods")]
-    #[schemars(range(min = 1, max = 100))]
+    #[cfg_attr(feature = "crd", schemars(range(min = 1, max = 100)))]
     pub max_pods: u32,
 }
 
@@ -162,7 +176,8 @@ impl Default for ReportLimits {
     }
 }
 
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct AgentSettings {
     /// Add CAP_SYS_PTRACE, needed to read environ, fd, maps and root of processes of other users.

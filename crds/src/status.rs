@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+#[cfg(feature = "crd")]
 use schemars::{JsonSchema, Schema};
 use serde::{Deserialize, Serialize};
 
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 // status is ever written empty: an empty one is left out (and reads back as empty), and empty
 // items are left out of string lists. Numbers that a report may lack default to 0.
 
+#[cfg(feature = "crd")]
 fn without_default(schema: &mut Schema) {
     schema.remove("default");
 }
@@ -39,20 +41,22 @@ fn without_empty_items<S: serde::Serializer>(
 }
 
 /// `nullable: true` already admits null.
+#[cfg(feature = "crd")]
 fn without_null_in_enum(schema: &mut Schema) {
     if let Some(serde_json::Value::Array(values)) = schema.get_mut("enum") {
         values.retain(|value| !value.is_null());
     }
 }
 
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ProcessWatchStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// `Ready`, `Attached` and `Reporting`.
     #[serde(default)]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    #[cfg_attr(feature = "crd", schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"])))]
     pub conditions: Vec<Condition>,
     /// Pods of the namespace that the selector matches.
     #[serde(default)]
@@ -75,15 +79,16 @@ pub struct ProcessWatchStatus {
     pub needs_restart: Vec<String>,
     /// One entry per container name, across every reporting pod.
     #[serde(default)]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["container"]))]
+    #[cfg_attr(feature = "crd", schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["container"])))]
     pub summary: Vec<ContainerSummary>,
     /// Full detail of at most `report.maxPods` pods.
     #[serde(default)]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    #[cfg_attr(feature = "crd", schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"])))]
     pub pods: Vec<PodReport>,
 }
 
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerSummary {
     pub container: String,
@@ -103,7 +108,8 @@ pub struct ContainerSummary {
     pub file_variants: Vec<FileVariants>,
 }
 
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct FileVariants {
     pub path: String,
@@ -111,7 +117,8 @@ pub struct FileVariants {
     pub variants: u32,
 }
 
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct PodReport {
     pub name: String,
@@ -122,19 +129,20 @@ pub struct PodReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reported_at: Option<Time>,
     #[serde(default)]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    #[cfg_attr(feature = "crd", schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"])))]
     pub containers: Vec<ContainerReport>,
 }
 
 /// What runs in one container of one pod.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerReport {
     /// Container name; on a plain host the runtime and short ID (`containerd-3f2a…`) or `host`.
     pub name: String,
     #[serde(default, skip_serializing_if = "is_none_or_empty")]
     #[serde(rename = "containerID")]
-    #[schemars(rename = "containerID")]
+    #[cfg_attr(feature = "crd", schemars(rename = "containerID"))]
     pub container_id: Option<String>,
     /// Every process of the container, listed or not.
     #[serde(default)]
@@ -147,7 +155,7 @@ pub struct ContainerReport {
     pub memory_bytes: u64,
     /// The busiest processes (CPU, then memory), at most `report.maxProcesses`.
     #[serde(default)]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["pid"]))]
+    #[cfg_attr(feature = "crd", schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["pid"])))]
     pub processes: Vec<ProcessInfo>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub listening: Vec<ListeningSocket>,
@@ -171,7 +179,8 @@ pub struct ContainerReport {
     pub unreadable: Vec<String>,
 }
 
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ProcessInfo {
     pub pid: i32,
@@ -184,12 +193,12 @@ pub struct ProcessInfo {
     pub user: Option<String>,
     /// The kernel's name of the process (`comm`); a process may set it empty.
     #[serde(default, skip_serializing_if = "String::is_empty")]
-    #[schemars(transform = without_default)]
+    #[cfg_attr(feature = "crd", schemars(transform = without_default))]
     pub command: String,
     /// The command line, NULs as spaces, invalid UTF-8 replaced, bounded in length; absent for
     /// a zombie or a kernel thread, which have none.
     #[serde(default, skip_serializing_if = "String::is_empty")]
-    #[schemars(transform = without_default)]
+    #[cfg_attr(feature = "crd", schemars(transform = without_default))]
     pub args: String,
     pub state: ProcessState,
     #[serde(default)]
@@ -213,7 +222,7 @@ pub struct ProcessInfo {
     #[serde(default, serialize_with = "without_empty_items")]
     pub capabilities: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(transform = without_null_in_enum)]
+    #[cfg_attr(feature = "crd", schemars(transform = without_null_in_enum))]
     pub seccomp: Option<SeccompMode>,
     #[serde(default)]
     pub no_new_privs: bool,
@@ -230,7 +239,8 @@ pub struct ProcessInfo {
     pub cwd: Option<String>,
 }
 
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
 pub enum ProcessState {
     Running,
     #[default]
@@ -261,14 +271,16 @@ impl ProcessState {
     }
 }
 
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
 pub enum SeccompMode {
     Disabled,
     Strict,
     Filter,
 }
 
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ListeningSocket {
     pub protocol: SocketProtocol,
@@ -285,9 +297,8 @@ pub struct ListeningSocket {
     pub pid: Option<i32>,
 }
 
-#[derive(
-    Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema,
-)]
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
 pub enum SocketProtocol {
     #[serde(rename = "TCP")]
     Tcp,
@@ -297,7 +308,8 @@ pub enum SocketProtocol {
 }
 
 /// A file's fingerprint: never its content.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct FileFingerprint {
     pub path: String,
@@ -305,10 +317,10 @@ pub struct FileFingerprint {
     pub size: u64,
     /// Permission bits in octal, like `0644`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
-    #[schemars(transform = without_default)]
+    #[cfg_attr(feature = "crd", schemars(transform = without_default))]
     pub mode: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
-    #[schemars(transform = without_default)]
+    #[cfg_attr(feature = "crd", schemars(transform = without_default))]
     pub sha256: String,
 }
 
@@ -523,6 +535,7 @@ mod tests {
 
     /// The generated schema requires only what is never empty nor missing: list-map keys and
     /// the process state.
+    #[cfg(feature = "crd")]
     #[test]
     fn the_schema_requires_only_keys_and_the_state() {
         let required = |schema: Schema| -> Vec<String> {

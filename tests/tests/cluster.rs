@@ -1,10 +1,10 @@
-//! Issue 3: the test cluster runs real shared-PID pods the way procwatch needs them.
+//! The test cluster runs real shared-PID pods the way procwatch needs them.
 //!
 //! A Deployment's pod with `shareProcessNamespace: true`, two busybox containers and
 //! `hostNetwork: true` reaches Running; from the second container `ps` lists the first one's
 //! processes; the container IDs in `/proc/<pid>/cgroup` are those of `status.containerStatuses`;
 //! and a projected service-account token with audience `procwatch` passes a TokenReview that
-//! names the pod — the agent → operator authentication of the design.
+//! names the pod — how the operator's report endpoint authenticates an agent.
 //!
 //! Needs a cluster (see tests/README.md): the local one of `tests/cluster/up`, or any through
 //! KUBECONFIG that has the image `localhost/busybox:local` and allows hostNetwork pods.
@@ -212,7 +212,7 @@ async fn shared_pid_pod_cgroup_ids_and_projected_token() -> anyhow::Result<()> {
         one("authentication.kubernetes.io/pod-uid").as_deref() == Some(pod_uid.as_str()),
         "pod-uid in extra: {extra:?}"
     );
-    // ... and it is useless against the API server itself (design: agents hold no rights).
+    // ... and it is useless against the API server itself (agents hold no rights there).
     let api_review = token_review(&cluster, token.trim(), None).await?;
     let api_status = api_review.status.context("TokenReview without status")?;
     if api_status.authenticated == Some(true) {

@@ -1,5 +1,5 @@
-//! Issue 5: the three experiments that started procwatch (DESIGN §1), end to end, from the
-//! samples a user applies.
+//! The three experiments procwatch was made for (README, and the samples in config/samples/),
+//! end to end, from the samples a user applies.
 //!
 //! Each test deploys the operator (`config/overlays/loopback`, see [`Operator`]), applies one
 //! sample through the local overlay exactly as the samples' comments say —

@@ -1,4 +1,4 @@
-//! Issue 4, end to end on a real cluster: the operator deployed from `config/` (loopback
+//! End to end on a real cluster: the operator deployed from `config/` (loopback
 //! overlay), injecting the agent, the agent reporting, the report endpoint refusing what it must,
 //! leader takeover, eviction of old pods, and a selected Job that still completes.
 //!

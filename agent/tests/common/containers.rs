@@ -27,8 +27,8 @@ fn is_writable(dir: &Path) -> bool {
     created
 }
 
-/// Whether this test can run here (root with unshare and a writable cgroup hierarchy);
-/// prints why not.
+/// Whether this test can run here (root with unshare, socat and a writable cgroup hierarchy);
+/// when not, records the skip and why (see [`super::skip`]).
 pub fn can_run() -> bool {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
@@ -42,12 +42,14 @@ pub fn can_run() -> bool {
         .stdout(Stdio::null())
         .status()
         .is_ok();
-    if root && unshare && socat && cgroup_root().is_some() {
+    let cgroups = cgroup_root().is_some();
+    if root && unshare && socat && cgroups {
         return true;
     }
-    eprintln!(
-        "SKIPPED: needs root, unshare, socat and a writable cgroup hierarchy (root={root} unshare={unshare} socat={socat})"
-    );
+    super::skip::skip(&format!(
+        "needs root, unshare, socat and a writable cgroup hierarchy \
+         (root={root} unshare={unshare} socat={socat} writable cgroups={cgroups})"
+    ));
     false
 }
 

@@ -153,3 +153,5 @@ impl FakeProc {
 
 pub mod containers;
 pub mod operator;
+#[path = "../../../tests/support/skip.rs"]
+pub mod skip;

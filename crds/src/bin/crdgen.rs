@@ -1,4 +1,5 @@
-//! Prints the ProcessWatch CRD. `cargo run -p procwatch-crds --bin crdgen > crds/procwatch.dev_processwatches.yaml`
+//! Prints the ProcessWatch CRD:
+//! `cargo run -p procwatch-crds --bin crdgen > config/crd/processwatches.yaml`
 
 fn main() {
     match procwatch_crds::crd_yaml() {
