@@ -32,6 +32,12 @@ fn as_int64<S: serde::Serializer>(value: &u64, serializer: S) -> Result<S::Ok, S
     serializer.serialize_u64((*value).min(i64::MAX.unsigned_abs()))
 }
 
+/// For `skip_serializing_if` on a list of strings written with [`without_empty_items`]: a list
+/// of nothing but empty strings is left out whole, as an empty list.
+fn all_empty(items: &[String]) -> bool {
+    items.iter().all(String::is_empty)
+}
+
 /// For `serialize_with` on a list of strings: its empty items are left out.
 fn without_empty_items<S: serde::Serializer>(
     items: &[String],
@@ -73,7 +79,7 @@ pub struct ProcessWatchStatus {
     /// Selected pods created without the agent; they get it when recreated.
     #[serde(
         default,
-        skip_serializing_if = "Vec::is_empty",
+        skip_serializing_if = "all_empty",
         serialize_with = "without_empty_items"
     )]
     pub needs_restart: Vec<String>,
@@ -163,7 +169,7 @@ pub struct ContainerReport {
     pub files: Vec<FileFingerprint>,
     #[serde(
         default,
-        skip_serializing_if = "Vec::is_empty",
+        skip_serializing_if = "all_empty",
         serialize_with = "without_empty_items"
     )]
     pub libraries: Vec<String>,
@@ -173,7 +179,7 @@ pub struct ContainerReport {
     /// Facts the agent could not read, each with the reason.
     #[serde(
         default,
-        skip_serializing_if = "Vec::is_empty",
+        skip_serializing_if = "all_empty",
         serialize_with = "without_empty_items"
     )]
     pub unreadable: Vec<String>,
@@ -229,7 +235,7 @@ pub struct ProcessInfo {
     /// Names, or `NAME=value` with secret-like values masked, per `collect.environment`.
     #[serde(
         default,
-        skip_serializing_if = "Vec::is_empty",
+        skip_serializing_if = "all_empty",
         serialize_with = "without_empty_items"
     )]
     pub environment: Vec<String>,
@@ -410,7 +416,7 @@ mod tests {
             environment: vec![String::new()],
             ..zombie()
         };
-        assert_eq!(serialized(&only_empty)["environment"], json!([]));
+        assert_left_out(&serialized(&only_empty), "environment");
 
         let container = ContainerReport {
             name: "nginx".into(),
@@ -419,7 +425,7 @@ mod tests {
             ..ContainerReport::default()
         };
         let value = serialized(&container);
-        assert_eq!(value["libraries"], json!([]));
+        assert_left_out(&value, "libraries");
         assert_eq!(value["unreadable"], json!(["environ of pid 41: gone"]));
 
         let summary = ContainerSummary {
