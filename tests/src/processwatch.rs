@@ -71,6 +71,20 @@ pub async fn pw_yaml(ns: &TestNamespace, name: &str) -> anyhow::Result<ProcessWa
     serde_yaml::from_str(&out).with_context(|| format!("parsing kubectl get pw {name} -o yaml"))
 }
 
+/// Applies a watch and waits until the operator has seen it (status.observedGeneration), so
+/// pods created afterwards meet a webhook that knows it.
+pub async fn apply_watch(ns: &TestNamespace, yaml: &str, name: &str) -> anyhow::Result<()> {
+    ns.apply_yaml(yaml).await?;
+    wait_for_watch(
+        ns,
+        name,
+        &format!("the operator to observe watch {name}"),
+        Duration::from_secs(30),
+        |pw| (pw.status.as_ref()?.observed_generation? >= pw.metadata.generation?).then_some(()),
+    )
+    .await
+}
+
 /// Polls the watch (API) until `check` returns `Some`; the text of `seen` describes it.
 pub async fn wait_for_watch<T>(
     ns: &TestNamespace,

@@ -20,8 +20,8 @@ use procwatch_crds::ProcessWatch;
 use procwatch_crds::constants::{AGENT_CONTAINER_NAME, TOKEN_AUDIENCE, WATCHES_ANNOTATION, env};
 use procwatch_crds::report::{self, AgentReport, CollectRequest, ReportResponse};
 use procwatch_e2e::processwatch::{
-    container_id, describe_status, has_agent, metric_value, pw_cells, pw_table, pw_yaml,
-    wait_for_watch,
+    apply_watch, container_id, describe_status, has_agent, metric_value, pw_cells, pw_table,
+    pw_yaml, wait_for_watch,
 };
 use procwatch_e2e::{Cluster, Operator, REPORT_URL, TestNamespace, Wait, wait_for};
 
@@ -107,20 +107,6 @@ async fn operator_watching(
     let ns = cluster.namespace(namespace_prefix).await?;
     apply_watch(&ns, &watch_yaml(name, app, "Report"), name).await?;
     Ok((cluster, operator, ns))
-}
-
-/// Applies a watch and waits until the operator has seen it (status.observedGeneration), so
-/// pods created afterwards meet a webhook that knows it.
-async fn apply_watch(ns: &TestNamespace, yaml: &str, name: &str) -> anyhow::Result<()> {
-    ns.apply_yaml(yaml).await?;
-    wait_for_watch(
-        ns,
-        name,
-        &format!("the operator to observe watch {name}"),
-        Duration::from_secs(30),
-        |pw| (pw.status.as_ref()?.observed_generation? >= pw.metadata.generation?).then_some(()),
-    )
-    .await
 }
 
 fn is_running(pod: &Pod) -> bool {

@@ -19,8 +19,8 @@ use procwatch_crds::{
     ContainerReport, ContainerSummary, FileFingerprint, FileVariants, ListeningSocket, PodReport,
     ProcessInfo, ProcessState, ProcessWatch, ProcessWatchStatus, SocketProtocol,
 };
-use procwatch_e2e::processwatch::{describe_status, metric_value, wait_for_watch};
-use procwatch_e2e::{Cluster, Operator, TestNamespace, apply_yaml, repo_root};
+use procwatch_e2e::processwatch::{apply_watch, describe_status, metric_value, wait_for_watch};
+use procwatch_e2e::{Cluster, Operator, apply_yaml, repo_root};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
@@ -56,18 +56,6 @@ spec:
     command: [sh, -c, "sleep 0 & exec sleep 3600"]
 "#
     )
-}
-
-async fn apply_watch(ns: &TestNamespace, yaml: &str, name: &str) -> anyhow::Result<()> {
-    ns.apply_yaml(yaml).await?;
-    wait_for_watch(
-        ns,
-        name,
-        &format!("the operator to observe watch {name}"),
-        Duration::from_secs(30),
-        |pw| (pw.status.as_ref()?.observed_generation? >= pw.metadata.generation?).then_some(()),
-    )
-    .await
 }
 
 fn ready_condition(pw: &ProcessWatch) -> Option<(String, String, String)> {
