@@ -31,10 +31,10 @@ fn status_validator() -> jsonschema::Validator {
 fn nullable_as_null_type(schema: &mut Value) {
     match schema {
         Value::Object(map) => {
-            if map.remove("nullable") == Some(Value::Bool(true)) {
-                if let Some(Value::String(kind)) = map.get("type").cloned() {
-                    map.insert("type".into(), serde_json::json!([kind, "null"]));
-                }
+            if map.remove("nullable") == Some(Value::Bool(true))
+                && let Some(Value::String(kind)) = map.get("type").cloned()
+            {
+                map.insert("type".into(), serde_json::json!([kind, "null"]));
             }
             map.values_mut().for_each(nullable_as_null_type);
         }
