@@ -161,13 +161,14 @@ impl IntoResponse for ReportError {
 }
 
 async fn report(State(state): State<ReportState>, headers: HeaderMap, body: Body) -> Response {
+    let started = std::time::Instant::now();
     match handle(&state, &headers, body).await {
         Ok((result, answer)) => {
-            state.metrics.report(result);
+            state.metrics.report(result, started.elapsed());
             axum::Json(answer).into_response()
         }
         Err(error) => {
-            state.metrics.report(error.result());
+            state.metrics.report(error.result(), started.elapsed());
             match error.result() {
                 ReportResult::Unavailable => {
                     tracing::debug!(error = error_chain(&error), "report deferred")
