@@ -76,6 +76,8 @@ label_values!(
         /// This replica is on standby, the token cannot be reviewed now, or the pod is not in
         /// the cache yet: the agent retries.
         Unavailable => "unavailable",
+        /// Shed beyond the endpoint's capacity: the agent retries.
+        Overloaded => "overloaded",
     }
 );
 

@@ -13,9 +13,9 @@ use proptest::prelude::*;
 use serde_json::Value;
 
 use super::conditions;
-use crate::fixtures::{pod, watch};
 use super::status::{self, SelectedPod};
 use crate::budget;
+use crate::fixtures::{pod, watch};
 use crate::report::store::PodFindings;
 
 /// The `status` schema of the generated CRD, as a JSON schema: OpenAPI's `nullable` becomes a

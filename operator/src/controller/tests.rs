@@ -132,13 +132,16 @@ impl ApiServer {
 
 fn context(client: Client, pods: Vec<Pod>, findings: FindingsStore) -> Arc<Context> {
     let (store, mut writer) = reflector::store::<Pod>();
+    let pod_names = PodNames::default();
     for pod in pods {
+        pod_names.insert(&PodKey::of(&pod));
         writer.apply_watcher_event(&watcher::Event::Apply(pod));
     }
     let mut registry = Registry::default();
     Arc::new(Context {
         client: client.clone(),
         pods: store,
+        pod_names,
         findings,
         metrics: Arc::new(Metrics::register(&mut registry)),
         recorder: Recorder::new(
