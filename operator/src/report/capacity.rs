@@ -8,10 +8,12 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Reports handled at once by default: far above what 1,000 agents on a 15 s interval need
-/// (about 67 reports a second, each handled in milliseconds).
-pub const DEFAULT_MAX_REPORTS_IN_FLIGHT: usize = 64;
-/// Pods whose findings are kept by default; see the memory limit in `config/`.
-pub const DEFAULT_MAX_REPORTING_PODS: usize = 2_000;
+/// (about 67 reports a second, each handled in milliseconds), and at most 16 bodies of the
+/// largest size accepted in memory at once.
+pub const DEFAULT_MAX_REPORTS_IN_FLIGHT: usize = 16;
+/// Pods whose findings are kept by default, about 263 KiB each for reports of 3 containers of
+/// 20 processes; the memory limit in `config/` is sized for it.
+pub const DEFAULT_MAX_REPORTING_PODS: usize = 1_000;
 
 #[derive(Clone, Debug)]
 pub struct Capacity {
