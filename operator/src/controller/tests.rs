@@ -256,6 +256,53 @@ async fn status_is_applied_with_the_field_manager() {
 }
 
 #[tokio::test]
+async fn reports_of_the_same_findings_rewrite_nothing_until_reported_at_is_due() {
+    let mut watch = watch("web");
+    let findings = FindingsStore::default();
+    let received = Timestamp::now();
+    let report = |at: Timestamp| PodFindings {
+        uid: "uid-web-1".into(),
+        received_at: at,
+        containers: vec![nginx(vec![process(7, "nginx", 3)], "h")],
+    };
+    findings.insert(PodKey::new("shop", "web-1"), report(received));
+    let pods = vec![ready(pod("web-1", "web", true))];
+    let (client, server) = ApiServer::start(watch.clone(), StatusCode::CREATED);
+    reconcile(
+        Arc::new(watch.clone()),
+        context(client.clone(), pods.clone(), findings.clone()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(server.status_patches().len(), 1);
+
+    // The cache shows the status written; a new replica's memory is empty, so only the
+    // status itself can tell that nothing changed.
+    watch.status = Some(server.first_status());
+    let later = received + Duration::from_secs(3);
+    findings.insert(PodKey::new("shop", "web-1"), report(later));
+    let fresh = || context(client.clone(), pods.clone(), findings.clone());
+    reconcile(Arc::new(watch.clone()), fresh()).await.unwrap();
+    assert_eq!(
+        server.status_patches().len(),
+        1,
+        "no write for a time alone"
+    );
+
+    let due = received + status::reported_at_refresh(&watch);
+    findings.insert(PodKey::new("shop", "web-1"), report(due));
+    reconcile(Arc::new(watch), fresh()).await.unwrap();
+    let patches = server.status_patches();
+    assert_eq!(patches.len(), 2);
+    let written: ProcessWatchStatus =
+        serde_json::from_value(patches[1].body["status"].clone()).unwrap();
+    assert_eq!(
+        written.pods[0].reported_at,
+        Some(status::whole_seconds(due))
+    );
+}
+
+#[tokio::test]
 async fn owned_old_pods_are_evicted_bare_ones_never() {
     let watch = evicting_watch();
     let (client, server) = ApiServer::start(watch.clone(), StatusCode::CREATED);
