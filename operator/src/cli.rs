@@ -10,6 +10,7 @@ use procwatch_crds::Interval;
 
 use crate::budget::DEFAULT_STATUS_BUDGET_BYTES;
 use crate::report::DEFAULT_MAX_REPORT_BYTES;
+use crate::report::capacity::{DEFAULT_MAX_REPORTING_PODS, DEFAULT_MAX_REPORTS_IN_FLIGHT};
 use crate::tls::TlsSource;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -114,6 +115,13 @@ pub struct Cli {
     /// Largest report body accepted, in bytes.
     #[arg(long, env = "PROCWATCH_MAX_REPORT_BYTES", default_value_t = DEFAULT_MAX_REPORT_BYTES)]
     pub max_report_bytes: usize,
+    /// Reports handled at once; more are answered 503 with Retry-After.
+    #[arg(long, env = "PROCWATCH_MAX_REPORTS_IN_FLIGHT", default_value_t = DEFAULT_MAX_REPORTS_IN_FLIGHT)]
+    pub max_reports_in_flight: usize,
+    /// Pods whose latest report is kept; reports of more pods are answered 503 with
+    /// Retry-After. Size the memory limit to it.
+    #[arg(long, env = "PROCWATCH_MAX_REPORTING_PODS", default_value_t = DEFAULT_MAX_REPORTING_PODS)]
+    pub max_reporting_pods: usize,
     /// How long a TokenReview answer is reused (1s to 1h, like 60s or 2m).
     #[arg(long, env = "PROCWATCH_TOKEN_REVIEW_CACHE_TTL", default_value = "60s")]
     pub token_review_cache_ttl: Interval,

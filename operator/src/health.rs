@@ -178,7 +178,10 @@ mod tests {
     async fn ready_once_caches_and_server_are_up() {
         let mut registry = Registry::default();
         let metrics = crate::metrics::Metrics::register(&mut registry);
-        metrics.report(crate::metrics::ReportResult::Accepted);
+        metrics.report(
+            crate::metrics::ReportResult::Accepted,
+            std::time::Duration::from_millis(1),
+        );
         let readiness = Arc::new(Readiness::default());
         let (leader, leadership) = Leadership::channel();
         let app = router(HealthState {

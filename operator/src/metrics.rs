@@ -1,6 +1,8 @@
 //! Prometheus metrics of the controller and the report endpoint, served as text on `/metrics`
 //! (see [`crate::health`]). The webhook registers its own `AdmissionMetrics` in the same registry.
 
+pub mod process;
+
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -74,6 +76,8 @@ label_values!(
         /// This replica is on standby, the token cannot be reviewed now, or the pod is not in
         /// the cache yet: the agent retries.
         Unavailable => "unavailable",
+        /// Shed beyond the endpoint's capacity: the agent retries.
+        Overloaded => "overloaded",
     }
 );
 
@@ -126,6 +130,7 @@ pub struct Metrics {
     reconcile_duration: Histogram,
     status_writes: Family<StatusWriteLabels, Counter>,
     reports: Family<ReportLabels, Counter>,
+    report_duration: Histogram,
     evictions: Family<EvictionLabels, Counter>,
     container_processes: Family<ContainerLabels, Gauge>,
     container_cpu: Family<ContainerLabels, Gauge>,
@@ -141,6 +146,7 @@ impl Metrics {
             reconcile_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             status_writes: Family::default(),
             reports: Family::default(),
+            report_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             evictions: Family::default(),
             container_processes: Family::default(),
             container_cpu: Family::default(),
@@ -167,6 +173,12 @@ impl Metrics {
             "Agent reports by result",
             metrics.reports.clone(),
         );
+        registry.register(
+            "procwatch_report_duration_seconds",
+            "Time from a report's request to its answer, whatever the answer",
+            metrics.report_duration.clone(),
+        );
+        registry.register_collector(Box::new(process::ProcessCollector));
         registry.register(
             "procwatch_evictions",
             "Evictions of pods created before their watch, by result",
@@ -203,8 +215,9 @@ impl Metrics {
             .inc();
     }
 
-    pub fn report(&self, result: ReportResult) {
+    pub fn report(&self, result: ReportResult, took: Duration) {
         self.reports.get_or_create(&ReportLabels { result }).inc();
+        self.report_duration.observe(took.as_secs_f64());
     }
 
     pub fn eviction(&self, result: EvictionResult) {
@@ -313,7 +326,7 @@ mod tests {
     fn counters_are_exposed_with_their_labels() {
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
-        metrics.report(ReportResult::Forbidden);
+        metrics.report(ReportResult::Forbidden, Duration::from_millis(2));
         metrics.status_write(StatusWrite::Applied);
         metrics.status_write(StatusWrite::Rejected);
         metrics.reconciled(Outcome::Success, Duration::from_millis(3));
@@ -326,5 +339,7 @@ mod tests {
         assert!(text.contains(r#"procwatch_status_writes_total{result="rejected"} 1"#));
         assert!(text.contains(r#"procwatch_reconciles_total{outcome="success"} 1"#));
         assert!(text.contains("procwatch_reconcile_duration_seconds_count 1"));
+        assert!(text.contains("procwatch_report_duration_seconds_count 1"));
+        assert!(text.contains("process_resident_memory_bytes "));
     }
 }

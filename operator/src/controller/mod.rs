@@ -7,6 +7,7 @@
 
 pub mod conditions;
 pub mod events;
+pub mod namespaces;
 pub mod status;
 pub mod triggers;
 
@@ -33,6 +34,7 @@ use crate::lock;
 use crate::metrics::{EvictionResult, Metrics, Outcome, StatusWrite};
 use crate::report::store::FindingsStore;
 use events::{Change, Membership};
+use namespaces::PodNames;
 use triggers::Triggers;
 
 /// Status writes per watch are at least this far apart; reports in between are coalesced.
@@ -60,6 +62,8 @@ pub struct Settings {
 pub struct Context {
     pub client: Client,
     pub pods: Store<Pod>,
+    /// The names of the cached pods by namespace.
+    pub pod_names: PodNames,
     pub findings: FindingsStore,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
@@ -323,12 +327,7 @@ async fn apply(watch: &ProcessWatch, ctx: &Context) -> Result<Action, Error> {
     let namespace = watch.namespace().unwrap_or_default();
     let name = watch.name_any();
     let now = Timestamp::now();
-    let pods: Vec<Arc<Pod>> = ctx
-        .pods
-        .state()
-        .into_iter()
-        .filter(|pod| pod.namespace().as_deref() == Some(namespace.as_str()))
-        .collect();
+    let pods = ctx.pod_names.pods(&namespace, &ctx.pods);
     let selected = status::select(watch, &pods, |key| ctx.findings.get(key), now);
     let mut built = status::build(watch, &selected);
     let mut changes = Vec::new();

@@ -188,6 +188,8 @@ pub fn build(watch: &ProcessWatch, selected: &[SelectedPod]) -> Built {
         })
         .collect();
     let max_pods = usize::try_from(spec.report.max_pods).unwrap_or(usize::MAX);
+    let listed: Vec<&SelectedPod> = reporting.iter().take(max_pods).map(|(p, _)| *p).collect();
+    let restamp = restamps(watch, &listed);
     let status = ProcessWatchStatus {
         observed_generation: watch.metadata.generation,
         conditions: Vec::new(),
@@ -209,7 +211,7 @@ pub fn build(watch: &ProcessWatch, selected: &[SelectedPod]) -> Built {
         pods: reporting
             .into_iter()
             .take(max_pods)
-            .map(|(pod, containers)| pod_report(watch, pod, containers))
+            .map(|(pod, containers)| pod_report(watch, pod, containers, restamp))
             .collect(),
     };
     let facts = Facts {
@@ -298,6 +300,7 @@ fn pod_report(
     watch: &ProcessWatch,
     pod: &SelectedPod,
     mut containers: Vec<ContainerReport>,
+    restamp: bool,
 ) -> PodReport {
     let max_processes = usize::try_from(watch.spec.report.max_processes).unwrap_or(usize::MAX);
     for container in &mut containers {
@@ -310,7 +313,13 @@ fn pod_report(
         name: pod.name(),
         uid: pod.pod.metadata.uid.clone(),
         node_name: pod.pod.spec.as_ref().and_then(|s| s.node_name.clone()),
-        reported_at: pod.findings.as_ref().map(|f| whole_seconds(f.received_at)),
+        reported_at: pod
+            .findings
+            .as_ref()
+            .map(|f| match shown_reported_at(watch, pod) {
+                Some(shown) if !restamp => shown.clone(),
+                _ => whole_seconds(f.received_at),
+            }),
         containers,
     }
 }
@@ -318,6 +327,48 @@ fn pod_report(
 /// The API stores times to the second; a finer time would differ from what it reads back.
 pub fn whole_seconds(at: Timestamp) -> Time {
     Time(Timestamp::from_second(at.as_second()).unwrap_or(at))
+}
+
+/// How stale a pod's `reportedAt` in the status may get before reports move it.
+pub fn reported_at_refresh(watch: &ProcessWatch) -> Duration {
+    watch.spec.interval.as_duration() * 2
+}
+
+/// The `reportedAt` the status shows for this very pod (same uid), if any.
+fn shown_reported_at<'a>(watch: &'a ProcessWatch, pod: &SelectedPod) -> Option<&'a Time> {
+    watch
+        .status
+        .as_ref()?
+        .pods
+        .iter()
+        .find(|shown| shown.name == pod.name() && shown.uid == pod.pod.metadata.uid)?
+        .reported_at
+        .as_ref()
+}
+
+/// Whether the `reportedAt` shown can stay although a report came at `received`: it is younger
+/// than `refresh` (and not ahead of it, as another replica's clock could make it).
+///
+/// A report moving `reportedAt` each time would rewrite the status on every report although
+/// nothing else changed. Whether an agent still reports is told by the Reporting condition,
+/// which the controller judges from its own memory of the reports.
+pub fn keeps_reported_at(shown: Option<&Time>, received: Timestamp, refresh: Duration) -> bool {
+    let latest = whole_seconds(received).0;
+    shown.is_some_and(|shown| {
+        shown.0 <= latest && latest.duration_since(shown.0).unsigned_abs() < refresh
+    })
+}
+
+/// Whether the listed pods get the time of their latest report as `reportedAt`: all of them
+/// together as soon as one's is due, so a watch's status is rewritten for times once per
+/// refresh, not once per pod.
+fn restamps(watch: &ProcessWatch, listed: &[&SelectedPod]) -> bool {
+    let refresh = reported_at_refresh(watch);
+    listed.iter().any(|pod| {
+        pod.findings.as_ref().is_some_and(|f| {
+            !keeps_reported_at(shown_reported_at(watch, pod), f.received_at, refresh)
+        })
+    })
 }
 
 #[derive(Default)]
@@ -519,6 +570,73 @@ mod tests {
         assert_eq!(built.figures.len(), 3, "metrics cover every reporting pod");
         assert_eq!(status.pods[0].reported_at, Some(whole_seconds(now())));
         assert_eq!(status.pods[0].node_name.as_deref(), Some("node-1"));
+    }
+
+    #[test]
+    fn reported_at_is_kept_while_younger_than_the_refresh() {
+        let at = |second: i64| Timestamp::from_second(1_700_000_000 + second).unwrap();
+        let refresh = Duration::from_secs(30);
+        let shown = whole_seconds(at(0));
+        assert!(!keeps_reported_at(None, at(7), refresh));
+        assert!(keeps_reported_at(Some(&shown), at(15), refresh));
+        assert!(keeps_reported_at(Some(&shown), at(29), refresh));
+        assert!(!keeps_reported_at(Some(&shown), at(30), refresh));
+        // A time shown from the future (another replica's clock) is replaced.
+        assert!(!keeps_reported_at(
+            Some(&whole_seconds(at(60))),
+            at(30),
+            refresh
+        ));
+    }
+
+    #[test]
+    fn the_same_findings_reported_again_build_the_same_status_until_the_refresh() {
+        let mut watch = watch("w");
+        let pods: Vec<Arc<Pod>> = ["a", "b"]
+            .into_iter()
+            .map(|name| Arc::new(pod(name, "web", true)))
+            .collect();
+        // Each pod's latest report, `a_at` and `b_at` seconds after `now()`.
+        let build_at = |watch: &ProcessWatch, a_at: u64, b_at: u64| {
+            let reports: BTreeMap<String, Arc<PodFindings>> = [("a", a_at), ("b", b_at)]
+                .into_iter()
+                .map(|(name, after)| {
+                    let at = now() + Duration::from_secs(after);
+                    let (name, f) =
+                        findings(name, at, vec![nginx(vec![process(1, "nginx", 1)], "h")]);
+                    (name, Arc::new(f))
+                })
+                .collect();
+            let at = now() + Duration::from_secs(a_at.max(b_at));
+            build(
+                watch,
+                &select(watch, &pods, |key| reports.get(&key.name).cloned(), at),
+            )
+            .status
+        };
+        let first = build_at(&watch, 0, 5);
+        watch.status = Some(first.clone());
+        let refresh = reported_at_refresh(&watch).as_secs();
+        assert_eq!(
+            build_at(&watch, 10, 15),
+            first,
+            "no rewrite for times alone"
+        );
+        assert_eq!(build_at(&watch, refresh - 1, refresh + 2), first);
+        // `a` is due: both pods get the time of their latest report, in one rewrite.
+        let restamped = build_at(&watch, refresh, refresh + 2);
+        let times: Vec<Option<Time>> = restamped
+            .pods
+            .iter()
+            .map(|p| p.reported_at.clone())
+            .collect();
+        assert_eq!(
+            times,
+            [
+                Some(whole_seconds(now() + Duration::from_secs(refresh))),
+                Some(whole_seconds(now() + Duration::from_secs(refresh + 2))),
+            ]
+        );
     }
 
     #[test]

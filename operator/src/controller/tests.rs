@@ -132,13 +132,16 @@ impl ApiServer {
 
 fn context(client: Client, pods: Vec<Pod>, findings: FindingsStore) -> Arc<Context> {
     let (store, mut writer) = reflector::store::<Pod>();
+    let pod_names = PodNames::default();
     for pod in pods {
+        pod_names.insert(&PodKey::of(&pod));
         writer.apply_watcher_event(&watcher::Event::Apply(pod));
     }
     let mut registry = Registry::default();
     Arc::new(Context {
         client: client.clone(),
         pods: store,
+        pod_names,
         findings,
         metrics: Arc::new(Metrics::register(&mut registry)),
         recorder: Recorder::new(
@@ -250,6 +253,53 @@ async fn status_is_applied_with_the_field_manager() {
     // Nothing changed: no second write.
     reconcile(Arc::new(watch), ctx).await.unwrap();
     assert_eq!(server.status_patches().len(), 1);
+}
+
+#[tokio::test]
+async fn reports_of_the_same_findings_rewrite_nothing_until_reported_at_is_due() {
+    let mut watch = watch("web");
+    let findings = FindingsStore::default();
+    let received = Timestamp::now();
+    let report = |at: Timestamp| PodFindings {
+        uid: "uid-web-1".into(),
+        received_at: at,
+        containers: vec![nginx(vec![process(7, "nginx", 3)], "h")],
+    };
+    findings.insert(PodKey::new("shop", "web-1"), report(received));
+    let pods = vec![ready(pod("web-1", "web", true))];
+    let (client, server) = ApiServer::start(watch.clone(), StatusCode::CREATED);
+    reconcile(
+        Arc::new(watch.clone()),
+        context(client.clone(), pods.clone(), findings.clone()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(server.status_patches().len(), 1);
+
+    // The cache shows the status written; a new replica's memory is empty, so only the
+    // status itself can tell that nothing changed.
+    watch.status = Some(server.first_status());
+    let later = received + Duration::from_secs(3);
+    findings.insert(PodKey::new("shop", "web-1"), report(later));
+    let fresh = || context(client.clone(), pods.clone(), findings.clone());
+    reconcile(Arc::new(watch.clone()), fresh()).await.unwrap();
+    assert_eq!(
+        server.status_patches().len(),
+        1,
+        "no write for a time alone"
+    );
+
+    let due = received + status::reported_at_refresh(&watch);
+    findings.insert(PodKey::new("shop", "web-1"), report(due));
+    reconcile(Arc::new(watch), fresh()).await.unwrap();
+    let patches = server.status_patches();
+    assert_eq!(patches.len(), 2);
+    let written: ProcessWatchStatus =
+        serde_json::from_value(patches[1].body["status"].clone()).unwrap();
+    assert_eq!(
+        written.pods[0].reported_at,
+        Some(status::whole_seconds(due))
+    );
 }
 
 #[tokio::test]

@@ -16,6 +16,7 @@ use kube::runtime::watcher;
 use procwatch_crds::ProcessWatch;
 use tokio::sync::Notify;
 
+use super::namespaces::PodNames;
 use super::status::selects;
 use crate::lock;
 use crate::report::store::{FindingsStore, PodKey};
@@ -61,22 +62,29 @@ impl Triggers {
 
 /// Maps pod events to the watches that select the pod, now or before the change (a pod
 /// relabelled out of a watch must still update that watch), and drops the findings of
-/// deleted pods.
+/// deleted pods. Keeps the namespace index of the pod cache.
 pub struct PodEvents {
     triggers: Triggers,
     watches: Store<ProcessWatch>,
     findings: FindingsStore,
+    names: PodNames,
     selected_by: HashMap<PodKey, Vec<ObjectRef<ProcessWatch>>>,
     /// Pods seen during a relist; the others were deleted while the watch was down.
     relisted: Option<HashSet<PodKey>>,
 }
 
 impl PodEvents {
-    pub fn new(triggers: Triggers, watches: Store<ProcessWatch>, findings: FindingsStore) -> Self {
+    pub fn new(
+        triggers: Triggers,
+        watches: Store<ProcessWatch>,
+        findings: FindingsStore,
+        names: PodNames,
+    ) -> Self {
         PodEvents {
             triggers,
             watches,
             findings,
+            names,
             selected_by: HashMap::new(),
             relisted: None,
         }
@@ -95,6 +103,7 @@ impl PodEvents {
         match event {
             watcher::Event::Apply(pod) => {
                 let key = PodKey::of(pod);
+                self.names.insert(&key);
                 let now = self.selecting(pod);
                 let before = self.selected_by.remove(&key).unwrap_or_default();
                 self.triggers
@@ -105,6 +114,7 @@ impl PodEvents {
             }
             watcher::Event::Delete(pod) => {
                 let key = PodKey::of(pod);
+                self.names.remove(&key);
                 let before = self.selected_by.remove(&key).unwrap_or_default();
                 self.triggers
                     .fire(before.into_iter().chain(self.selecting(pod)));
@@ -113,6 +123,7 @@ impl PodEvents {
             watcher::Event::Init => self.relisted = Some(HashSet::new()),
             watcher::Event::InitApply(pod) => {
                 let key = PodKey::of(pod);
+                self.names.insert(&key);
                 let now = self.selecting(pod);
                 if let Some(seen) = &mut self.relisted {
                     seen.insert(key.clone());
@@ -126,6 +137,7 @@ impl PodEvents {
             }
             watcher::Event::InitDone => {
                 if let Some(seen) = self.relisted.take() {
+                    self.names.retain(&seen);
                     let gone: Vec<PodKey> = self
                         .selected_by
                         .keys()
@@ -181,7 +193,12 @@ mod tests {
         writer.apply_watcher_event(&watcher::Event::Apply(db));
         let triggers = Triggers::default();
         let findings = FindingsStore::default();
-        let mut events = PodEvents::new(triggers.clone(), store, findings.clone());
+        let mut events = PodEvents::new(
+            triggers.clone(),
+            store,
+            findings.clone(),
+            PodNames::default(),
+        );
 
         events.handle(&watcher::Event::Apply(pod("p", "web", true)));
         assert_eq!(drain(&triggers), ["web"]);
@@ -208,7 +225,12 @@ mod tests {
         writer.apply_watcher_event(&watcher::Event::Apply(watch("web")));
         let triggers = Triggers::default();
         let findings = FindingsStore::default();
-        let mut events = PodEvents::new(triggers.clone(), store, findings.clone());
+        let mut events = PodEvents::new(
+            triggers.clone(),
+            store,
+            findings.clone(),
+            PodNames::default(),
+        );
         events.handle(&watcher::Event::Apply(pod("gone", "web", true)));
         events.handle(&watcher::Event::Apply(pod("kept", "web", true)));
         drain(&triggers);

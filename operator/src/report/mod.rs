@@ -11,10 +11,11 @@
 //!
 //! Refusals: 401 without or with an unaccepted token, 403 for another pod's report or a token
 //! not bound to a pod, 413 over the size limit, 400 for malformed JSON or another version, 503 with
-//! `Retry-After` on a standby replica, when the token cannot be reviewed now, or when the pod
-//! is not in the cache yet.
+//! `Retry-After` on a standby replica, when the token cannot be reviewed now, when the pod
+//! is not in the cache yet, or beyond the endpoint's [`capacity`].
 
 pub mod auth;
+pub mod capacity;
 pub mod convert;
 pub mod response;
 pub mod store;
@@ -41,6 +42,7 @@ use crate::controller::triggers::Triggers;
 use crate::leader::Leadership;
 use crate::metrics::{Metrics, ReportResult};
 use auth::{AuthError, Authenticator, Refusal};
+use capacity::{Capacity, Overload};
 use store::{FindingsStore, PodFindings, PodKey};
 
 /// Default body limit: a full report of 200 processes per container is well under this.
@@ -64,6 +66,7 @@ pub struct ReportState {
     pub leadership: Leadership,
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
+    pub capacity: Capacity,
 }
 
 /// `POST /report/v1`.
@@ -97,6 +100,8 @@ enum ReportError {
     OtherPod(auth::ClaimsError),
     #[error("pod {0} is not in the operator's cache yet; retry")]
     PodUnknown(String),
+    #[error(transparent)]
+    Overloaded(Overload),
 }
 
 impl ReportError {
@@ -105,6 +110,7 @@ impl ReportError {
             ReportError::NotLeader
             | ReportError::AuthUnavailable(_)
             | ReportError::PodUnknown(_) => ReportResult::Unavailable,
+            ReportError::Overloaded(_) => ReportResult::Overloaded,
             ReportError::NoToken | ReportError::Refused(Refusal::Unauthenticated(_)) => {
                 ReportResult::Unauthenticated
             }
@@ -120,7 +126,7 @@ impl ReportError {
 
     fn status(&self) -> StatusCode {
         match self.result() {
-            ReportResult::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ReportResult::Unavailable | ReportResult::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ReportResult::Unauthenticated => StatusCode::UNAUTHORIZED,
             ReportResult::Forbidden => StatusCode::FORBIDDEN,
             ReportResult::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -161,15 +167,16 @@ impl IntoResponse for ReportError {
 }
 
 async fn report(State(state): State<ReportState>, headers: HeaderMap, body: Body) -> Response {
+    let started = std::time::Instant::now();
     match handle(&state, &headers, body).await {
         Ok((result, answer)) => {
-            state.metrics.report(result);
+            state.metrics.report(result, started.elapsed());
             axum::Json(answer).into_response()
         }
         Err(error) => {
-            state.metrics.report(error.result());
+            state.metrics.report(error.result(), started.elapsed());
             match error.result() {
-                ReportResult::Unavailable => {
+                ReportResult::Unavailable | ReportResult::Overloaded => {
                     tracing::debug!(error = error_chain(&error), "report deferred")
                 }
                 _ => tracing::info!(error = error_chain(&error), "report refused"),
@@ -260,6 +267,8 @@ async fn handle(
             AuthError::Refused(refusal) => ReportError::Refused(refusal),
             AuthError::Unavailable(error) => ReportError::AuthUnavailable(error),
         })?;
+    // Held until the report is handled: its body is in memory meanwhile.
+    let _handling = state.capacity.enter().map_err(ReportError::Overloaded)?;
     let bytes = read_body(headers, body, state.max_body_bytes).await?;
     let ReportVersion { version } =
         serde_json::from_slice(&bytes).map_err(ReportError::Malformed)?;
@@ -286,6 +295,10 @@ async fn handle(
         tracing::debug!(pod = %key.name, namespace = %key.namespace, "report from a pod no watch selects");
         return Ok((ReportResult::Unwatched, response::unwatched(&pod)));
     }
+    state
+        .capacity
+        .keeps(state.findings.contains(&key), state.findings.len())
+        .map_err(ReportError::Overloaded)?;
     let containers = response::rename_containers(convert::containers(report.containers), &pod);
     tracing::debug!(
         pod = %key.name,

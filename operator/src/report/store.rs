@@ -57,6 +57,10 @@ impl FindingsStore {
         read(&self.0).get(pod).cloned()
     }
 
+    pub fn contains(&self, pod: &PodKey) -> bool {
+        read(&self.0).contains_key(pod)
+    }
+
     pub fn remove(&self, pod: &PodKey) {
         write(&self.0).remove(pod);
     }

@@ -101,6 +101,7 @@ fn fixture() -> Fixture {
         leadership,
         metrics,
         max_body_bytes: 64 * 1024,
+        capacity: Capacity::default(),
     };
     Fixture {
         state,
@@ -400,5 +401,28 @@ async fn a_version_outside_the_accepted_ones_is_refused_with_json() {
         ..agent_report("web-1")
     };
     let (status, _) = post(&fixture.state, Some("pod:web-1"), json(&current)).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn beyond_its_capacity_the_endpoint_sheds_reports_of_new_pods() {
+    let mut fixture = fixture();
+    fixture.state.capacity = Capacity::new(4, 1);
+    let (status, _) = post_report(&fixture.state, "pod:web-1", "web-1").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = post_report(&fixture.state, "pod:web-2", "web-2").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("at most 1 pods; retry"), "{text}");
+    assert!(metric(&fixture.registry, "overloaded"));
+    assert!(
+        fixture
+            .state
+            .findings
+            .get(&PodKey::new("shop", "web-2"))
+            .is_none()
+    );
+    // The pod already kept goes on reporting.
+    let (status, _) = post_report(&fixture.state, "pod:web-1", "web-1").await;
     assert_eq!(status, StatusCode::OK);
 }

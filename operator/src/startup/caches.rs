@@ -36,6 +36,7 @@ pub fn start_caches(client: &Client, shared: &Shared) -> Caches {
         shared.triggers.clone(),
         watches.clone(),
         shared.findings.clone(),
+        shared.pod_names.clone(),
     );
     tokio::spawn(watch_pods(
         client.clone(),

@@ -99,6 +99,7 @@ impl ControllerSetup {
         Arc::new(controller::Context {
             client: self.client,
             pods: self.pods,
+            pod_names: self.shared.pod_names,
             findings: self.shared.findings,
             metrics: self.shared.metrics,
             recorder,

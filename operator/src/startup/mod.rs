@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use crate::admission::{self, AdmissionMetrics, InjectionError, InjectionSettings};
 use crate::cli::{Cli, CliError};
 use crate::controller::Memory;
+use crate::controller::namespaces::PodNames;
 use crate::controller::triggers::Triggers;
 use crate::health::Readiness;
 use crate::leader::LeaderError;
@@ -190,6 +191,8 @@ pub struct Shared {
     pub findings: FindingsStore,
     /// Reconciles asked for by report arrivals and pod changes.
     pub triggers: Triggers,
+    /// The pod cache's names by namespace.
+    pub pod_names: PodNames,
 }
 
 impl Default for Shared {
@@ -205,6 +208,7 @@ impl Default for Shared {
             memory: Arc::default(),
             findings: FindingsStore::default(),
             triggers: Triggers::default(),
+            pod_names: PodNames::default(),
         }
     }
 }

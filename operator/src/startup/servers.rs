@@ -17,6 +17,7 @@ use crate::cli::Cli;
 use crate::errors::Chain;
 use crate::health::{self, HealthState, Part, Readiness};
 use crate::leader::Leadership;
+use crate::report::capacity::Capacity;
 use crate::report::{self, ReportState, auth::Authenticator};
 use crate::tls::{self, CertificateHandle};
 
@@ -125,6 +126,7 @@ pub fn report_routes(
         leadership: leadership.clone(),
         metrics: shared.metrics.clone(),
         max_body_bytes: cli.max_report_bytes,
+        capacity: Capacity::new(cli.max_reports_in_flight, cli.max_reporting_pods),
     })
 }
 

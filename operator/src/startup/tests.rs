@@ -96,7 +96,12 @@ async fn a_relist_forgets_watches_deleted_while_the_stream_was_down() {
 async fn pod_events_sync_the_cache_and_drop_deleted_pods_findings() {
     let shared = Shared::default();
     let (watches, _writer) = reflector::store();
-    let events = PodEvents::new(shared.triggers.clone(), watches, shared.findings.clone());
+    let events = PodEvents::new(
+        shared.triggers.clone(),
+        watches,
+        shared.findings.clone(),
+        shared.pod_names.clone(),
+    );
     let (name, found) = findings("web-1", k8s_openapi::jiff::Timestamp::now(), vec![]);
     shared.findings.insert(PodKey::new("shop", &name), found);
     let deleted = pod("web-1", "web", true);
