@@ -2,7 +2,7 @@
 
 use procwatch_crds::FileFingerprint;
 
-use crate::fingerprint::{FingerprintError, fingerprint};
+use crate::fingerprint::fingerprint;
 use crate::procfs_read::ReadFailure;
 
 use super::group::{GroupReport, ScanContext};
@@ -20,12 +20,7 @@ impl ScanContext<'_> {
                     Ok(file) => {
                         match fingerprint(path, file) {
                             Ok(print) => printed = Some(print),
-                            Err(FingerprintError::NotRegular) => {
-                                last_reason = Some("not a regular file".to_string())
-                            }
-                            Err(FingerprintError::Io(error)) => {
-                                last_reason = Some(error.to_string())
-                            }
+                            Err(error) => last_reason = Some(error.to_string()),
                         }
                         break;
                     }
@@ -99,8 +94,49 @@ mod tests {
         assert_eq!(
             group.notes.render(),
             [
-                "file /etc/conf.d: not a regular file",
+                "file /etc/conf.d: not a regular file (directory)",
                 "file /etc/missing: not found"
+            ]
+        );
+    }
+
+    /// A FIFO, a socket and a device at requested paths: refused at once, never opened (a
+    /// FIFO without a writer would block a reading open forever), each named by kind.
+    #[test]
+    fn special_files_are_refused_without_being_opened() {
+        let proc = TestProc::new();
+        proc.process(7, "app");
+        std::fs::create_dir_all(proc.path(7, "root/x")).unwrap();
+        let fifo = proc.path(7, "root/x/fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let _socket =
+            std::os::unix::net::UnixListener::bind(proc.path(7, "root/x/socket")).unwrap();
+        // A twin of /dev/null.
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            proc.path(7, "root/x/null"),
+            rustix::fs::FileType::CharacterDevice,
+            rustix::fs::Mode::from_raw_mode(0o666),
+            rustix::fs::stat("/dev/null").unwrap().st_rdev,
+        )
+        .expect("creating a device node needs CAP_MKNOD: run the agent's tests as root");
+        let started = std::time::Instant::now();
+        let group = fingerprints(&proc, &[7], &["/x/fifo", "/x/socket", "/x/null"]);
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        assert!(group.report.files.is_empty());
+        assert_eq!(
+            group.notes.render(),
+            [
+                "file /x/fifo: not a regular file (fifo)",
+                "file /x/null: not a regular file (character device)",
+                "file /x/socket: not a regular file (socket)",
             ]
         );
     }

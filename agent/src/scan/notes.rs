@@ -60,6 +60,7 @@ pub(super) fn reason(failure: &ReadFailure, lacks_ptrace: bool) -> String {
     match failure {
         ReadFailure::Denied => denied_reason(lacks_ptrace).to_string(),
         ReadFailure::Gone => "gone".to_string(),
+        ReadFailure::NotRegular(kind) => format!("not a regular file ({kind})"),
         ReadFailure::Other(error) => error.to_string(),
     }
 }

@@ -84,6 +84,27 @@ mod tests {
     }
 
     #[test]
+    fn a_fifo_for_passwd_is_refused_without_blocking() {
+        let proc = TestProc::new();
+        for pid in [7, 8] {
+            proc.process(pid, "app");
+            proc.link(pid, "ns/mnt", "mnt:[20]");
+        }
+        std::fs::create_dir_all(proc.path(7, "root/etc")).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            proc.path(7, "root/etc/passwd"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        let (root, nginx, notes) = names(&proc);
+        assert_eq!((root, nginx), (None, None));
+        assert_eq!(notes, ["/etc/passwd of pid 7: not a regular file (fifo)"]);
+    }
+
+    #[test]
     fn a_container_without_passwd_has_no_names_and_nothing_to_note() {
         let proc = TestProc::new();
         for pid in [7, 8] {
