@@ -9,7 +9,7 @@ use crate::procfs_read::{ProcRootError, ReadFailure};
 
 use super::cpu::CpuSample;
 use super::details::ProcessDetails;
-use super::{ScanOptions, Scanner, Vanished};
+use super::{Deadline, ScanOptions, Scanner, Vanished};
 
 const CGROUP_LIMIT: usize = 64 * 1024;
 /// Cgroup files read per mount namespace, in pid order, when none names a container (the
@@ -62,18 +62,25 @@ impl NamespaceCgroups {
 impl Scanner {
     /// First pass: stat and mount namespace of every process, cgroup where it tells something
     /// new, and the details too when every process will be listed; records the CPU sample.
+    /// Stops at `deadline`: the second value counts the processes not read.
     pub(super) fn read_candidates(
         &mut self,
         options: &ScanOptions,
         vanished: &mut u32,
-    ) -> Result<Vec<Candidate>, ProcRootError> {
+        deadline: Option<Deadline>,
+    ) -> Result<(Vec<Candidate>, u32), ProcRootError> {
         let mut sample = CpuSample::now();
         let mut buffer = Vec::with_capacity(4096);
         let pids = self.root.pids()?;
         let mut candidates = Vec::with_capacity(pids.len());
         let mut namespaces = HashMap::new();
         let details = (options.max_processes >= pids.len()).then_some(options);
+        let mut not_read = 0u32;
         for pid in pids {
+            if not_read > 0 || deadline.is_some_and(Deadline::passed) {
+                not_read += 1;
+                continue;
+            }
             match self.read_candidate(pid, &mut buffer, &mut namespaces, details) {
                 Ok(Some(candidate)) => {
                     sample.record(&candidate.stat);
@@ -93,7 +100,7 @@ impl Scanner {
             }
         }
         self.previous = Some(sample);
-        Ok(candidates)
+        Ok((candidates, not_read))
     }
 
     /// `Ok(None)` for a process the agent cannot see at all (an unreadable or malformed stat).
@@ -213,7 +220,10 @@ mod tests {
             ..ScanOptions::default()
         };
         let mut vanished = 0;
-        let candidates = scanner.read_candidates(&options, &mut vanished).unwrap();
+        let (candidates, not_read) = scanner
+            .read_candidates(&options, &mut vanished, None)
+            .unwrap();
+        assert_eq!(not_read, 0);
         assert_eq!(candidates.len(), 1);
         assert_eq!(candidates[0].identity.pid, 7);
         assert!(candidates[0].details.is_some());

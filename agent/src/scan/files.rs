@@ -106,16 +106,7 @@ mod tests {
     fn special_files_are_refused_without_being_opened() {
         let proc = TestProc::new();
         proc.process(7, "app");
-        std::fs::create_dir_all(proc.path(7, "root/x")).unwrap();
-        let fifo = proc.path(7, "root/x/fifo");
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            fifo,
-            rustix::fs::FileType::Fifo,
-            rustix::fs::Mode::from_raw_mode(0o644),
-            0,
-        )
-        .unwrap();
+        proc.fifo(7, "root/x/fifo");
         let _socket =
             std::os::unix::net::UnixListener::bind(proc.path(7, "root/x/socket")).unwrap();
         // A twin of /dev/null.

@@ -32,9 +32,13 @@ impl ScanContext<'_> {
         let mut tables_read = HashSet::new();
         for group in groups.iter_mut() {
             // The namespaces were read with each process's details.
-            for &(pid, namespace) in &group.net_sources {
+            let sources = std::mem::take(&mut group.net_sources);
+            for &(pid, namespace) in &sources {
                 if namespace.is_some() && !tables_read.insert(namespace) {
                     continue;
+                }
+                if self.out_of_time(group, "listening sockets") {
+                    break;
                 }
                 let reason = match self.read_socket_tables(pid, &mut listeners) {
                     Ok(()) => continue,

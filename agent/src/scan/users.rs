@@ -90,15 +90,7 @@ mod tests {
             proc.process(pid, "app");
             proc.link(pid, "ns/mnt", "mnt:[20]");
         }
-        std::fs::create_dir_all(proc.path(7, "root/etc")).unwrap();
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            proc.path(7, "root/etc/passwd"),
-            rustix::fs::FileType::Fifo,
-            rustix::fs::Mode::from_raw_mode(0o644),
-            0,
-        )
-        .unwrap();
+        proc.fifo(7, "root/etc/passwd");
         let (root, nginx, notes) = names(&proc);
         assert_eq!((root, nginx), (None, None));
         assert_eq!(notes, ["/etc/passwd of pid 7: not a regular file (fifo)"]);
