@@ -65,6 +65,9 @@ struct SnapshotArgs {
     /// Do not read each process's exe and cwd.
     #[arg(long)]
     no_paths: bool,
+    /// Fingerprint files up to this many bytes; larger ones by size and mode only.
+    #[arg(long, default_value_t = procwatch_crds::spec::DEFAULT_MAX_FILE_BYTES, value_parser = clap::value_parser!(u64).range(1..))]
+    max_file_bytes: u64,
     /// List at most this many processes per container, busiest first [default: all].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     max_processes: Option<u32>,
@@ -171,6 +174,7 @@ fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
         paths: !args.no_paths,
         files: args.files,
         max_processes: args.max_processes.map_or(usize::MAX, |max| max as usize),
+        max_file_bytes: args.max_file_bytes,
     };
     if !args.interval.is_zero() {
         scanner.sample_cpu()?;
@@ -305,6 +309,7 @@ mod tests {
                 libraries: true,
                 files: vec!["/etc/hosts".into()],
                 max_processes: 3,
+                max_file_bytes: procwatch_crds::spec::DEFAULT_MAX_FILE_BYTES,
             })
         );
         // Without the option (an agent started by hand): the watch defaults.

@@ -234,6 +234,10 @@ pub struct CollectRequest {
     pub files: Vec<String>,
     /// Processes to list per container, busiest first.
     pub max_processes: u32,
+    /// Files larger than this are reported by size and mode only (absent from an older
+    /// operator's answer: the default).
+    #[serde(default = "crate::spec::default_max_file_bytes")]
+    pub max_file_bytes: u64,
 }
 
 impl Default for CollectRequest {
@@ -246,6 +250,7 @@ impl Default for CollectRequest {
             libraries: collect.libraries,
             files: collect.files,
             max_processes: crate::ReportLimits::default().max_processes,
+            max_file_bytes: collect.max_file_bytes,
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use procwatch_crds::FileFingerprint;
 
-use crate::fingerprint::fingerprint;
+use crate::fingerprint::{fingerprint, size_text};
 use crate::procfs_read::ReadFailure;
 
 use super::group::{GroupReport, ScanContext};
@@ -18,7 +18,7 @@ impl ScanContext<'_> {
             for &pid in &pids {
                 match self.scanner.root.open_in_root(pid, path) {
                     Ok(file) => {
-                        match fingerprint(path, file) {
+                        match fingerprint(path, file, self.options.max_file_bytes) {
                             Ok(print) => printed = Some(print),
                             Err(error) => last_reason = Some(error.to_string()),
                         }
@@ -40,7 +40,15 @@ impl ScanContext<'_> {
                 }
             }
             match (printed, last_reason) {
-                (Some(print), _) => group.report.files.push(print),
+                (Some(print), _) => {
+                    if print.sha256.is_empty() {
+                        group.notes.add_line(format!(
+                            "file {path}: larger than {}: size and mode only",
+                            size_text(self.options.max_file_bytes)
+                        ));
+                    }
+                    group.report.files.push(print)
+                }
                 (None, Some(reason)) => group.notes.add_line(format!("file {path}: {reason}")),
                 (None, None) => group
                     .notes
@@ -129,6 +137,26 @@ mod tests {
                 "file /x/null: not a regular file (character device)",
                 "file /x/socket: not a regular file (socket)",
             ]
+        );
+    }
+
+    #[test]
+    fn a_sparse_terabyte_is_reported_by_size_and_mode_without_being_read() {
+        let proc = TestProc::new();
+        proc.process(7, "app");
+        proc.file(7, "root/data", "");
+        std::fs::File::options()
+            .write(true)
+            .open(proc.path(7, "root/data"))
+            .unwrap()
+            .set_len(1 << 40)
+            .unwrap();
+        let group = fingerprints(&proc, &[7], &["/data"]);
+        assert_eq!(group.report.files[0].size, 1 << 40);
+        assert_eq!(group.report.files[0].sha256, "");
+        assert_eq!(
+            group.notes.render(),
+            ["file /data: larger than 64 MiB: size and mode only"]
         );
     }
 

@@ -57,6 +57,8 @@ pub struct ScanOptions {
     pub files: Vec<String>,
     /// Processes listed per container, busiest first; `usize::MAX` lists all.
     pub max_processes: usize,
+    /// Files larger than this are fingerprinted by size and mode only.
+    pub max_file_bytes: u64,
 }
 
 impl Default for ScanOptions {
@@ -75,6 +77,7 @@ impl From<&CollectRequest> for ScanOptions {
             paths: true,
             files: collect.files.clone(),
             max_processes: collect.max_processes as usize,
+            max_file_bytes: collect.max_file_bytes,
         }
     }
 }
@@ -271,6 +274,7 @@ mod tests {
             libraries: true,
             files: vec!["/etc/os-release".into()],
             max_processes: 20,
+            max_file_bytes: 1024,
         };
         let options = ScanOptions::from(&collect);
         assert_eq!(
@@ -283,6 +287,7 @@ mod tests {
                 paths: true,
                 files: vec!["/etc/os-release".into()],
                 max_processes: 20,
+                max_file_bytes: 1024,
             }
         );
     }
