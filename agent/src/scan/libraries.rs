@@ -7,6 +7,7 @@ use crate::procfs_read::ReadFailure;
 
 use super::candidates::Candidate;
 use super::group::{GroupReport, ScanContext};
+use super::notes;
 
 /// At most this many libraries per container.
 pub const MAX_LIBRARIES: usize = 256;
@@ -31,7 +32,14 @@ impl ScanContext<'_> {
                 Err(failure) => group.notes.add("maps", pid, self.scanner.reason(&failure)),
             }
         }
-        group.report.truncated |= libraries.len() > MAX_LIBRARIES;
+        if libraries.len() > MAX_LIBRARIES {
+            group.report.truncated = true;
+            group.notes.add_line(notes::left_out(
+                "libraries",
+                libraries.len() - MAX_LIBRARIES,
+                MAX_LIBRARIES,
+            ));
+        }
         group.report.libraries = libraries.into_iter().take(MAX_LIBRARIES).collect();
     }
 }

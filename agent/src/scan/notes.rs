@@ -46,6 +46,11 @@ impl Notes {
     }
 }
 
+/// The line of a list cut at its limit: how much was left out.
+pub(super) fn left_out(what: &str, count: usize, limit: usize) -> String {
+    format!("{what}: {count} more not listed (at most {limit} per container)")
+}
+
 /// "Permission denied", and why when the agent lacks the capability that would allow it.
 pub(super) fn denied_reason(lacks_ptrace: bool) -> &'static str {
     if lacks_ptrace {

@@ -10,8 +10,11 @@ use crate::procfs_read::ReadFailure;
 
 use super::candidates::Candidate;
 use super::group::{GroupReport, ScanContext};
+use super::notes;
 
 const NET_TABLE_LIMIT: usize = 16 * 1024 * 1024;
+/// At most this many listening sockets per container.
+pub const MAX_LISTENERS: usize = 256;
 
 /// Why the socket tables of a network namespace could not be read.
 enum TableFailure {
@@ -102,7 +105,17 @@ impl ScanContext<'_> {
             groups[group].report.listening.push(listener);
         }
         for group in groups {
-            group.report.listening.sort();
+            let listening = &mut group.report.listening;
+            listening.sort();
+            if listening.len() > MAX_LISTENERS {
+                group.notes.add_line(notes::left_out(
+                    "listening sockets",
+                    listening.len() - MAX_LISTENERS,
+                    MAX_LISTENERS,
+                ));
+                listening.truncate(MAX_LISTENERS);
+                group.report.truncated = true;
+            }
         }
     }
 
@@ -231,5 +244,31 @@ mod tests {
             notes[0].starts_with("sockets of pid 7: malformed net/udp"),
             "{notes:?}"
         );
+    }
+
+    #[test]
+    fn twenty_thousand_unix_listeners_are_cut_to_the_limit_and_counted() {
+        let proc = two_processes();
+        let mut unix = String::from("Num       RefCount Protocol Flags    Type St Inode Path\n");
+        for inode in 100_000..120_000 {
+            unix.push_str(&format!(
+                "0000000000000000: 00000002 00000000 00010000 0001 01 {inode} /run/s{inode}.sock\n"
+            ));
+            holds_socket(&proc, inode);
+        }
+        proc.file(7, "net/unix", unix);
+        let mut groups = attach(&proc, false);
+        let group = groups.swap_remove(0);
+        assert_eq!(group.report.listening.len(), MAX_LISTENERS);
+        assert!(group.report.truncated);
+        assert_eq!(
+            group.notes.render(),
+            ["listening sockets: 19744 more not listed (at most 256 per container)"]
+        );
+    }
+
+    /// Pid 7 holds the socket of `inode`.
+    fn holds_socket(proc: &TestProc, inode: u32) {
+        proc.link(7, &format!("fd/{inode}"), &format!("socket:[{inode}]"));
     }
 }
