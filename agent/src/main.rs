@@ -214,6 +214,12 @@ fn snapshot_output(scan: procwatch_agent::Scan) -> SnapshotOutput {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
+    // The workload shares the agent's pid namespace, and by default its uid: without this it
+    // could read the agent's token through /proc/<agent>/root and its environment through
+    // /proc/<agent>/environ. A non-dumpable process's /proc entries refuse every process
+    // lacking CAP_SYS_PTRACE.
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+        .context("making the agent non-dumpable")?;
     let client = ReportClient::new(&args.report_url, &args.ca_pem, args.token_file)?;
     let config = RunConfig {
         proc_root: args.proc_root,
