@@ -549,6 +549,11 @@ fn agent_report(config: &RunConfig, scan: Scan) -> AgentReport {
         containers: findings::containers(scan.containers),
         vanished_processes: scan.vanished,
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        skipped: report::SkippedProcesses {
+            gone: scan.vanished,
+            unreadable: scan.unreadable,
+            out_of_time: scan.not_read,
+        },
     }
 }
 

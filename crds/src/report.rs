@@ -57,6 +57,30 @@ pub struct AgentReport {
     pub vanished_processes: u32,
     #[serde(default)]
     pub agent_version: String,
+    /// Processes in no container's count, by why (absent from older agents: none known).
+    #[serde(default, skip_serializing_if = "SkippedProcesses::is_empty")]
+    pub skipped: SkippedProcesses,
+}
+
+/// Processes a scan counted in no container, by why.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SkippedProcesses {
+    /// Exited while being read (as `vanishedProcesses`).
+    #[serde(default)]
+    pub gone: u32,
+    /// Their `stat` could not be read or parsed.
+    #[serde(default)]
+    pub unreadable: u32,
+    /// Not read at all: the scan reached its deadline first.
+    #[serde(default)]
+    pub out_of_time: u32,
+}
+
+impl SkippedProcesses {
+    pub fn is_empty(&self) -> bool {
+        *self == SkippedProcesses::default()
+    }
 }
 
 impl Default for AgentReport {
@@ -70,6 +94,7 @@ impl Default for AgentReport {
             containers: Vec::new(),
             vanished_processes: 0,
             agent_version: String::new(),
+            skipped: SkippedProcesses::default(),
         }
     }
 }

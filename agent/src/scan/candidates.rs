@@ -33,6 +33,15 @@ impl AsRef<ProcessIdentity> for Candidate {
     }
 }
 
+/// The first pass's result.
+pub(super) struct FirstPass {
+    pub(super) candidates: Vec<Candidate>,
+    /// Processes not read: the deadline came first.
+    pub(super) not_read: u32,
+    /// Processes whose stat could not be read or parsed.
+    pub(super) unreadable: u32,
+}
+
 /// What the cgroup files read so far say about one mount namespace.
 ///
 /// A container has a mount namespace of its own, so a process in the namespace of a process
@@ -62,13 +71,13 @@ impl NamespaceCgroups {
 impl Scanner {
     /// First pass: stat and mount namespace of every process, cgroup where it tells something
     /// new, and the details too when every process will be listed; records the CPU sample.
-    /// Stops at `deadline`: the second value counts the processes not read.
+    /// Stops at `deadline`.
     pub(super) fn read_candidates(
         &mut self,
         options: &ScanOptions,
         vanished: &mut u32,
         deadline: Option<Deadline>,
-    ) -> Result<(Vec<Candidate>, u32), ProcRootError> {
+    ) -> Result<FirstPass, ProcRootError> {
         let mut sample = CpuSample::now();
         let mut buffer = Vec::with_capacity(4096);
         let pids = self.root.pids()?;
@@ -76,6 +85,7 @@ impl Scanner {
         let mut namespaces = HashMap::new();
         let details = (options.max_processes >= pids.len()).then_some(options);
         let mut not_read = 0u32;
+        let mut unreadable = 0u32;
         for pid in pids {
             if not_read > 0 || deadline.is_some_and(Deadline::passed) {
                 not_read += 1;
@@ -86,7 +96,7 @@ impl Scanner {
                     sample.record(&candidate.stat);
                     candidates.push(candidate);
                 }
-                Ok(None) => {}
+                Ok(None) => unreadable += 1,
                 Err(Vanished) => *vanished += 1,
             }
         }
@@ -100,7 +110,11 @@ impl Scanner {
             }
         }
         self.previous = Some(sample);
-        Ok((candidates, not_read))
+        Ok(FirstPass {
+            candidates,
+            not_read,
+            unreadable,
+        })
     }
 
     /// `Ok(None)` for a process the agent cannot see at all (an unreadable or malformed stat).
@@ -220,10 +234,11 @@ mod tests {
             ..ScanOptions::default()
         };
         let mut vanished = 0;
-        let (candidates, not_read) = scanner
+        let first_pass = scanner
             .read_candidates(&options, &mut vanished, None)
             .unwrap();
-        assert_eq!(not_read, 0);
+        assert_eq!((first_pass.not_read, first_pass.unreadable), (0, 1));
+        let candidates = first_pass.candidates;
         assert_eq!(candidates.len(), 1);
         assert_eq!(candidates[0].identity.pid, 7);
         assert!(candidates[0].details.is_some());

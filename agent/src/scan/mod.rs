@@ -93,6 +93,8 @@ pub struct Scan {
     pub cut_short: Option<String>,
     /// Processes not read at all because the scan stopped early.
     pub not_read: u32,
+    /// Processes whose `stat` could not be read or parsed: in no container.
+    pub unreadable: u32,
 }
 
 /// When a scan stops reading: checked between reads, so one slow file or process costs at
@@ -208,7 +210,12 @@ impl Scanner {
     ) -> Result<Scan, ProcRootError> {
         let scanned_at = Time(Timestamp::now());
         let mut vanished = 0u32;
-        let (mut candidates, not_read) = self.read_candidates(options, &mut vanished, deadline)?;
+        let first_pass = self.read_candidates(options, &mut vanished, deadline)?;
+        let (mut candidates, not_read, unreadable) = (
+            first_pass.candidates,
+            first_pass.not_read,
+            first_pass.unreadable,
+        );
         let groups = attribution::attribute(&candidates, pod, self.root.self_pid());
 
         let mut context = ScanContext::new(self, options);
@@ -240,6 +247,7 @@ impl Scanner {
             scanned_at,
             cut_short,
             not_read,
+            unreadable,
         })
     }
 

@@ -85,9 +85,10 @@ impl TestProc {
             ..ScanOptions::default()
         };
         let mut vanished = 0;
-        let (candidates, _) = scanner
+        let candidates = scanner
             .read_candidates(&options, &mut vanished, None)
-            .unwrap();
+            .unwrap()
+            .candidates;
         assert_eq!(vanished, 0);
         (scanner, candidates)
     }

@@ -312,6 +312,7 @@ fn pod_report(
         node_name: pod.pod.spec.as_ref().and_then(|s| s.node_name.clone()),
         reported_at: pod.findings.as_ref().map(|f| whole_seconds(f.received_at)),
         containers,
+        skipped: pod.findings.as_ref().map(|f| f.skipped).unwrap_or_default(),
     }
 }
 

@@ -205,6 +205,7 @@ async fn status_is_applied_with_the_field_manager() {
                 vec![process(7, "nginx", 3), process(8, "nginx", 1)],
                 "h",
             )],
+            skipped: Default::default(),
         },
     );
     let (client, server) = ApiServer::start(watch.clone(), StatusCode::CREATED);
@@ -384,6 +385,7 @@ fn reporting_web_1() -> FindingsStore {
             uid: "uid-web-1".into(),
             received_at: Timestamp::now(),
             containers: vec![nginx(vec![process(7, "nginx", 3)], "h")],
+            skipped: Default::default(),
         },
     );
     findings

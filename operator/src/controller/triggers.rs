@@ -195,6 +195,7 @@ mod tests {
                 uid: "uid-p".into(),
                 received_at: Timestamp::UNIX_EPOCH,
                 containers: vec![],
+                skipped: Default::default(),
             },
         );
         events.handle(&watcher::Event::Delete(pod("p", "db", true)));
@@ -218,6 +219,7 @@ mod tests {
                 uid: "uid-gone".into(),
                 received_at: Timestamp::UNIX_EPOCH,
                 containers: vec![],
+                skipped: Default::default(),
             },
         );
         events.handle(&watcher::Event::Init);

@@ -300,6 +300,7 @@ async fn handle(
             uid: report.pod_uid,
             received_at: Timestamp::now(),
             containers,
+            skipped: convert::skipped(report.skipped),
         },
     );
     state
