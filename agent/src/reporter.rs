@@ -10,6 +10,7 @@
 //! so once and tries again every interval (the operator may be rolled forward).
 
 mod findings;
+mod fit;
 
 use std::future::Future;
 use std::io;
@@ -318,6 +319,8 @@ pub async fn run(
     let mut scans = ScanThread::new(scanner);
     // What the last scan found, reported again (marked) while scans are stuck.
     let mut last_report: Option<AgentReport> = None;
+    // Lowered when the operator answers 413 (it may be configured below the default).
+    let mut body_limit = report::DEFAULT_MAX_REPORT_BYTES;
     let mut instructions = Instructions {
         interval: config.interval,
         collect: config.collect.clone(),
@@ -362,6 +365,8 @@ pub async fn run(
                     stale_report(&config, last_report.as_ref(), &reason)
                 }
             };
+            let mut report = report;
+            fit::fit(&mut report, body_limit);
             pending = Some((Instant::now(), report));
         }
         let (_, report) = pending.as_ref().expect("a report was just made");
@@ -421,6 +426,26 @@ pub async fn run(
                     version_refused = true;
                 }
                 instructions.interval
+            }
+            Err(SendError::Refused { status, .. }) if status == StatusCode::PAYLOAD_TOO_LARGE => {
+                // Never the same body again: the limit halves below what was refused.
+                let (_, report) = pending.as_mut().expect("a report was just sent");
+                let refused = fit::encoded_len(report);
+                body_limit = refused.min(body_limit) / 2;
+                let size = fit::fit(report, body_limit);
+                if size < refused {
+                    tracing::warn!(
+                        refused,
+                        size,
+                        body_limit,
+                        "the operator refused the report as too large: sending it shrunk"
+                    );
+                    FOLLOW_UP
+                } else {
+                    let retry = backoff.next_delay();
+                    tracing::warn!(refused, retry_in = ?retry, "the operator refused the report as too large and it cannot shrink further");
+                    retry
+                }
             }
             Err(error) => {
                 let retry = backoff.next_delay();

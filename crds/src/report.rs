@@ -21,6 +21,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::EnvironmentPolicy;
 
+/// The largest report body the operator accepts unless configured otherwise; the agent shrinks
+/// its reports to fit, and further when the operator answers 413.
+pub const DEFAULT_MAX_REPORT_BYTES: usize = 2 * 1024 * 1024;
+
 /// The report version this agent sends.
 pub const VERSION: u32 = 1;
 /// The versions the operator accepts: the current one and the one before (1 is the first).
