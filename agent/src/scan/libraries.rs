@@ -24,10 +24,19 @@ impl ScanContext<'_> {
                 .root
                 .read_whole(pid, "maps", &mut self.buffer, MAPS_LIMIT)
             {
-                Ok(text) => match maps::collect_executable_mappings(text, &mut libraries) {
-                    Ok(()) => {}
-                    Err(error) => group.notes.add("maps", pid, error.to_string()),
-                },
+                Ok(text) => {
+                    let mut text = text;
+                    if text.len() >= MAPS_LIMIT {
+                        group.report.truncated = true;
+                        group
+                            .notes
+                            .add("maps", pid, notes::read_limit_reason(MAPS_LIMIT));
+                        text = notes::whole_lines(text);
+                    }
+                    if let Err(error) = maps::collect_executable_mappings(text, &mut libraries) {
+                        group.notes.add("maps", pid, error.to_string());
+                    }
+                }
                 Err(ReadFailure::Gone) => {}
                 Err(failure) => group.notes.add("maps", pid, self.scanner.reason(&failure)),
             }

@@ -44,7 +44,11 @@ impl ScanContext<'_> {
                     break;
                 }
                 let reason = match self.read_socket_tables(pid, &mut listeners) {
-                    Ok(()) => continue,
+                    Ok(false) => continue,
+                    Ok(true) => {
+                        group.report.truncated = true;
+                        notes::read_limit_reason(NET_TABLE_LIMIT)
+                    }
                     Err(TableFailure::Read(failure)) => self.scanner.reason(&failure),
                     Err(TableFailure::Malformed(error)) => error.to_string(),
                 };
@@ -119,13 +123,15 @@ impl ScanContext<'_> {
         }
     }
 
-    /// Adds the listeners of the network namespace of `pid` to `listeners`, by inode.
+    /// Adds the listeners of the network namespace of `pid` to `listeners`, by inode; returns
+    /// whether a table reached its read limit (the listeners past it are not known).
     fn read_socket_tables(
         &mut self,
         pid: i32,
         listeners: &mut HashMap<u64, ListeningSocket>,
-    ) -> Result<(), TableFailure> {
+    ) -> Result<bool, TableFailure> {
         let root = &self.scanner.root;
+        let mut cut = false;
         for (table, protocol) in [
             ("net/tcp", SocketProtocol::Tcp),
             ("net/tcp6", SocketProtocol::Tcp),
@@ -134,6 +140,10 @@ impl ScanContext<'_> {
             ("net/unix", SocketProtocol::Unix),
         ] {
             let text = match root.read_whole(pid, table, &mut self.buffer, NET_TABLE_LIMIT) {
+                Ok(text) if text.len() >= NET_TABLE_LIMIT => {
+                    cut = true;
+                    notes::whole_lines(text)
+                }
                 Ok(text) => text,
                 // A table the kernel does not have (tcp6 without IPv6) lists nothing.
                 Err(ReadFailure::Gone) if root.is_alive(pid) => continue,
@@ -159,7 +169,7 @@ impl ScanContext<'_> {
                 }
             }
         }
-        Ok(())
+        Ok(cut)
     }
 }
 
