@@ -68,6 +68,9 @@ struct SnapshotArgs {
     /// Do not read each process's exe and cwd.
     #[arg(long)]
     no_paths: bool,
+    /// Fingerprint files up to this many bytes; larger ones by size and mode only.
+    #[arg(long, default_value_t = procwatch_crds::spec::DEFAULT_MAX_FILE_BYTES, value_parser = clap::value_parser!(u64).range(1..))]
+    max_file_bytes: u64,
     /// List at most this many processes per container, busiest first [default: all].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     max_processes: Option<u32>,
@@ -181,6 +184,7 @@ fn snapshot(args: SnapshotArgs) -> anyhow::Result<()> {
         paths: !args.no_paths,
         files: args.files,
         max_processes: args.max_processes.map_or(usize::MAX, |max| max as usize),
+        max_file_bytes: args.max_file_bytes,
     };
     if !args.interval.is_zero() {
         scanner.sample_cpu()?;
@@ -220,6 +224,12 @@ fn snapshot_output(scan: procwatch_agent::Scan) -> SnapshotOutput {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
+    // The workload shares the agent's pid namespace, and by default its uid: without this it
+    // could read the agent's token through /proc/<agent>/root and its environment through
+    // /proc/<agent>/environ. A non-dumpable process's /proc entries refuse every process
+    // lacking CAP_SYS_PTRACE.
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+        .context("making the agent non-dumpable")?;
     let client = ReportClient::new(&args.report_url, &args.ca_pem, args.token_file)?;
     let config = RunConfig {
         proc_root: args.proc_root,
@@ -315,6 +325,7 @@ mod tests {
                 libraries: true,
                 files: vec!["/etc/hosts".into()],
                 max_processes: 3,
+                max_file_bytes: procwatch_crds::spec::DEFAULT_MAX_FILE_BYTES,
             })
         );
         // Without the option (an agent started by hand): the watch defaults.

@@ -16,7 +16,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{Dir, Mode, OFlags, ResolveFlags};
+use rustix::fs::{Dir, FileType, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 
 use crate::parse::ParseError;
@@ -50,6 +50,9 @@ pub enum ReadFailure {
     Gone,
     /// The agent lacks the right (EACCES, EPERM): ptrace access for environ, fd, maps, root.
     Denied,
+    /// The path names something other than a regular file (a FIFO, socket, device or
+    /// directory), which the agent never opens for reading: its kind, like `fifo`.
+    NotRegular(&'static str),
     /// Anything else, kept for the message.
     Other(io::Error),
 }
@@ -257,9 +260,14 @@ impl ProcRoot {
         std::fs::symlink_metadata(self.pid_path(pid, "stat")).is_ok()
     }
 
-    /// Opens `path` inside the process's root directory, resolving symlinks and `..` as the
-    /// process would (an absolute link in a container must not escape into the agent's own
-    /// filesystem).
+    /// Opens the regular file `path` inside the process's root directory, resolving symlinks and
+    /// `..` as the process would (an absolute link in a container must not escape into the
+    /// agent's own filesystem).
+    ///
+    /// The workload owns that filesystem, so nothing it puts there may block the agent: the
+    /// path is first opened with `O_PATH`, which opens nothing (a FIFO's open would wait for a
+    /// writer, a device's would run its driver), and only a regular file is then opened for
+    /// reading, without blocking, and checked to be the same file.
     pub fn open_in_root(&self, pid: i32, path: &str) -> Result<File, ReadFailure> {
         let root = self.in_process_dir(pid, |directory| {
             Ok(rustix::fs::openat(
@@ -269,13 +277,34 @@ impl ProcRoot {
                 Mode::empty(),
             )?)
         })?;
+        let relative = path.trim_start_matches('/');
+        let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
+        let located = rustix::fs::openat2(
+            &root,
+            relative,
+            OFlags::PATH | OFlags::CLOEXEC,
+            Mode::empty(),
+            resolve,
+        )?;
+        let expected = rustix::fs::fstat(&located)?;
+        let kind = FileType::from_raw_mode(expected.st_mode);
+        if kind != FileType::RegularFile {
+            return Err(ReadFailure::NotRegular(kind_name(kind)));
+        }
         let file = rustix::fs::openat2(
             &root,
-            path.trim_start_matches('/'),
-            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY,
+            relative,
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
             Mode::empty(),
-            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+            resolve,
         )?;
+        let opened = rustix::fs::fstat(&file)?;
+        if (opened.st_dev, opened.st_ino) != (expected.st_dev, expected.st_ino) {
+            // Swapped between the two opens: refused, whatever it is now.
+            return Err(ReadFailure::Other(io::Error::other(
+                "replaced while being opened",
+            )));
+        }
         Ok(File::from(file))
     }
 
@@ -284,6 +313,20 @@ impl ProcRoot {
         let mut reachable = self.pid_path(pid, "root").into_os_string();
         reachable.push(OsStr::new(path));
         reachable.to_string_lossy().into_owned()
+    }
+}
+
+/// How an `unreadable` line names a kind of file.
+fn kind_name(kind: FileType) -> &'static str {
+    match kind {
+        FileType::RegularFile => "regular file",
+        FileType::Directory => "directory",
+        FileType::Symlink => "symlink",
+        FileType::Fifo => "fifo",
+        FileType::Socket => "socket",
+        FileType::CharacterDevice => "character device",
+        FileType::BlockDevice => "block device",
+        FileType::Unknown => "unknown kind",
     }
 }
 

@@ -10,6 +10,7 @@
 //! so once and tries again every interval (the operator may be rolled forward).
 
 mod findings;
+mod fit;
 
 use std::future::Future;
 use std::io;
@@ -46,6 +47,14 @@ pub const UNWATCHED_RECHECK: Duration = Duration::from_secs(300);
 /// answer usually does: names of the containers), the next scan comes this soon instead
 /// of an interval later, so the status is complete within seconds of the pod's start.
 pub const FOLLOW_UP: Duration = Duration::from_secs(1);
+/// A scan reads for at most half the interval, and never longer than this.
+pub const MAX_SCAN_BUDGET: Duration = Duration::from_secs(10);
+/// A scan still running this long after its budget is stuck in a read that does not return
+/// (a hung filesystem): its thread is abandoned and the report goes out without it.
+const STUCK_SCAN_GRACE: Duration = Duration::from_secs(5);
+/// Abandoned scan threads beyond which no new scan starts (each may hold its thread forever);
+/// reports then carry the last findings, marked as such.
+const MAX_STUCK_SCANS: usize = 2;
 /// The operator's answer is small; anything bigger is refused.
 const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 /// How much of an error response is logged.
@@ -307,6 +316,11 @@ pub async fn run(
     tokio::pin!(shutdown);
     let mut scanner = Scanner::new(&config.proc_root)?;
     scanner.sample_cpu()?;
+    let mut scans = ScanThread::new(scanner);
+    // What the last scan found, reported again (marked) while scans are stuck.
+    let mut last_report: Option<AgentReport> = None;
+    // Lowered when the operator answers 413 (it may be configured below the default).
+    let mut body_limit = report::DEFAULT_MAX_REPORT_BYTES;
     let mut instructions = Instructions {
         interval: config.interval,
         collect: config.collect.clone(),
@@ -331,15 +345,29 @@ pub async fn run(
             .is_none_or(|(scanned, _)| scanned.elapsed() >= instructions.interval);
         if stale {
             let options = ScanOptions::from(&instructions.collect);
-            let containers = instructions.containers.clone();
-            let (returned, scan) = tokio::task::spawn_blocking(move || {
-                let scan = scanner.scan(&options, Some(&containers));
-                (scanner, scan)
-            })
-            .await
-            .expect("the scan does not panic");
-            scanner = returned;
-            pending = Some((Instant::now(), agent_report(&config, scan?)));
+            let budget = scan_budget(instructions.interval);
+            let outcome = tokio::select! {
+                outcome = scans.scan(&config.proc_root, options, instructions.containers.clone(), budget) => outcome,
+                _ = &mut shutdown => return Ok(()),
+            };
+            let report = match outcome {
+                ScanOutcome::Done(scan) => {
+                    let scan = scan?;
+                    if let Some(reason) = &scan.cut_short {
+                        tracing::warn!("scan cut short: {reason}; reporting what it read");
+                    }
+                    let report = agent_report(&config, scan);
+                    last_report = Some(report.clone());
+                    report
+                }
+                ScanOutcome::Stuck(reason) => {
+                    tracing::warn!("{reason}");
+                    stale_report(&config, last_report.as_ref(), &reason)
+                }
+            };
+            let mut report = report;
+            fit::fit(&mut report, body_limit);
+            pending = Some((Instant::now(), report));
         }
         let (_, report) = pending.as_ref().expect("a report was just made");
         let outcome = tokio::select! {
@@ -399,6 +427,26 @@ pub async fn run(
                 }
                 instructions.interval
             }
+            Err(SendError::Refused { status, .. }) if status == StatusCode::PAYLOAD_TOO_LARGE => {
+                // Never the same body again: the limit halves below what was refused.
+                let (_, report) = pending.as_mut().expect("a report was just sent");
+                let refused = fit::encoded_len(report);
+                body_limit = refused.min(body_limit) / 2;
+                let size = fit::fit(report, body_limit);
+                if size < refused {
+                    tracing::warn!(
+                        refused,
+                        size,
+                        body_limit,
+                        "the operator refused the report as too large: sending it shrunk"
+                    );
+                    FOLLOW_UP
+                } else {
+                    let retry = backoff.next_delay();
+                    tracing::warn!(refused, retry_in = ?retry, "the operator refused the report as too large and it cannot shrink further");
+                    retry
+                }
+            }
             Err(error) => {
                 let retry = backoff.next_delay();
                 let what = if error.is_auth() {
@@ -415,6 +463,107 @@ pub async fn run(
     }
 }
 
+/// How long a scan may read: half the interval, at most [`MAX_SCAN_BUDGET`].
+pub fn scan_budget(interval: Duration) -> Duration {
+    (interval / 2).min(MAX_SCAN_BUDGET)
+}
+
+/// How a scan on its thread ended.
+enum ScanOutcome {
+    Done(Result<Scan, ProcRootError>),
+    /// Its thread did not come back (or no new scan may start): why.
+    Stuck(String),
+}
+
+/// Runs each scan on a thread of its own, so that a read that never returns stalls neither
+/// the reports nor the agent's shutdown: such a thread is abandoned with its scanner, and the
+/// next scan gets a new scanner.
+struct ScanThread {
+    scanner: Option<Scanner>,
+    /// Scan threads still running: between scans, only abandoned ones.
+    running: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl ScanThread {
+    fn new(scanner: Scanner) -> Self {
+        ScanThread {
+            scanner: Some(scanner),
+            running: Default::default(),
+        }
+    }
+
+    async fn scan(
+        &mut self,
+        proc_root: &std::path::Path,
+        options: ScanOptions,
+        containers: Vec<ContainerIdentity>,
+        budget: Duration,
+    ) -> ScanOutcome {
+        use std::sync::atomic::Ordering;
+        let stuck = self.running.load(Ordering::Relaxed);
+        if stuck >= MAX_STUCK_SCANS {
+            return ScanOutcome::Stuck(format!(
+                "{stuck} scans are stuck in reads that do not return: no new scan starts"
+            ));
+        }
+        let mut scanner = match self.scanner.take() {
+            Some(scanner) => scanner,
+            None => match Scanner::new(proc_root) {
+                Ok(scanner) => scanner,
+                Err(error) => return ScanOutcome::Done(Err(error)),
+            },
+        };
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let running = self.running.clone();
+        running.fetch_add(1, Ordering::Relaxed);
+        let spawned = std::thread::Builder::new()
+            .name("scan".into())
+            .spawn(move || {
+                let scan = scanner.scan_within(&options, Some(&containers), budget);
+                // Refused when this scan was abandoned: nothing is waiting for it any more.
+                let _ = sender.send((scanner, scan));
+                running.fetch_sub(1, Ordering::Relaxed);
+            });
+        if let Err(error) = spawned {
+            self.running.fetch_sub(1, Ordering::Relaxed);
+            return ScanOutcome::Stuck(format!("cannot start a scan thread: {error}"));
+        }
+        let limit = budget + STUCK_SCAN_GRACE;
+        match tokio::time::timeout(limit, receiver).await {
+            Ok(Ok((scanner, scan))) => {
+                self.scanner = Some(scanner);
+                ScanOutcome::Done(scan)
+            }
+            Ok(Err(_)) => ScanOutcome::Stuck("the scan thread failed".to_string()),
+            Err(_) => ScanOutcome::Stuck(format!(
+                "the scan did not finish within {:.1}s (a read that does not return): its thread is abandoned",
+                limit.as_secs_f64()
+            )),
+        }
+    }
+}
+
+/// The last findings again when no scan could finish, each container marked truncated with
+/// the reason.
+fn stale_report(config: &RunConfig, last: Option<&AgentReport>, reason: &str) -> AgentReport {
+    let mut report = last.cloned().unwrap_or_else(|| AgentReport {
+        version: report::VERSION,
+        pod_name: config.pod_name.clone(),
+        pod_namespace: config.pod_namespace.clone(),
+        pod_uid: config.pod_uid.clone(),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        ..AgentReport::default()
+    });
+    let note = format!("facts of an earlier scan: {reason}");
+    for container in &mut report.containers {
+        container.truncated = true;
+        if !container.unreadable.contains(&note) {
+            container.unreadable.push(note.clone());
+        }
+    }
+    report
+}
+
 fn agent_report(config: &RunConfig, scan: Scan) -> AgentReport {
     AgentReport {
         version: report::VERSION,
@@ -425,6 +574,11 @@ fn agent_report(config: &RunConfig, scan: Scan) -> AgentReport {
         containers: findings::containers(scan.containers),
         vanished_processes: scan.vanished,
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        skipped: report::SkippedProcesses {
+            gone: scan.vanished,
+            unreadable: scan.unreadable,
+            out_of_time: scan.not_read,
+        },
     }
 }
 
@@ -491,6 +645,50 @@ mod tests {
             )
             .contains("CA certificate")
         );
+    }
+
+    #[test]
+    fn a_scan_reads_for_half_the_interval_at_most_ten_seconds() {
+        assert_eq!(
+            scan_budget(Duration::from_secs(5)),
+            Duration::from_millis(2500)
+        );
+        assert_eq!(
+            scan_budget(Duration::from_secs(15)),
+            Duration::from_millis(7500)
+        );
+        assert_eq!(scan_budget(Duration::from_secs(300)), MAX_SCAN_BUDGET);
+    }
+
+    #[test]
+    fn a_stuck_scan_reports_the_last_findings_marked_with_the_reason() {
+        let config = RunConfig {
+            proc_root: "/proc".into(),
+            pod_name: "p".into(),
+            pod_namespace: "n".into(),
+            pod_uid: "u".into(),
+            interval: Duration::from_secs(15),
+            collect: CollectRequest::default(),
+        };
+        let last = AgentReport {
+            containers: vec![report::Container {
+                name: "app".into(),
+                process_count: 3,
+                ..report::Container::default()
+            }],
+            ..AgentReport::default()
+        };
+        let stale = stale_report(&config, Some(&last), "stuck");
+        assert_eq!(stale.containers[0].process_count, 3);
+        assert!(stale.containers[0].truncated);
+        assert_eq!(
+            stale.containers[0].unreadable,
+            ["facts of an earlier scan: stuck"]
+        );
+        // With no earlier findings: the pod's identity and nothing else.
+        let empty = stale_report(&config, None, "stuck");
+        assert_eq!(empty.pod_uid, "u");
+        assert!(empty.containers.is_empty());
     }
 
     #[test]

@@ -414,3 +414,31 @@ async fn a_refused_version_is_logged_once_and_retried_every_interval() {
     assert_eq!(said, 1, "{stderr}");
     assert!(stderr.contains(&refusal.message), "{stderr}");
 }
+
+/// An operator configured below the agent's default body limit answers 413: the agent's next
+/// report is shrunk to half the refused size (the least busy process left out, and said so),
+/// never the same body.
+#[tokio::test]
+async fn a_report_refused_as_too_large_is_sent_again_shrunk() {
+    let script = Arc::new(|n| match n {
+        0 => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "report too large".to_string(),
+        ),
+        _ => answer(true, CollectRequest::default()),
+    });
+    let mut setup = Setup::start(script, "token").await;
+    let mut child = setup.spawn_agent_binary(&[]);
+    let (refused_at, refused) = next(&mut setup.operator).await;
+    let (shrunk_at, shrunk) = next(&mut setup.operator).await;
+    // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
+    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) };
+    child.wait().await.unwrap();
+    let size = |report: &report::AgentReport| serde_json::to_vec(report).unwrap().len();
+    assert!(size(&shrunk.report) <= size(&refused.report) / 2);
+    let nginx = |report: &report::AgentReport| report.containers[0].clone();
+    assert!(nginx(&shrunk.report).processes.len() < nginx(&refused.report).processes.len());
+    assert!(nginx(&shrunk.report).truncated);
+    // Soon, not after a backoff.
+    assert!(shrunk_at - refused_at < Duration::from_secs(3));
+}

@@ -21,6 +21,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::EnvironmentPolicy;
 
+/// The largest report body the operator accepts unless configured otherwise; the agent shrinks
+/// its reports to fit, and further when the operator answers 413.
+pub const DEFAULT_MAX_REPORT_BYTES: usize = 2 * 1024 * 1024;
+
 /// The report version this agent sends.
 pub const VERSION: u32 = 1;
 /// The versions the operator accepts: the current one and the one before (1 is the first).
@@ -57,6 +61,30 @@ pub struct AgentReport {
     pub vanished_processes: u32,
     #[serde(default)]
     pub agent_version: String,
+    /// Processes in no container's count, by why (absent from older agents: none known).
+    #[serde(default, skip_serializing_if = "SkippedProcesses::is_empty")]
+    pub skipped: SkippedProcesses,
+}
+
+/// Processes a scan counted in no container, by why.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SkippedProcesses {
+    /// Exited while being read (as `vanishedProcesses`).
+    #[serde(default)]
+    pub gone: u32,
+    /// Their `stat` could not be read or parsed.
+    #[serde(default)]
+    pub unreadable: u32,
+    /// Not read at all: the scan reached its deadline first.
+    #[serde(default)]
+    pub out_of_time: u32,
+}
+
+impl SkippedProcesses {
+    pub fn is_empty(&self) -> bool {
+        *self == SkippedProcesses::default()
+    }
 }
 
 impl Default for AgentReport {
@@ -70,6 +98,7 @@ impl Default for AgentReport {
             containers: Vec::new(),
             vanished_processes: 0,
             agent_version: String::new(),
+            skipped: SkippedProcesses::default(),
         }
     }
 }
@@ -234,6 +263,10 @@ pub struct CollectRequest {
     pub files: Vec<String>,
     /// Processes to list per container, busiest first.
     pub max_processes: u32,
+    /// Files larger than this are reported by size and mode only (absent from an older
+    /// operator's answer: the default).
+    #[serde(default = "crate::spec::default_max_file_bytes")]
+    pub max_file_bytes: u64,
 }
 
 impl Default for CollectRequest {
@@ -246,6 +279,7 @@ impl Default for CollectRequest {
             libraries: collect.libraries,
             files: collect.files,
             max_processes: crate::ReportLimits::default().max_processes,
+            max_file_bytes: collect.max_file_bytes,
         }
     }
 }

@@ -114,10 +114,21 @@ pub struct Collect {
         schemars(length(max = 32), inner(regex(pattern = "^/"), length(max = 4096)))
     )]
     pub files: Vec<String>,
+    /// Files larger than this many bytes are reported by size and mode only, without sha256.
+    #[serde(default = "default_max_file_bytes")]
+    #[schemars(range(min = 1, max = 1073741824))]
+    pub max_file_bytes: u64,
 }
 
 fn yes() -> bool {
     true
+}
+
+/// 64 MiB: hashing a file costs the agent a read of all of it, every interval.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+
+pub(crate) fn default_max_file_bytes() -> u64 {
+    DEFAULT_MAX_FILE_BYTES
 }
 
 impl Default for Collect {
@@ -128,6 +139,7 @@ impl Default for Collect {
             sockets: true,
             libraries: false,
             files: Vec::new(),
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
         }
     }
 }

@@ -137,6 +137,30 @@ pub struct PodReport {
     #[serde(default)]
     #[cfg_attr(feature = "crd", schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"])))]
     pub containers: Vec<ContainerReport>,
+    /// Processes of the pod that its agent counted in no container, by why; absent when none.
+    #[serde(default, skip_serializing_if = "SkippedProcesses::is_empty")]
+    pub skipped: SkippedProcesses,
+}
+
+/// Processes an agent counted in no container, by why.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SkippedProcesses {
+    /// Exited while being read.
+    #[serde(default)]
+    pub gone: u32,
+    /// The agent could not read or parse their `stat`.
+    #[serde(default)]
+    pub unreadable: u32,
+    /// Not read: the agent's scan reached its deadline first.
+    #[serde(default)]
+    pub out_of_time: u32,
+}
+
+impl SkippedProcesses {
+    pub fn is_empty(&self) -> bool {
+        *self == SkippedProcesses::default()
+    }
 }
 
 /// What runs in one container of one pod.

@@ -63,6 +63,7 @@ fn main() -> Result<(), Box<dyn Error>> {
                 uid: report.pod_uid,
                 received_at: Timestamp::now(),
                 containers: convert::containers(report.containers),
+                skipped: convert::skipped(report.skipped),
             },
         );
     }

@@ -82,6 +82,7 @@ pub fn findings(
         uid: format!("uid-{pod}"),
         received_at: at,
         containers,
+        skipped: Default::default(),
     };
     (pod.to_string(), findings)
 }

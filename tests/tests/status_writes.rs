@@ -228,6 +228,7 @@ fn edge_statuses() -> Vec<(&'static str, ProcessWatchStatus)> {
             node_name: Some(String::new()),
             reported_at: None,
             containers: vec![container(processes)],
+            skipped: Default::default(),
         }],
         ..ProcessWatchStatus::default()
     };

@@ -16,6 +16,9 @@ pub mod passwd;
 pub mod stat;
 pub mod status;
 
+#[cfg(test)]
+mod properties;
+
 /// A /proc file did not have the shape the kernel writes.
 #[derive(Debug, thiserror::Error)]
 pub enum ParseError {

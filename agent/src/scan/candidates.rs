@@ -9,7 +9,7 @@ use crate::procfs_read::{ProcRootError, ReadFailure};
 
 use super::cpu::CpuSample;
 use super::details::ProcessDetails;
-use super::{ScanOptions, Scanner, Vanished};
+use super::{Deadline, ScanOptions, Scanner, Vanished};
 
 const CGROUP_LIMIT: usize = 64 * 1024;
 /// Cgroup files read per mount namespace, in pid order, when none names a container (the
@@ -31,6 +31,15 @@ impl AsRef<ProcessIdentity> for Candidate {
     fn as_ref(&self) -> &ProcessIdentity {
         &self.identity
     }
+}
+
+/// The first pass's result.
+pub(super) struct FirstPass {
+    pub(super) candidates: Vec<Candidate>,
+    /// Processes not read: the deadline came first.
+    pub(super) not_read: u32,
+    /// Processes whose stat could not be read or parsed.
+    pub(super) unreadable: u32,
 }
 
 /// What the cgroup files read so far say about one mount namespace.
@@ -62,24 +71,32 @@ impl NamespaceCgroups {
 impl Scanner {
     /// First pass: stat and mount namespace of every process, cgroup where it tells something
     /// new, and the details too when every process will be listed; records the CPU sample.
+    /// Stops at `deadline`.
     pub(super) fn read_candidates(
         &mut self,
         options: &ScanOptions,
         vanished: &mut u32,
-    ) -> Result<Vec<Candidate>, ProcRootError> {
+        deadline: Option<Deadline>,
+    ) -> Result<FirstPass, ProcRootError> {
         let mut sample = CpuSample::now();
         let mut buffer = Vec::with_capacity(4096);
         let pids = self.root.pids()?;
         let mut candidates = Vec::with_capacity(pids.len());
         let mut namespaces = HashMap::new();
         let details = (options.max_processes >= pids.len()).then_some(options);
+        let mut not_read = 0u32;
+        let mut unreadable = 0u32;
         for pid in pids {
+            if not_read > 0 || deadline.is_some_and(Deadline::passed) {
+                not_read += 1;
+                continue;
+            }
             match self.read_candidate(pid, &mut buffer, &mut namespaces, details) {
                 Ok(Some(candidate)) => {
                     sample.record(&candidate.stat);
                     candidates.push(candidate);
                 }
-                Ok(None) => {}
+                Ok(None) => unreadable += 1,
                 Err(Vanished) => *vanished += 1,
             }
         }
@@ -93,7 +110,11 @@ impl Scanner {
             }
         }
         self.previous = Some(sample);
-        Ok(candidates)
+        Ok(FirstPass {
+            candidates,
+            not_read,
+            unreadable,
+        })
     }
 
     /// `Ok(None)` for a process the agent cannot see at all (an unreadable or malformed stat).
@@ -213,7 +234,11 @@ mod tests {
             ..ScanOptions::default()
         };
         let mut vanished = 0;
-        let candidates = scanner.read_candidates(&options, &mut vanished).unwrap();
+        let first_pass = scanner
+            .read_candidates(&options, &mut vanished, None)
+            .unwrap();
+        assert_eq!((first_pass.not_read, first_pass.unreadable), (0, 1));
+        let candidates = first_pass.candidates;
         assert_eq!(candidates.len(), 1);
         assert_eq!(candidates[0].identity.pid, 7);
         assert!(candidates[0].details.is_some());

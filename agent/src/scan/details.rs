@@ -12,6 +12,7 @@ use crate::parse::status::{self, PidStatus};
 use crate::parse::{cmdline, environ, fd};
 use crate::procfs_read::ReadFailure;
 
+use super::notes;
 use super::{ScanOptions, Scanner, Vanished};
 
 const STATUS_LIMIT: usize = 16 * 1024;
@@ -82,7 +83,12 @@ impl Scanner {
         let mut notes = Vec::new();
 
         let status = match root.read_record(pid, "status", buffer, STATUS_LIMIT) {
-            Ok(text) => status::parse_pid_status(text),
+            Ok(text) => {
+                if text.len() >= STATUS_LIMIT {
+                    notes.push(("status", notes::read_limit_reason(STATUS_LIMIT)));
+                }
+                status::parse_pid_status(text)
+            }
             Err(ReadFailure::Gone) => return Err(Vanished),
             Err(failure) => {
                 notes.push(("status", self.reason(&failure)));
@@ -139,6 +145,12 @@ impl Scanner {
         if options.environment != EnvironmentPolicy::None {
             match root.read_record(pid, "environ", buffer, ENVIRON_LIMIT) {
                 Ok(text) => {
+                    if text.len() >= ENVIRON_LIMIT {
+                        details.truncated = true;
+                        details
+                            .notes
+                            .push(("environ", notes::read_limit_reason(ENVIRON_LIMIT)));
+                    }
                     let environment = environ::parse_environ(text, options.environment);
                     details.truncated |= environment.truncated;
                     details.process.environment = environment.entries;
@@ -250,6 +262,39 @@ mod tests {
             paths: true,
             ..ScanOptions::default()
         }
+    }
+
+    #[test]
+    fn a_megabyte_command_line_and_environment_are_cut_and_noted() {
+        let proc = TestProc::new();
+        proc.process(7, "app");
+        proc.file(7, "cmdline", "a".repeat(1 << 20));
+        proc.file(7, "environ", "VAR=x\0".repeat((1 << 20) / 6));
+        proc.file(
+            7,
+            "status",
+            format!("Uid:\t0\t0\t0\t0\n{}", "X:\t1\n".repeat(1 << 14)),
+        );
+        let scanner = proc.scanner();
+        let stat = parse_pid_stat(&std::fs::read(proc.path(7, "stat")).unwrap()).unwrap();
+        let details = scanner
+            .process_details(&stat, &everything(), &mut Vec::new())
+            .unwrap();
+        assert!(details.process.args.len() <= cmdline::MAX_ARGS_BYTES + 3);
+        assert!(details.truncated);
+        assert_eq!(
+            details.notes,
+            [
+                (
+                    "status",
+                    "reached the read limit of 16 KiB: the rest not read".to_string()
+                ),
+                (
+                    "environ",
+                    "reached the read limit of 64 KiB: the rest not read".to_string()
+                ),
+            ]
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use procwatch_crds::FileFingerprint;
 
-use crate::fingerprint::{FingerprintError, fingerprint};
+use crate::fingerprint::{fingerprint, size_text};
 use crate::procfs_read::ReadFailure;
 
 use super::group::{GroupReport, ScanContext};
@@ -18,14 +18,9 @@ impl ScanContext<'_> {
             for &pid in &pids {
                 match self.scanner.root.open_in_root(pid, path) {
                     Ok(file) => {
-                        match fingerprint(path, file) {
+                        match fingerprint(path, file, self.options.max_file_bytes) {
                             Ok(print) => printed = Some(print),
-                            Err(FingerprintError::NotRegular) => {
-                                last_reason = Some("not a regular file".to_string())
-                            }
-                            Err(FingerprintError::Io(error)) => {
-                                last_reason = Some(error.to_string())
-                            }
+                            Err(error) => last_reason = Some(error.to_string()),
                         }
                         break;
                     }
@@ -45,7 +40,15 @@ impl ScanContext<'_> {
                 }
             }
             match (printed, last_reason) {
-                (Some(print), _) => group.report.files.push(print),
+                (Some(print), _) => {
+                    if print.sha256.is_empty() {
+                        group.notes.add_line(format!(
+                            "file {path}: larger than {}: size and mode only",
+                            size_text(self.options.max_file_bytes)
+                        ));
+                    }
+                    group.report.files.push(print)
+                }
                 (None, Some(reason)) => group.notes.add_line(format!("file {path}: {reason}")),
                 (None, None) => group
                     .notes
@@ -99,9 +102,61 @@ mod tests {
         assert_eq!(
             group.notes.render(),
             [
-                "file /etc/conf.d: not a regular file",
+                "file /etc/conf.d: not a regular file (directory)",
                 "file /etc/missing: not found"
             ]
+        );
+    }
+
+    /// A FIFO, a socket and a device at requested paths: refused at once, never opened (a
+    /// FIFO without a writer would block a reading open forever), each named by kind.
+    #[test]
+    fn special_files_are_refused_without_being_opened() {
+        let proc = TestProc::new();
+        proc.process(7, "app");
+        proc.fifo(7, "root/x/fifo");
+        let _socket =
+            std::os::unix::net::UnixListener::bind(proc.path(7, "root/x/socket")).unwrap();
+        // A twin of /dev/null.
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            proc.path(7, "root/x/null"),
+            rustix::fs::FileType::CharacterDevice,
+            rustix::fs::Mode::from_raw_mode(0o666),
+            rustix::fs::stat("/dev/null").unwrap().st_rdev,
+        )
+        .expect("creating a device node needs CAP_MKNOD: run the agent's tests as root");
+        let started = std::time::Instant::now();
+        let group = fingerprints(&proc, &[7], &["/x/fifo", "/x/socket", "/x/null"]);
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        assert!(group.report.files.is_empty());
+        assert_eq!(
+            group.notes.render(),
+            [
+                "file /x/fifo: not a regular file (fifo)",
+                "file /x/null: not a regular file (character device)",
+                "file /x/socket: not a regular file (socket)",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_sparse_terabyte_is_reported_by_size_and_mode_without_being_read() {
+        let proc = TestProc::new();
+        proc.process(7, "app");
+        proc.file(7, "root/data", "");
+        std::fs::File::options()
+            .write(true)
+            .open(proc.path(7, "root/data"))
+            .unwrap()
+            .set_len(1 << 40)
+            .unwrap();
+        let group = fingerprints(&proc, &[7], &["/data"]);
+        assert_eq!(group.report.files[0].size, 1 << 40);
+        assert_eq!(group.report.files[0].sha256, "");
+        assert_eq!(
+            group.notes.render(),
+            ["file /data: larger than 64 MiB: size and mode only"]
         );
     }
 

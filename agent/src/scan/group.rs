@@ -10,7 +10,7 @@ use crate::attribution::Group;
 use super::candidates::Candidate;
 use super::details::ProcessDetails;
 use super::notes::Notes;
-use super::{ScanOptions, Scanner, Vanished};
+use super::{Deadline, ScanOptions, Scanner, Vanished};
 
 /// A container's report being built, with what socket attribution needs.
 pub(super) struct GroupReport {
@@ -67,6 +67,8 @@ pub(super) struct ScanContext<'a> {
     pub(super) users: HashMap<Option<u64>, Option<HashMap<u32, String>>>,
     /// Socket inodes held by the listed processes of every group: inode → lowest pid.
     pub(super) socket_owners: HashMap<u64, i32>,
+    /// When to stop reading (none for a snapshot).
+    pub(super) deadline: Option<Deadline>,
 }
 
 /// Busiest first: CPU, then memory, then the lowest pid.
@@ -89,7 +91,21 @@ impl<'a> ScanContext<'a> {
             buffer: Vec::with_capacity(8192),
             users: HashMap::new(),
             socket_owners: HashMap::new(),
+            deadline: None,
         }
+    }
+
+    /// Whether the scan is past its deadline: what is left is not read, and `group` says so
+    /// (`what`: the fact left out).
+    pub(super) fn out_of_time(&self, group: &mut GroupReport, what: &str) -> bool {
+        let Some(deadline) = self.deadline.filter(|deadline| deadline.passed()) else {
+            return false;
+        };
+        group
+            .notes
+            .add_line(format!("{what} not read: {}", deadline.reason()));
+        group.report.truncated = true;
+        true
     }
 
     pub(super) fn report_group(
@@ -106,8 +122,17 @@ impl<'a> ScanContext<'a> {
         report.report.processes.reserve_exact(listed);
         let mut detailed = Vec::with_capacity(listed);
         let mut rest = Vec::with_capacity(ranked.len() - listed);
+        let mut out_of_time = false;
         for index in ranked {
-            if detailed.len() == self.options.max_processes {
+            if detailed.len() == self.options.max_processes || out_of_time {
+                rest.push(index);
+                continue;
+            }
+            // Details already read in the first pass cost nothing more.
+            if candidates[index].details.is_none()
+                && self.out_of_time(&mut report, "details of the less busy processes")
+            {
+                out_of_time = true;
                 rest.push(index);
                 continue;
             }
@@ -150,10 +175,10 @@ impl<'a> ScanContext<'a> {
         report.ranked.extend(rest);
         report.report.process_count = report.ranked.len() as u32;
         report.report.truncated |= report.ranked.len() > report.detailed;
-        if self.options.libraries {
+        if self.options.libraries && !self.out_of_time(&mut report, "libraries") {
             self.collect_libraries(&mut report, candidates);
         }
-        if !self.options.files.is_empty() {
+        if !self.options.files.is_empty() && !self.out_of_time(&mut report, "files") {
             self.fingerprint_files(&mut report);
         }
         report

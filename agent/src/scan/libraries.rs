@@ -7,6 +7,7 @@ use crate::procfs_read::ReadFailure;
 
 use super::candidates::Candidate;
 use super::group::{GroupReport, ScanContext};
+use super::notes;
 
 /// At most this many libraries per container.
 pub const MAX_LIBRARIES: usize = 256;
@@ -23,15 +24,31 @@ impl ScanContext<'_> {
                 .root
                 .read_whole(pid, "maps", &mut self.buffer, MAPS_LIMIT)
             {
-                Ok(text) => match maps::collect_executable_mappings(text, &mut libraries) {
-                    Ok(()) => {}
-                    Err(error) => group.notes.add("maps", pid, error.to_string()),
-                },
+                Ok(text) => {
+                    let mut text = text;
+                    if text.len() >= MAPS_LIMIT {
+                        group.report.truncated = true;
+                        group
+                            .notes
+                            .add("maps", pid, notes::read_limit_reason(MAPS_LIMIT));
+                        text = notes::whole_lines(text);
+                    }
+                    if let Err(error) = maps::collect_executable_mappings(text, &mut libraries) {
+                        group.notes.add("maps", pid, error.to_string());
+                    }
+                }
                 Err(ReadFailure::Gone) => {}
                 Err(failure) => group.notes.add("maps", pid, self.scanner.reason(&failure)),
             }
         }
-        group.report.truncated |= libraries.len() > MAX_LIBRARIES;
+        if libraries.len() > MAX_LIBRARIES {
+            group.report.truncated = true;
+            group.notes.add_line(notes::left_out(
+                "libraries",
+                libraries.len() - MAX_LIBRARIES,
+                MAX_LIBRARIES,
+            ));
+        }
         group.report.libraries = libraries.into_iter().take(MAX_LIBRARIES).collect();
     }
 }

@@ -27,6 +27,7 @@ mod sockets;
 mod users;
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -56,6 +57,8 @@ pub struct ScanOptions {
     pub files: Vec<String>,
     /// Processes listed per container, busiest first; `usize::MAX` lists all.
     pub max_processes: usize,
+    /// Files larger than this are fingerprinted by size and mode only.
+    pub max_file_bytes: u64,
 }
 
 impl Default for ScanOptions {
@@ -74,6 +77,7 @@ impl From<&CollectRequest> for ScanOptions {
             paths: true,
             files: collect.files.clone(),
             max_processes: collect.max_processes as usize,
+            max_file_bytes: collect.max_file_bytes,
         }
     }
 }
@@ -85,6 +89,34 @@ pub struct Scan {
     /// Processes that exited while being read.
     pub vanished: u32,
     pub scanned_at: Time,
+    /// Why the scan stopped early, when it did (its deadline); what it had read is reported.
+    pub cut_short: Option<String>,
+    /// Processes not read at all because the scan stopped early.
+    pub not_read: u32,
+    /// Processes whose `stat` could not be read or parsed: in no container.
+    pub unreadable: u32,
+}
+
+/// When a scan stops reading: checked between reads, so one slow file or process costs at
+/// most one read beyond it.
+#[derive(Debug, Clone, Copy)]
+struct Deadline {
+    at: Instant,
+    budget: Duration,
+}
+
+impl Deadline {
+    fn passed(self) -> bool {
+        Instant::now() >= self.at
+    }
+
+    /// Why something was not read.
+    fn reason(self) -> String {
+        format!(
+            "the scan reached its deadline of {:.1}s",
+            self.budget.as_secs_f64()
+        )
+    }
 }
 
 const STAT_LIMIT: usize = 4096;
@@ -152,12 +184,42 @@ impl Scanner {
         options: &ScanOptions,
         pod: Option<&[ContainerIdentity]>,
     ) -> Result<Scan, ProcRootError> {
+        self.scan_until(options, pod, None)
+    }
+
+    /// One scan that stops reading once `budget` has passed and reports what it has read,
+    /// each container it could not finish marked truncated with the reason.
+    pub fn scan_within(
+        &mut self,
+        options: &ScanOptions,
+        pod: Option<&[ContainerIdentity]>,
+        budget: Duration,
+    ) -> Result<Scan, ProcRootError> {
+        let deadline = Deadline {
+            at: Instant::now() + budget,
+            budget,
+        };
+        self.scan_until(options, pod, Some(deadline))
+    }
+
+    fn scan_until(
+        &mut self,
+        options: &ScanOptions,
+        pod: Option<&[ContainerIdentity]>,
+        deadline: Option<Deadline>,
+    ) -> Result<Scan, ProcRootError> {
         let scanned_at = Time(Timestamp::now());
         let mut vanished = 0u32;
-        let mut candidates = self.read_candidates(options, &mut vanished)?;
+        let first_pass = self.read_candidates(options, &mut vanished, deadline)?;
+        let (mut candidates, not_read, unreadable) = (
+            first_pass.candidates,
+            first_pass.not_read,
+            first_pass.unreadable,
+        );
         let groups = attribution::attribute(&candidates, pod, self.root.self_pid());
 
         let mut context = ScanContext::new(self, options);
+        context.deadline = deadline;
         let mut reports: Vec<GroupReport> = groups
             .into_iter()
             .map(|group| context.report_group(group, &mut candidates, &mut vanished))
@@ -165,10 +227,27 @@ impl Scanner {
         if options.sockets {
             context.attach_listeners(&mut reports, &candidates);
         }
+        let cut_short = deadline
+            .filter(|deadline| deadline.passed())
+            .map(|deadline| {
+                let reason = deadline.reason();
+                for report in &mut reports {
+                    if not_read > 0 {
+                        report.notes.add_line(format!(
+                            "{not_read} processes of the machine not read: {reason}"
+                        ));
+                    }
+                    report.report.truncated |= not_read > 0;
+                }
+                reason
+            });
         Ok(Scan {
             containers: reports.into_iter().map(GroupReport::finish).collect(),
             vanished,
             scanned_at,
+            cut_short,
+            not_read,
+            unreadable,
         })
     }
 
@@ -203,6 +282,7 @@ mod tests {
             libraries: true,
             files: vec!["/etc/os-release".into()],
             max_processes: 20,
+            max_file_bytes: 1024,
         };
         let options = ScanOptions::from(&collect);
         assert_eq!(
@@ -215,7 +295,63 @@ mod tests {
                 paths: true,
                 files: vec!["/etc/os-release".into()],
                 max_processes: 20,
+                max_file_bytes: 1024,
             }
+        );
+    }
+
+    #[test]
+    fn a_scan_past_its_deadline_counts_what_it_did_not_read() {
+        let proc = test_proc::TestProc::new();
+        proc.process(7, "sh");
+        proc.process(8, "sh");
+        let scan = proc
+            .scanner()
+            .scan_within(&ScanOptions::default(), None, Duration::ZERO)
+            .unwrap();
+        assert_eq!(
+            scan.cut_short.as_deref(),
+            Some("the scan reached its deadline of 0.0s")
+        );
+        assert_eq!(scan.not_read, 2);
+        assert!(scan.containers.is_empty());
+    }
+
+    #[test]
+    fn a_group_past_the_deadline_lists_what_it_read_and_says_what_it_left_out() {
+        let proc = test_proc::TestProc::new();
+        proc.process(7, "sh");
+        proc.process(8, "sh");
+        let (scanner, mut candidates) = proc.first_pass();
+        let options = ScanOptions {
+            files: vec!["/etc/os-release".into()],
+            libraries: true,
+            ..ScanOptions::default()
+        };
+        let mut context = ScanContext::new(&scanner, &options);
+        context.deadline = Some(Deadline {
+            at: Instant::now(),
+            budget: Duration::from_secs(5),
+        });
+        let group = attribution::Group {
+            name: "app".into(),
+            container_id: None,
+            members: vec![0, 1],
+        };
+        let mut vanished = 0;
+        let report = context
+            .report_group(group, &mut candidates, &mut vanished)
+            .finish();
+        assert_eq!(report.process_count, 2);
+        assert!(report.processes.is_empty());
+        assert!(report.truncated);
+        assert_eq!(
+            report.unreadable,
+            [
+                "details of the less busy processes not read: the scan reached its deadline of 5.0s",
+                "files not read: the scan reached its deadline of 5.0s",
+                "libraries not read: the scan reached its deadline of 5.0s",
+            ]
         );
     }
 

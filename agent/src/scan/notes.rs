@@ -46,6 +46,26 @@ impl Notes {
     }
 }
 
+/// The line of a list cut at its limit: how much was left out.
+pub(super) fn left_out(what: &str, count: usize, limit: usize) -> String {
+    format!("{what}: {count} more not listed (at most {limit} per container)")
+}
+
+/// `text` up to its last complete line: a read cut at its limit may end inside one.
+pub(super) fn whole_lines(text: &[u8]) -> &[u8] {
+    text.iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(&text[..0], |end| &text[..=end])
+}
+
+/// Why a file read up to its limit has a note: what is past the limit was not read.
+pub(super) fn read_limit_reason(limit: usize) -> String {
+    format!(
+        "reached the read limit of {}: the rest not read",
+        crate::fingerprint::size_text(limit as u64)
+    )
+}
+
 /// "Permission denied", and why when the agent lacks the capability that would allow it.
 pub(super) fn denied_reason(lacks_ptrace: bool) -> &'static str {
     if lacks_ptrace {
@@ -60,6 +80,7 @@ pub(super) fn reason(failure: &ReadFailure, lacks_ptrace: bool) -> String {
     match failure {
         ReadFailure::Denied => denied_reason(lacks_ptrace).to_string(),
         ReadFailure::Gone => "gone".to_string(),
+        ReadFailure::NotRegular(kind) => format!("not a regular file ({kind})"),
         ReadFailure::Other(error) => error.to_string(),
     }
 }

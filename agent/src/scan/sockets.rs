@@ -10,8 +10,11 @@ use crate::procfs_read::ReadFailure;
 
 use super::candidates::Candidate;
 use super::group::{GroupReport, ScanContext};
+use super::notes;
 
 const NET_TABLE_LIMIT: usize = 16 * 1024 * 1024;
+/// At most this many listening sockets per container.
+pub const MAX_LISTENERS: usize = 256;
 
 /// Why the socket tables of a network namespace could not be read.
 enum TableFailure {
@@ -32,12 +35,20 @@ impl ScanContext<'_> {
         let mut tables_read = HashSet::new();
         for group in groups.iter_mut() {
             // The namespaces were read with each process's details.
-            for &(pid, namespace) in &group.net_sources {
+            let sources = std::mem::take(&mut group.net_sources);
+            for &(pid, namespace) in &sources {
                 if namespace.is_some() && !tables_read.insert(namespace) {
                     continue;
                 }
+                if self.out_of_time(group, "listening sockets") {
+                    break;
+                }
                 let reason = match self.read_socket_tables(pid, &mut listeners) {
-                    Ok(()) => continue,
+                    Ok(false) => continue,
+                    Ok(true) => {
+                        group.report.truncated = true;
+                        notes::read_limit_reason(NET_TABLE_LIMIT)
+                    }
                     Err(TableFailure::Read(failure)) => self.scanner.reason(&failure),
                     Err(TableFailure::Malformed(error)) => error.to_string(),
                 };
@@ -98,17 +109,29 @@ impl ScanContext<'_> {
             groups[group].report.listening.push(listener);
         }
         for group in groups {
-            group.report.listening.sort();
+            let listening = &mut group.report.listening;
+            listening.sort();
+            if listening.len() > MAX_LISTENERS {
+                group.notes.add_line(notes::left_out(
+                    "listening sockets",
+                    listening.len() - MAX_LISTENERS,
+                    MAX_LISTENERS,
+                ));
+                listening.truncate(MAX_LISTENERS);
+                group.report.truncated = true;
+            }
         }
     }
 
-    /// Adds the listeners of the network namespace of `pid` to `listeners`, by inode.
+    /// Adds the listeners of the network namespace of `pid` to `listeners`, by inode; returns
+    /// whether a table reached its read limit (the listeners past it are not known).
     fn read_socket_tables(
         &mut self,
         pid: i32,
         listeners: &mut HashMap<u64, ListeningSocket>,
-    ) -> Result<(), TableFailure> {
+    ) -> Result<bool, TableFailure> {
         let root = &self.scanner.root;
+        let mut cut = false;
         for (table, protocol) in [
             ("net/tcp", SocketProtocol::Tcp),
             ("net/tcp6", SocketProtocol::Tcp),
@@ -117,6 +140,10 @@ impl ScanContext<'_> {
             ("net/unix", SocketProtocol::Unix),
         ] {
             let text = match root.read_whole(pid, table, &mut self.buffer, NET_TABLE_LIMIT) {
+                Ok(text) if text.len() >= NET_TABLE_LIMIT => {
+                    cut = true;
+                    notes::whole_lines(text)
+                }
                 Ok(text) => text,
                 // A table the kernel does not have (tcp6 without IPv6) lists nothing.
                 Err(ReadFailure::Gone) if root.is_alive(pid) => continue,
@@ -142,7 +169,7 @@ impl ScanContext<'_> {
                 }
             }
         }
-        Ok(())
+        Ok(cut)
     }
 }
 
@@ -227,5 +254,31 @@ mod tests {
             notes[0].starts_with("sockets of pid 7: malformed net/udp"),
             "{notes:?}"
         );
+    }
+
+    #[test]
+    fn twenty_thousand_unix_listeners_are_cut_to_the_limit_and_counted() {
+        let proc = two_processes();
+        let mut unix = String::from("Num       RefCount Protocol Flags    Type St Inode Path\n");
+        for inode in 100_000..120_000 {
+            unix.push_str(&format!(
+                "0000000000000000: 00000002 00000000 00010000 0001 01 {inode} /run/s{inode}.sock\n"
+            ));
+            holds_socket(&proc, inode);
+        }
+        proc.file(7, "net/unix", unix);
+        let mut groups = attach(&proc, false);
+        let group = groups.swap_remove(0);
+        assert_eq!(group.report.listening.len(), MAX_LISTENERS);
+        assert!(group.report.truncated);
+        assert_eq!(
+            group.notes.render(),
+            ["listening sockets: 19744 more not listed (at most 256 per container)"]
+        );
+    }
+
+    /// Pid 7 holds the socket of `inode`.
+    fn holds_socket(proc: &TestProc, inode: u32) {
+        proc.link(7, &format!("fd/{inode}"), &format!("socket:[{inode}]"));
     }
 }

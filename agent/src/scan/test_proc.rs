@@ -59,6 +59,20 @@ impl TestProc {
         symlink(target, path).unwrap();
     }
 
+    /// A FIFO at `name`, which no one writes to.
+    pub(super) fn fifo(&self, pid: i32, name: &str) {
+        let path = self.path(pid, name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            path,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+    }
+
     pub(super) fn scanner(&self) -> Scanner {
         Scanner::new(self.root()).unwrap()
     }
@@ -71,7 +85,10 @@ impl TestProc {
             ..ScanOptions::default()
         };
         let mut vanished = 0;
-        let candidates = scanner.read_candidates(&options, &mut vanished).unwrap();
+        let candidates = scanner
+            .read_candidates(&options, &mut vanished, None)
+            .unwrap()
+            .candidates;
         assert_eq!(vanished, 0);
         (scanner, candidates)
     }

@@ -2,6 +2,7 @@
 
 use std::io::Read;
 
+use crate::fingerprint::size_text;
 use crate::parse::passwd;
 use crate::procfs_read::ReadFailure;
 
@@ -23,7 +24,28 @@ impl ScanContext<'_> {
         let pid = candidate.stat.pid;
         if !self.users.contains_key(&namespace) {
             let users = match self.read_in_root(pid, "/etc/passwd") {
-                Ok(text) => Some(passwd::parse_passwd(&text)),
+                Ok((text, whole)) => {
+                    let users = passwd::parse_passwd(&text);
+                    if !whole {
+                        group.notes.add(
+                            "/etc/passwd",
+                            pid,
+                            format!("larger than {}: the rest not read", size_text(PASSWD_LIMIT)),
+                        );
+                    }
+                    if users.cut > 0 {
+                        group.notes.add(
+                            "/etc/passwd",
+                            pid,
+                            format!(
+                                "{} user names cut to {} bytes",
+                                users.cut,
+                                passwd::MAX_USER_NAME_BYTES
+                            ),
+                        );
+                    }
+                    Some(users.names)
+                }
                 // Distroless images have no /etc/passwd: nothing was withheld.
                 Err(ReadFailure::Gone) => None,
                 Err(failure) => {
@@ -38,11 +60,14 @@ impl ScanContext<'_> {
         self.users[&namespace].as_ref()?.get(&uid).cloned()
     }
 
-    fn read_in_root(&self, pid: i32, path: &str) -> Result<Vec<u8>, ReadFailure> {
+    /// The first [`PASSWD_LIMIT`] bytes of a file, and whether that is all of it.
+    fn read_in_root(&self, pid: i32, path: &str) -> Result<(Vec<u8>, bool), ReadFailure> {
         let file = self.scanner.root.open_in_root(pid, path)?;
         let mut text = Vec::new();
-        file.take(PASSWD_LIMIT).read_to_end(&mut text)?;
-        Ok(text)
+        file.take(PASSWD_LIMIT + 1).read_to_end(&mut text)?;
+        let whole = text.len() as u64 <= PASSWD_LIMIT;
+        text.truncate(PASSWD_LIMIT as usize);
+        Ok((text, whole))
     }
 }
 
@@ -81,6 +106,57 @@ mod tests {
         assert_eq!(root.as_deref(), Some("root"));
         assert_eq!(nginx.as_deref(), Some("nginx"));
         assert!(notes.is_empty(), "{notes:?}");
+    }
+
+    #[test]
+    fn a_fifo_for_passwd_is_refused_without_blocking() {
+        let proc = TestProc::new();
+        for pid in [7, 8] {
+            proc.process(pid, "app");
+            proc.link(pid, "ns/mnt", "mnt:[20]");
+        }
+        proc.fifo(7, "root/etc/passwd");
+        let (root, nginx, notes) = names(&proc);
+        assert_eq!((root, nginx), (None, None));
+        assert_eq!(notes, ["/etc/passwd of pid 7: not a regular file (fifo)"]);
+    }
+
+    #[test]
+    fn a_megabyte_user_name_is_cut_and_the_rest_of_the_file_noted() {
+        let proc = TestProc::new();
+        for pid in [7, 8] {
+            proc.process(pid, "app");
+            proc.link(pid, "ns/mnt", "mnt:[20]");
+        }
+        let long = "u".repeat(1024 * 1024);
+        proc.file(
+            7,
+            "root/etc/passwd",
+            format!("root:x:0:0::/:/bin/sh\n{long}:x:101:101::/:\n"),
+        );
+        let (root, nginx, notes) = names(&proc);
+        assert_eq!(root.as_deref(), Some("root"));
+        // The long line is cut by the file's limit before its uid: that user is unknown.
+        assert_eq!(nginx, None);
+        assert_eq!(
+            notes,
+            ["/etc/passwd of pid 7: larger than 1 MiB: the rest not read"]
+        );
+
+        proc.file(
+            7,
+            "root/etc/passwd",
+            format!("{}:x:0:0::/:/bin/sh\n", "u".repeat(100_000)),
+        );
+        let (root, _, notes) = names(&proc);
+        assert_eq!(
+            root.map(|name| name.len()),
+            Some(passwd::MAX_USER_NAME_BYTES)
+        );
+        assert_eq!(
+            notes,
+            ["/etc/passwd of pid 7: 1 user names cut to 64 bytes"]
+        );
     }
 
     #[test]

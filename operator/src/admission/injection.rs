@@ -40,6 +40,8 @@ use crate::report::response::collect_request;
 pub const AGENT_COMMAND: &str = "procwatch-agent";
 /// Name of the projected token volume; mounted only into the agent.
 pub const TOKEN_VOLUME_NAME: &str = "procwatch-token";
+/// Where the API server's ServiceAccount admission mounts the pod's API token.
+pub const SERVICE_ACCOUNT_MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 /// uid and gid the agent runs as when it needs no capability.
 pub const NOBODY: i64 = 65534;
 /// The API server refuses projected tokens that expire sooner than this.
@@ -64,12 +66,20 @@ pub fn agent_container(
         env: Some(agent_env(settings, ca_pem, watches)),
         resources: Some(agent_resources(watches)),
         security_context: Some(security_context(ptrace)),
-        volume_mounts: Some(vec![VolumeMount {
-            name: TOKEN_VOLUME_NAME.to_string(),
-            mount_path: TOKEN_MOUNT_PATH.to_string(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        }]),
+        // Also at the service-account path: the API server's ServiceAccount admission then
+        // finds it taken and does not mount the pod's API token into the agent (its own token's
+        // audience makes it worthless to the API server), and changes nothing that would call
+        // this webhook again.
+        volume_mounts: Some(
+            [TOKEN_MOUNT_PATH, SERVICE_ACCOUNT_MOUNT_PATH]
+                .map(|path| VolumeMount {
+                    name: TOKEN_VOLUME_NAME.to_string(),
+                    mount_path: path.to_string(),
+                    read_only: Some(true),
+                    ..VolumeMount::default()
+                })
+                .to_vec(),
+        ),
         // Its last log lines explain a crash in `kubectl describe pod`.
         termination_message_policy: Some("FallbackToLogsOnError".to_string()),
         ..Container::default()

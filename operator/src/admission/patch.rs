@@ -265,14 +265,30 @@ mod tests {
         assert_eq!(projection.expiration_seconds, Some(3600));
         // The token is mounted into the agent only.
         assert!(spec.containers[0].volume_mounts.is_none());
-        let mount = &agent.volume_mounts.as_ref().unwrap()[0];
+        // Also at the service-account path, which keeps the pod's API token out of the agent.
+        let mounts: Vec<_> = agent
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|mount| {
+                (
+                    mount.name.as_str(),
+                    mount.mount_path.as_str(),
+                    mount.read_only,
+                )
+            })
+            .collect();
         assert_eq!(
-            (
-                mount.name.as_str(),
-                mount.mount_path.as_str(),
-                mount.read_only
-            ),
-            (TOKEN_VOLUME_NAME, TOKEN_MOUNT_PATH, Some(true))
+            mounts,
+            [
+                (TOKEN_VOLUME_NAME, TOKEN_MOUNT_PATH, Some(true)),
+                (
+                    TOKEN_VOLUME_NAME,
+                    super::super::injection::SERVICE_ACCOUNT_MOUNT_PATH,
+                    Some(true)
+                )
+            ]
         );
         let annotations = patched.metadata.annotations.unwrap();
         assert_eq!(annotations[WATCHES_ANNOTATION], "web");

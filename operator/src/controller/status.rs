@@ -321,6 +321,7 @@ fn pod_report(
                 _ => whole_seconds(f.received_at),
             }),
         containers,
+        skipped: pod.findings.as_ref().map(|f| f.skipped).unwrap_or_default(),
     }
 }
 

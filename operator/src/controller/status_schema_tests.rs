@@ -181,6 +181,7 @@ fn written_status(reports: Vec<Vec<ContainerReport>>, budget_bytes: usize) -> Va
                 uid: pod.metadata.uid.clone().unwrap_or_default(),
                 received_at: now,
                 containers,
+                skipped: Default::default(),
             };
             SelectedPod {
                 pod: Arc::new(pod),

@@ -208,6 +208,7 @@ async fn status_is_applied_with_the_field_manager() {
                 vec![process(7, "nginx", 3), process(8, "nginx", 1)],
                 "h",
             )],
+            skipped: Default::default(),
         },
     );
     let (client, server) = ApiServer::start(watch.clone(), StatusCode::CREATED);
@@ -264,6 +265,7 @@ async fn reports_of_the_same_findings_rewrite_nothing_until_reported_at_is_due()
         uid: "uid-web-1".into(),
         received_at: at,
         containers: vec![nginx(vec![process(7, "nginx", 3)], "h")],
+        skipped: Default::default(),
     };
     findings.insert(PodKey::new("shop", "web-1"), report(received));
     let pods = vec![ready(pod("web-1", "web", true))];
@@ -434,6 +436,7 @@ fn reporting_web_1() -> FindingsStore {
             uid: "uid-web-1".into(),
             received_at: Timestamp::now(),
             containers: vec![nginx(vec![process(7, "nginx", 3)], "h")],
+            skipped: Default::default(),
         },
     );
     findings

@@ -212,6 +212,7 @@ mod tests {
                 uid: "uid-p".into(),
                 received_at: Timestamp::UNIX_EPOCH,
                 containers: vec![],
+                skipped: Default::default(),
             },
         );
         events.handle(&watcher::Event::Delete(pod("p", "db", true)));
@@ -240,6 +241,7 @@ mod tests {
                 uid: "uid-gone".into(),
                 received_at: Timestamp::UNIX_EPOCH,
                 containers: vec![],
+                skipped: Default::default(),
             },
         );
         events.handle(&watcher::Event::Init);

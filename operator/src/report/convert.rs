@@ -4,8 +4,16 @@
 use procwatch_crds::report;
 use procwatch_crds::{
     ContainerReport, FileFingerprint, ListeningSocket, ProcessInfo, ProcessState, SeccompMode,
-    SocketProtocol,
+    SkippedProcesses, SocketProtocol,
 };
+
+pub fn skipped(reported: report::SkippedProcesses) -> SkippedProcesses {
+    SkippedProcesses {
+        gone: reported.gone,
+        unreadable: reported.unreadable,
+        out_of_time: reported.out_of_time,
+    }
+}
 
 pub fn containers(reported: Vec<report::Container>) -> Vec<ContainerReport> {
     reported.into_iter().map(container).collect()
@@ -105,6 +113,31 @@ mod tests {
     use k8s_openapi::jiff::Timestamp;
 
     use super::*;
+
+    #[test]
+    fn skipped_processes_reach_the_status_and_none_are_left_out() {
+        let reported = report::SkippedProcesses {
+            gone: 1,
+            unreadable: 2,
+            out_of_time: 3,
+        };
+        let status = skipped(reported);
+        assert_eq!(
+            serde_json::to_value(status).unwrap(),
+            serde_json::json!({"gone": 1, "unreadable": 2, "outOfTime": 3})
+        );
+        let pod = procwatch_crds::PodReport {
+            name: "p".into(),
+            ..Default::default()
+        };
+        assert!(serde_json::to_value(pod).unwrap().get("skipped").is_none());
+        // An older agent's report has none.
+        let report: report::AgentReport = serde_json::from_str(
+            r#"{"podName": "p", "podNamespace": "n", "podUid": "u", "scannedAt": null, "containers": []}"#,
+        )
+        .unwrap();
+        assert!(report.skipped.is_empty());
+    }
 
     #[test]
     fn every_field_reaches_the_status() {

@@ -45,8 +45,9 @@ use auth::{AuthError, Authenticator, Refusal};
 use capacity::{Capacity, Overload};
 use store::{FindingsStore, PodFindings, PodKey};
 
-/// Default body limit: a full report of 200 processes per container is well under this.
-pub const DEFAULT_MAX_REPORT_BYTES: usize = 2 * 1024 * 1024;
+/// Default body limit, shared with the agent: a full report of 200 processes per container is
+/// well under this.
+pub const DEFAULT_MAX_REPORT_BYTES: usize = procwatch_crds::report::DEFAULT_MAX_REPORT_BYTES;
 /// Seconds an agent is asked to wait before retrying a 503.
 const RETRY_AFTER_SECONDS: u64 = 2;
 /// An oversized body is still read, and dropped, up to this much: an HTTP/1.1 client writes its
@@ -313,6 +314,7 @@ async fn handle(
             uid: report.pod_uid,
             received_at: Timestamp::now(),
             containers,
+            skipped: convert::skipped(report.skipped),
         },
     );
     state

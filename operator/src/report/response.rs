@@ -167,6 +167,7 @@ pub fn collect_request(watches: &[&ProcessWatch]) -> CollectRequest {
         libraries: false,
         files: Vec::new(),
         max_processes: 0,
+        max_file_bytes: 0,
     };
     let mut files = BTreeSet::new();
     for watch in watches {
@@ -177,6 +178,7 @@ pub fn collect_request(watches: &[&ProcessWatch]) -> CollectRequest {
         collect.libraries |= spec.collect.libraries;
         files.extend(spec.collect.files.iter().cloned());
         collect.max_processes = collect.max_processes.max(spec.report.max_processes);
+        collect.max_file_bytes = collect.max_file_bytes.max(spec.collect.max_file_bytes);
     }
     collect.files = files.into_iter().collect();
     collect
@@ -307,6 +309,7 @@ mod tests {
                 sockets: true,
                 libraries: false,
                 files: vec!["/etc/b".into(), "/etc/a".into()],
+                max_file_bytes: 1024,
             },
             5,
         );
@@ -318,6 +321,7 @@ mod tests {
                 sockets: false,
                 libraries: true,
                 files: vec!["/etc/a".into()],
+                ..Collect::default()
             },
             50,
         );
@@ -333,6 +337,7 @@ mod tests {
                 libraries: true,
                 files: vec!["/etc/a".into(), "/etc/b".into()],
                 max_processes: 50,
+                max_file_bytes: procwatch_crds::spec::DEFAULT_MAX_FILE_BYTES,
             }
         );
         assert_eq!(response.containers.len(), 1);

@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use procwatch_crds::ContainerReport;
+use procwatch_crds::{ContainerReport, SkippedProcesses};
 
 use crate::{read, write};
 
@@ -43,6 +43,7 @@ pub struct PodFindings {
     /// When the operator received it, by the operator's clock (agents' clocks may drift).
     pub received_at: Timestamp,
     pub containers: Vec<ContainerReport>,
+    pub skipped: SkippedProcesses,
 }
 
 #[derive(Clone, Default)]
@@ -86,6 +87,7 @@ mod tests {
             uid: uid.into(),
             received_at: Timestamp::UNIX_EPOCH,
             containers: vec![],
+            skipped: Default::default(),
         };
         store.insert(key.clone(), findings("a"));
         store.insert(key.clone(), findings("b"));
