@@ -451,10 +451,16 @@ async fn a_refused_status_is_reduced_and_announced() -> anyhow::Result<()> {
             "one Warning event naming the message: {events}"
         );
         let metrics = operator.metrics().await?;
-        let rejected =
-            metric_value(&metrics, "procwatch_status_writes_total", &[("result", "rejected")])
-                .unwrap_or(0.0);
-        ensure!(rejected >= 1.0, "procwatch_status_writes_total{{rejected}} = {rejected}");
+        let rejected = metric_value(
+            &metrics,
+            "procwatch_status_writes_total",
+            &[("result", "rejected")],
+        )
+        .unwrap_or(0.0);
+        ensure!(
+            rejected >= 1.0,
+            "procwatch_status_writes_total{{rejected}} = {rejected}"
+        );
 
         // No loop: over a few intervals the full status is not offered again (it is held back
         // for 30 s), so the webhook sees at most the reduced writes.
@@ -462,7 +468,10 @@ async fn a_refused_status_is_reduced_and_announced() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(8)).await;
         let during = webhook.requests.load(std::sync::atomic::Ordering::Relaxed) - before;
         println!("webhook calls in 8 s while refused: {during}");
-        ensure!(during <= 8, "{during} status writes in 8 s: the operator loops");
+        ensure!(
+            during <= 8,
+            "{during} status writes in 8 s: the operator loops"
+        );
 
         // The policy goes away: the full status comes back, Ready again.
         cluster
