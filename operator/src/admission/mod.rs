@@ -38,7 +38,7 @@ use crate::selector;
 use crate::tls::CertificateHandle;
 
 use injection::MIN_TOKEN_EXPIRATION_SECONDS;
-pub use patch::{Decision, InjectionError, Outcome, decide};
+pub use patch::{Decision, InjectionError, Outcome, decide, declined, unsupported};
 
 /// Path the API server posts AdmissionReviews to.
 pub const MUTATE_PATH: &str = "/mutate";

@@ -77,25 +77,13 @@ pub fn decide(
     if watches.is_empty() {
         return skip(Outcome::SkippedNotSelected, None);
     }
-    let labels = pod.metadata.labels.as_ref();
-    if labels.and_then(|l| l.get(INJECT_LABEL)).map(String::as_str) == Some("false") {
-        return skip(Outcome::SkippedOptOut, None);
+    if let Some(why) = declined(pod) {
+        return skip(Outcome::SkippedOptOut, Some(why));
     }
     let no_spec = PodSpec::default();
     let spec = pod.spec.as_ref().unwrap_or(&no_spec);
-    // The API server refuses these pods with shareProcessNamespace, which would turn
-    // injection into a failed pod creation.
-    if spec.host_pid == Some(true) {
-        return skip(
-            Outcome::SkippedUnsupported,
-            Some("the pod uses hostPID, which excludes shareProcessNamespace"),
-        );
-    }
-    if spec.os.as_ref().is_some_and(|os| os.name == "windows") {
-        return skip(
-            Outcome::SkippedUnsupported,
-            Some("Windows pods have no /proc and cannot share a process namespace"),
-        );
+    if let Some(why) = unsupported(spec) {
+        return skip(Outcome::SkippedUnsupported, Some(why));
     }
     settings.validate()?;
     let mut ops = Vec::new();
@@ -165,6 +153,36 @@ pub fn decide(
         patch: Patch(ops),
         reason: None,
     })
+}
+
+/// Why the pod's owner declined the agent, if they did: the opt-out label, or
+/// `shareProcessNamespace: false` set explicitly (the agent needs it true, and switching it
+/// silently would change how the workload runs). A restart changes neither.
+pub fn declined(pod: &Pod) -> Option<&'static str> {
+    let labels = pod.metadata.labels.as_ref();
+    if labels.and_then(|l| l.get(INJECT_LABEL)).map(String::as_str) == Some("false") {
+        return Some("the pod is labelled procwatch.dev/inject=false");
+    }
+    let explicit_false = pod.spec.as_ref().and_then(|s| s.share_process_namespace) == Some(false);
+    explicit_false.then_some("the pod sets shareProcessNamespace: false")
+}
+
+/// Why a pod can never run the agent, if it cannot. The API server refuses a hostPID pod with
+/// shareProcessNamespace (injection would fail the pod's creation), and a Windows pod has no
+/// /proc; a Windows pod may be placed by its nodeSelector alone, without `spec.os`.
+pub fn unsupported(spec: &PodSpec) -> Option<&'static str> {
+    const OS_LABEL: &str = "kubernetes.io/os";
+    if spec.host_pid == Some(true) {
+        return Some("the pod uses hostPID, which excludes shareProcessNamespace");
+    }
+    let windows_os = spec.os.as_ref().is_some_and(|os| os.name == "windows");
+    let windows_node = spec
+        .node_selector
+        .as_ref()
+        .and_then(|selector| selector.get(OS_LABEL))
+        .is_some_and(|os| os == "windows");
+    (windows_os || windows_node)
+        .then_some("Windows pods have no /proc and cannot share a process namespace")
 }
 
 fn add(path: &[&str], value: Value) -> PatchOperation {
@@ -459,9 +477,31 @@ mod tests {
     }
 
     #[test]
+    fn explicit_share_process_namespace_false_is_the_owners_opt_out() {
+        let w = watch("web", &[]);
+        let declined = pod(json!({"shareProcessNamespace": false}), json!({}));
+        let decision = decide(&declined, &[&w], &settings(true), FAKE_CA_PEM).unwrap();
+        assert_eq!(decision.outcome, Outcome::SkippedOptOut);
+        assert!(decision.patch.0.is_empty());
+        assert_eq!(
+            decision.reason,
+            Some("the pod sets shareProcessNamespace: false")
+        );
+        // Unset is no decision: the webhook sets it.
+        let unset = pod(json!({}), json!({}));
+        let (outcome, patched) = injected(&unset, &[&w], true);
+        assert_eq!(outcome, Outcome::Injected);
+        assert_eq!(patched.spec.unwrap().share_process_namespace, Some(true));
+    }
+
+    #[test]
     fn pods_that_cannot_share_their_process_namespace_are_untouched() {
         let w = watch("web", &[]);
-        for extra in [json!({"hostPID": true}), json!({"os": {"name": "windows"}})] {
+        for extra in [
+            json!({"hostPID": true}),
+            json!({"os": {"name": "windows"}}),
+            json!({"nodeSelector": {"kubernetes.io/os": "windows"}}),
+        ] {
             let p = pod(extra.clone(), json!({}));
             let decision = decide(&p, &[&w], &settings(true), FAKE_CA_PEM).unwrap();
             assert_eq!(decision.outcome, Outcome::SkippedUnsupported, "{extra}");
@@ -469,7 +509,8 @@ mod tests {
             assert!(decision.reason.is_some());
         }
         let linux = pod(
-            json!({"os": {"name": "linux"}, "hostPID": false}),
+            json!({"os": {"name": "linux"}, "hostPID": false,
+                   "nodeSelector": {"kubernetes.io/os": "linux"}}),
             json!({}),
         );
         let decision = decide(&linux, &[&w], &settings(true), FAKE_CA_PEM).unwrap();

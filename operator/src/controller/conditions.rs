@@ -2,7 +2,7 @@
 //! user what to do. `lastTransitionTime` changes only when a condition's status does.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use procwatch_crds::constants::{AGENT_CONTAINER_NAME, INJECT_LABEL};
+use procwatch_crds::constants::AGENT_CONTAINER_NAME;
 use procwatch_crds::{AttachMode, ExistingPods};
 
 use super::status::Facts;
@@ -120,7 +120,7 @@ fn attached(facts: &Facts) -> Verdict {
     }
     let opted_out = match facts.opted_out {
         0 => String::new(),
-        n => format!(" ({n} opted out with the label {INJECT_LABEL}=false)"),
+        n => format!(" ({n} opted out, listed in status.optedOut)"),
     };
     let missing = u32::try_from(facts.without_agent.len()).unwrap_or(u32::MAX);
     if missing == 0 {

@@ -17,12 +17,15 @@ use procwatch_crds::ProcessWatchStatus;
 pub struct Membership {
     pub attached: BTreeSet<String>,
     pub needs_restart: BTreeSet<String>,
+    pub opted_out: BTreeSet<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
     PodAttached(String),
     PodNeedsRestart(String),
+    /// The pod's owner declined the agent.
+    PodOptedOut(String),
     PodEvicted(String),
     EvictionBlocked {
         pod: String,
@@ -38,7 +41,7 @@ pub enum Change {
     StatusRejected(String),
 }
 
-/// Pods that newly have the agent or newly need a restart.
+/// Pods that newly have the agent, newly need a restart or newly opted out.
 pub fn pod_changes(before: Option<&Membership>, after: &Membership) -> Vec<Change> {
     let Some(before) = before else {
         return Vec::new();
@@ -51,7 +54,11 @@ pub fn pod_changes(before: Option<&Membership>, after: &Membership) -> Vec<Chang
         .needs_restart
         .difference(&before.needs_restart)
         .map(|pod| Change::PodNeedsRestart(pod.clone()));
-    attached.chain(needs_restart).collect()
+    let opted_out = after
+        .opted_out
+        .difference(&before.opted_out)
+        .map(|pod| Change::PodOptedOut(pod.clone()));
+    attached.chain(needs_restart).chain(opted_out).collect()
 }
 
 /// The watch became ready, or stopped being ready, with this status write. A fall is news only
@@ -81,6 +88,7 @@ impl Change {
         match self {
             Change::PodAttached(pod)
             | Change::PodNeedsRestart(pod)
+            | Change::PodOptedOut(pod)
             | Change::PodEvicted(pod)
             | Change::EvictionBlocked { pod, .. } => Some(pod),
             Change::Ready(_) | Change::NotReady { .. } | Change::StatusRejected(_) => None,
@@ -105,6 +113,15 @@ impl Change {
                 "PodNeedsRestart",
                 "Attach",
                 format!("pod {pod} has no agent and gets one only when recreated"),
+            ),
+            Change::PodOptedOut(pod) => (
+                EventType::Normal,
+                "PodOptedOut",
+                "Attach",
+                format!(
+                    "pod {pod} declined the agent (label procwatch.dev/inject=false or \
+                     shareProcessNamespace: false) and is not watched"
+                ),
             ),
             Change::PodEvicted(pod) => (
                 EventType::Normal,
@@ -163,7 +180,27 @@ mod tests {
         Membership {
             attached: attached.iter().map(|s| s.to_string()).collect(),
             needs_restart: needs_restart.iter().map(|s| s.to_string()).collect(),
+            opted_out: BTreeSet::new(),
         }
+    }
+
+    #[test]
+    fn a_pod_that_newly_opts_out_is_named_once() {
+        let before = members(&["a"], &[]);
+        let mut after = before.clone();
+        after.opted_out.insert("declined".into());
+        let changes = pod_changes(Some(&before), &after);
+        assert_eq!(changes, [Change::PodOptedOut("declined".into())]);
+        let event = changes[0].event("shop");
+        assert_eq!(event.reason, "PodOptedOut");
+        assert!(
+            event
+                .note
+                .unwrap()
+                .contains("pod declined declined the agent")
+        );
+        assert_eq!(event.secondary.unwrap().name.as_deref(), Some("declined"));
+        assert!(pod_changes(Some(&after), &after).is_empty());
     }
 
     #[test]

@@ -358,6 +358,11 @@ async fn apply(watch: &ProcessWatch, ctx: &Context) -> Result<Action, Error> {
             .map(|p| p.name())
             .collect(),
         needs_restart: facts.without_agent.iter().cloned().collect(),
+        opted_out: selected
+            .iter()
+            .filter(|p| p.opted_out && !p.attached && !p.terminating)
+            .map(|p| p.name())
+            .collect(),
     };
     let before = ctx
         .memory

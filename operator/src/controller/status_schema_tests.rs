@@ -13,9 +13,9 @@ use proptest::prelude::*;
 use serde_json::Value;
 
 use super::conditions;
-use super::status::tests::{pod, watch};
 use super::status::{self, SelectedPod};
 use crate::budget;
+use crate::fixtures::{pod, watch};
 use crate::report::store::PodFindings;
 
 /// The `status` schema of the generated CRD, as a JSON schema: OpenAPI's `nullable` becomes a
@@ -31,10 +31,10 @@ fn status_validator() -> jsonschema::Validator {
 fn nullable_as_null_type(schema: &mut Value) {
     match schema {
         Value::Object(map) => {
-            if map.remove("nullable") == Some(Value::Bool(true)) {
-                if let Some(Value::String(kind)) = map.get("type").cloned() {
-                    map.insert("type".into(), serde_json::json!([kind, "null"]));
-                }
+            if map.remove("nullable") == Some(Value::Bool(true))
+                && let Some(Value::String(kind)) = map.get("type").cloned()
+            {
+                map.insert("type".into(), serde_json::json!([kind, "null"]));
             }
             map.values_mut().for_each(nullable_as_null_type);
         }
