@@ -548,6 +548,20 @@ const USES: &[Use] = &[
     ),
     used(
         "",
+        "namespaces",
+        "list",
+        "operator/src/startup/caches.rs",
+        "watcher(\n        Api::<PartialObjectMeta<Namespace>>::all",
+    ),
+    used(
+        "",
+        "namespaces",
+        "watch",
+        "operator/src/startup/caches.rs",
+        "watcher(\n        Api::<PartialObjectMeta<Namespace>>::all",
+    ),
+    used(
+        "",
         "pods/eviction",
         "create",
         "operator/src/eviction.rs",

@@ -34,6 +34,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
 use crate::health::{Part, Readiness};
+use crate::pod_security::{Enforced, Namespaces};
 use crate::selector;
 use crate::tls::CertificateHandle;
 
@@ -78,6 +79,8 @@ impl InjectionSettings {
 #[derive(Clone)]
 pub struct AdmissionState {
     pub watches: Store<ProcessWatch>,
+    /// Namespace labels: the Pod Security level each enforces.
+    pub namespaces: Namespaces,
     /// Tells when `watches` is first listed ([`Part::WatchesSynced`]).
     pub readiness: Arc<Readiness>,
     pub settings: Arc<InjectionSettings>,
@@ -317,7 +320,10 @@ async fn review_pod(
         all.iter().map(Arc::as_ref),
     ));
     let ca_pem = state.certificate.material().ca_pem;
-    let decision = decide(&pod, &watches, &state.settings, &ca_pem)?;
+    let enforced = Enforced::of(&state.namespaces, namespace);
+    let ptrace_allowed = enforced.allows_ptrace();
+    let decision = decide(&pod, &watches, &state.settings, &ca_pem, ptrace_allowed)?;
+    let ptrace_wanted = watches.iter().any(|w| w.spec.agent.ptrace);
     let name = pod
         .metadata
         .name
@@ -329,6 +335,10 @@ async fn review_pod(
         .filter_map(|w| w.metadata.name.as_deref())
         .collect();
     match (decision.outcome, decision.reason) {
+        (Outcome::Injected, _) if ptrace_wanted && !ptrace_allowed => {
+            let why = enforced.ptrace_refusal().unwrap_or_default();
+            tracing::info!(namespace, pod = name, watches = ?watch_names, why, "agent injected without ptrace");
+        }
         (Outcome::Injected, _) => {
             tracing::info!(namespace, pod = name, watches = ?watch_names, "agent injected");
         }
@@ -394,6 +404,8 @@ mod tests {
     use crate::tls::reloadable_server_config;
     use axum::body::Body;
     use axum::http::Request;
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::core::PartialObjectMeta;
     use kube::runtime::reflector::store;
     use kube::runtime::watcher::Event;
     use serde_json::{Value, json};
@@ -474,6 +486,7 @@ mod tests {
         }
         AdmissionState {
             watches: reader,
+            namespaces: store::<PartialObjectMeta<Namespace>>().0,
             readiness: Arc::new(readiness),
             settings: Arc::new(settings(false)),
             certificate: reloadable_server_config(&tls_material()).unwrap().1,
@@ -585,6 +598,48 @@ mod tests {
         assert!(state.certificate.replace(rotated.clone()).unwrap());
         assert_ne!(rotated.ca_pem, before);
         assert_eq!(injected_ca(&state).await, rotated.ca_pem);
+    }
+
+    /// `shop` in the namespace cache, enforcing `level` (or nothing).
+    fn namespace_enforcing(level: Option<&str>) -> Namespaces {
+        let (reader, mut writer) = store::<PartialObjectMeta<Namespace>>();
+        let mut ns = PartialObjectMeta::<Namespace>::default();
+        ns.metadata.name = Some("shop".into());
+        ns.metadata.labels = level.map(|l| {
+            BTreeMap::from([(
+                crate::pod_security::ENFORCE_LABEL.to_string(),
+                l.to_string(),
+            )])
+        });
+        writer.apply_watcher_event(&Event::Apply(ns));
+        reader
+    }
+
+    #[tokio::test]
+    async fn the_ptrace_agent_is_injected_only_where_pod_security_allows_it() {
+        let mut tracing = watch("web", &[("app", "nginx")]);
+        tracing.spec.agent.ptrace = true;
+        for (level, want) in [
+            (None, Some(vec!["SYS_PTRACE".to_string()])),
+            (Some("privileged"), Some(vec!["SYS_PTRACE".to_string()])),
+            (Some("baseline"), None),
+            (Some("restricted"), None),
+        ] {
+            let mut state = state(vec![tracing.clone()], true);
+            state.namespaces = namespace_enforcing(level);
+            let body = review(json!({"app": "nginx"}), "CREATE");
+            let (_, bytes) = post(&state, body.to_string()).await;
+            let pod = patched_pod(&body, &serde_json::from_slice(&bytes).unwrap());
+            let agent = pod
+                .spec
+                .unwrap()
+                .containers
+                .into_iter()
+                .find(|c| c.name == AGENT_CONTAINER_NAME)
+                .unwrap();
+            let caps = agent.security_context.unwrap().capabilities.unwrap();
+            assert_eq!(caps.add, want, "{level:?}");
+        }
     }
 
     #[tokio::test]

@@ -60,12 +60,14 @@ pub enum InjectionError {
     TokenExpirationTooShort(i64),
 }
 
-/// Decides what to do with `pod`, given the watches that select it (sorted by name).
+/// Decides what to do with `pod`, given the watches that select it (sorted by name) and
+/// whether its namespace's Pod Security level admits the ptrace agent.
 pub fn decide(
     pod: &Pod,
     watches: &[&ProcessWatch],
     settings: &InjectionSettings,
     ca_pem: &str,
+    ptrace_allowed: bool,
 ) -> Result<Decision, InjectionError> {
     let skip = |outcome, reason| {
         Ok(Decision {
@@ -94,7 +96,7 @@ pub fn decide(
 
     let already_injected = pod_has_agent(pod);
     if !already_injected {
-        let mut agent = agent_container(settings, ca_pem, watches);
+        let mut agent = agent_container(settings, ca_pem, watches, ptrace_allowed);
         if settings.native_sidecars {
             agent.restart_policy = Some("Always".to_string());
             let agent = to_value(&agent);
@@ -227,10 +229,10 @@ mod tests {
     }
 
     fn injected(pod: &Pod, watches: &[&ProcessWatch], native: bool) -> (Outcome, Pod) {
-        let decision = decide(pod, watches, &settings(native), FAKE_CA_PEM).unwrap();
+        let decision = decide(pod, watches, &settings(native), FAKE_CA_PEM, true).unwrap();
         let patched = apply(pod, &decision);
         // Idempotent: the patched pod needs nothing more.
-        let again = decide(&patched, watches, &settings(native), FAKE_CA_PEM).unwrap();
+        let again = decide(&patched, watches, &settings(native), FAKE_CA_PEM, true).unwrap();
         assert_eq!(again.outcome, Outcome::AlreadyInjected);
         assert!(again.patch.0.is_empty(), "second patch: {:?}", again.patch);
         (decision.outcome, patched)
@@ -354,7 +356,7 @@ mod tests {
                    "volumes": [{"name": "data", "emptyDir": {}}]}),
             json!({}),
         );
-        let decision = decide(&p, &[&w], &settings(false), FAKE_CA_PEM).unwrap();
+        let decision = decide(&p, &[&w], &settings(false), FAKE_CA_PEM, true).unwrap();
         assert!(
             !decision
                 .patch
@@ -380,11 +382,12 @@ mod tests {
                     &[&w],
                     &settings(native),
                     FAKE_CA_PEM,
+                    true,
                 )
                 .unwrap(),
             );
             // Re-invoked after the server flipped its sidecar support: still one agent.
-            let decision = decide(&once, &[&w], &settings(!native), FAKE_CA_PEM).unwrap();
+            let decision = decide(&once, &[&w], &settings(!native), FAKE_CA_PEM, true).unwrap();
             assert_eq!(decision.outcome, Outcome::AlreadyInjected);
             assert!(decision.patch.0.is_empty());
             let spec = apply(&once, &decision).spec.unwrap();
@@ -461,18 +464,18 @@ mod tests {
     fn not_selected_and_opted_out_pods_are_untouched() {
         let w = watch("web", &[]);
         let p = pod(json!({}), json!({"app": "nginx"}));
-        let none = decide(&p, &[], &settings(true), FAKE_CA_PEM).unwrap();
+        let none = decide(&p, &[], &settings(true), FAKE_CA_PEM, true).unwrap();
         assert_eq!(none.outcome, Outcome::SkippedNotSelected);
         assert!(none.patch.0.is_empty());
 
         let opted_out = pod(json!({}), json!({INJECT_LABEL: "false"}));
-        let decision = decide(&opted_out, &[&w], &settings(true), FAKE_CA_PEM).unwrap();
+        let decision = decide(&opted_out, &[&w], &settings(true), FAKE_CA_PEM, true).unwrap();
         assert_eq!(decision.outcome, Outcome::SkippedOptOut);
         assert!(decision.patch.0.is_empty());
 
         // Any other value of the label does not opt out.
         let opted_in = pod(json!({}), json!({INJECT_LABEL: "true"}));
-        let decision = decide(&opted_in, &[&w], &settings(true), FAKE_CA_PEM).unwrap();
+        let decision = decide(&opted_in, &[&w], &settings(true), FAKE_CA_PEM, true).unwrap();
         assert_eq!(decision.outcome, Outcome::Injected);
     }
 
@@ -480,7 +483,7 @@ mod tests {
     fn explicit_share_process_namespace_false_is_the_owners_opt_out() {
         let w = watch("web", &[]);
         let declined = pod(json!({"shareProcessNamespace": false}), json!({}));
-        let decision = decide(&declined, &[&w], &settings(true), FAKE_CA_PEM).unwrap();
+        let decision = decide(&declined, &[&w], &settings(true), FAKE_CA_PEM, true).unwrap();
         assert_eq!(decision.outcome, Outcome::SkippedOptOut);
         assert!(decision.patch.0.is_empty());
         assert_eq!(
@@ -503,7 +506,7 @@ mod tests {
             json!({"nodeSelector": {"kubernetes.io/os": "windows"}}),
         ] {
             let p = pod(extra.clone(), json!({}));
-            let decision = decide(&p, &[&w], &settings(true), FAKE_CA_PEM).unwrap();
+            let decision = decide(&p, &[&w], &settings(true), FAKE_CA_PEM, true).unwrap();
             assert_eq!(decision.outcome, Outcome::SkippedUnsupported, "{extra}");
             assert!(decision.patch.0.is_empty());
             assert!(decision.reason.is_some());
@@ -513,7 +516,7 @@ mod tests {
                    "nodeSelector": {"kubernetes.io/os": "linux"}}),
             json!({}),
         );
-        let decision = decide(&linux, &[&w], &settings(true), FAKE_CA_PEM).unwrap();
+        let decision = decide(&linux, &[&w], &settings(true), FAKE_CA_PEM, true).unwrap();
         assert_eq!(decision.outcome, Outcome::Injected);
     }
 
@@ -525,7 +528,7 @@ mod tests {
             json!({}),
         );
         assert_eq!(
-            decide(&p, &[&w], &settings(false), FAKE_CA_PEM).unwrap_err(),
+            decide(&p, &[&w], &settings(false), FAKE_CA_PEM, true).unwrap_err(),
             InjectionError::VolumeNameTaken(TOKEN_VOLUME_NAME.to_string())
         );
     }
@@ -536,7 +539,7 @@ mod tests {
         let mut s = settings(false);
         s.token_expiration_seconds = 60;
         assert_eq!(
-            decide(&pod(json!({}), json!({})), &[&w], &s, FAKE_CA_PEM).unwrap_err(),
+            decide(&pod(json!({}), json!({})), &[&w], &s, FAKE_CA_PEM, true).unwrap_err(),
             InjectionError::TokenExpirationTooShort(60)
         );
     }

@@ -9,7 +9,8 @@ use std::collections::BTreeSet;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType};
 
-use super::conditions::{READY, STATUS_REJECTED};
+use super::conditions::{ATTACHED, READY, STATUS_REJECTED};
+use crate::pod_security::PTRACE_FORBIDDEN;
 use procwatch_crds::ProcessWatchStatus;
 
 /// Which pods of a watch had the agent and which needed a restart, at the last reconcile.
@@ -39,6 +40,8 @@ pub enum Change {
     },
     /// The API server refused the full status with this message.
     StatusRejected(String),
+    /// The namespace's Pod Security level forbids the ptrace agent: the Attached message.
+    PtraceForbidden(String),
 }
 
 /// Pods that newly have the agent, newly need a restart or newly opted out.
@@ -82,6 +85,23 @@ pub fn readiness_change(
     }
 }
 
+/// The Attached condition newly says that Pod Security forbids ptrace.
+pub fn ptrace_change(
+    before: Option<&ProcessWatchStatus>,
+    after: &ProcessWatchStatus,
+) -> Option<Change> {
+    let attached = |status: &ProcessWatchStatus| {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == ATTACHED && c.reason == PTRACE_FORBIDDEN)
+            .cloned()
+    };
+    let was = before.and_then(attached).is_some();
+    let now = attached(after)?;
+    (!was).then_some(Change::PtraceForbidden(now.message))
+}
+
 impl Change {
     /// The pod the change is about, if any.
     fn pod(&self) -> Option<&str> {
@@ -91,7 +111,10 @@ impl Change {
             | Change::PodOptedOut(pod)
             | Change::PodEvicted(pod)
             | Change::EvictionBlocked { pod, .. } => Some(pod),
-            Change::Ready(_) | Change::NotReady { .. } | Change::StatusRejected(_) => None,
+            Change::Ready(_)
+            | Change::NotReady { .. }
+            | Change::StatusRejected(_)
+            | Change::PtraceForbidden(_) => None,
         }
     }
 
@@ -136,6 +159,12 @@ impl Change {
                 format!("eviction of pod {pod} refused for now, retrying: {why}"),
             ),
             Change::Ready(message) => (EventType::Normal, "Ready", "Reconcile", message.clone()),
+            Change::PtraceForbidden(message) => (
+                EventType::Warning,
+                PTRACE_FORBIDDEN,
+                "Attach",
+                message.clone(),
+            ),
             // The condition's reason is the event's: a recorder folds a repeated fall into one
             // series, and a fall for another reason is a series of its own.
             Change::NotReady { reason, message } => (
@@ -220,6 +249,32 @@ mod tests {
                 Change::PodNeedsRestart("d".into())
             ]
         );
+    }
+
+    fn with_attached_because(reason: &str) -> ProcessWatchStatus {
+        ProcessWatchStatus {
+            conditions: vec![Condition {
+                type_: ATTACHED.into(),
+                status: "True".into(),
+                reason: reason.into(),
+                message: format!("because {reason}"),
+                observed_generation: None,
+                last_transition_time: Time(Timestamp::UNIX_EPOCH),
+            }],
+            ..ProcessWatchStatus::default()
+        }
+    }
+
+    #[test]
+    fn ptrace_forbidden_is_announced_once_as_a_warning() {
+        let before = with_attached_because("AllPodsAttached");
+        let after = with_attached_because(PTRACE_FORBIDDEN);
+        let change = ptrace_change(Some(&before), &after).expect("an event");
+        let event = change.event("shop");
+        assert_eq!(event.type_, EventType::Warning);
+        assert_eq!(event.reason, PTRACE_FORBIDDEN);
+        assert_eq!(ptrace_change(Some(&after), &after), None);
+        assert!(ptrace_change(None, &after).is_some());
     }
 
     #[test]

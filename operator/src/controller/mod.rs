@@ -30,6 +30,7 @@ use procwatch_crds::{AttachMode, ExistingPods, ProcessWatch, ProcessWatchStatus}
 use crate::eviction::{self, Decision};
 use crate::lock;
 use crate::metrics::{EvictionResult, Metrics, Outcome, StatusWrite};
+use crate::pod_security::{Enforced, Namespaces};
 use crate::report::store::FindingsStore;
 use events::{Change, Membership};
 use triggers::Triggers;
@@ -59,6 +60,8 @@ pub struct Settings {
 pub struct Context {
     pub client: Client,
     pub pods: Store<Pod>,
+    /// The Pod Security level each namespace enforces (may forbid the ptrace agent).
+    pub namespaces: Namespaces,
     pub findings: FindingsStore,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
@@ -330,6 +333,9 @@ async fn apply(watch: &ProcessWatch, ctx: &Context) -> Result<Action, Error> {
         .collect();
     let selected = status::select(watch, &pods, |key| ctx.findings.get(key), now);
     let mut built = status::build(watch, &selected);
+    if watch.spec.agent.ptrace {
+        built.facts.ptrace_forbidden = Enforced::of(&ctx.namespaces, &namespace).ptrace_refusal();
+    }
     let mut changes = Vec::new();
     let mut requeue = requeue_after(watch);
     let mut failure = None;
@@ -401,6 +407,7 @@ async fn apply(watch: &ProcessWatch, ctx: &Context) -> Result<Action, Error> {
             Write::Now => match write_status(ctx, watch, &new_status).await {
                 Ok(()) => {
                     changes.extend(events::readiness_change(previous, &new_status));
+                    changes.extend(events::ptrace_change(previous, &new_status));
                     ctx.memory.with(watch, |m| {
                         m.written = Some((new_status, Instant::now()));
                         if detail == Detail::Full {

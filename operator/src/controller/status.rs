@@ -140,6 +140,9 @@ pub struct Facts {
     pub bare: Vec<String>,
     /// Set by the status writer: the API server refused the full status with this message.
     pub status_rejected: Option<String>,
+    /// Set by the reconciler: the watch asks for ptrace and its namespace's Pod Security
+    /// level forbids it, for this reason; the agents run without ptrace.
+    pub ptrace_forbidden: Option<String>,
 }
 
 /// The status without conditions, the facts for them, and the per-container metrics.
@@ -242,6 +245,7 @@ pub fn build(watch: &ProcessWatch, selected: &[SelectedPod]) -> Built {
         eviction: None,
         bare: Vec::new(),
         status_rejected: None,
+        ptrace_forbidden: None,
     };
     Built {
         status,

@@ -139,6 +139,7 @@ fn context(client: Client, pods: Vec<Pod>, findings: FindingsStore) -> Arc<Conte
     Arc::new(Context {
         client: client.clone(),
         pods: store,
+        namespaces: reflector::store().0,
         findings,
         metrics: Arc::new(Metrics::register(&mut registry)),
         recorder: Recorder::new(
