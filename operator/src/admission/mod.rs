@@ -569,18 +569,22 @@ mod tests {
         serde_json::from_value(pod).unwrap()
     }
 
-    /// The CA an injected agent is told to trust (`PROCWATCH_CA_PEM`).
-    async fn injected_ca(state: &AdmissionState) -> String {
+    /// The agent injected into a new pod labelled `app: nginx` in `shop`.
+    async fn injected_agent(state: &AdmissionState) -> k8s_openapi::api::core::v1::Container {
         let body = review(json!({"app": "nginx"}), "CREATE");
         let (_, bytes) = post(state, body.to_string()).await;
         let pod = patched_pod(&body, &serde_json::from_slice(&bytes).unwrap());
-        let agent = pod
-            .spec
+        pod.spec
             .unwrap()
             .containers
             .into_iter()
             .find(|c| c.name == AGENT_CONTAINER_NAME)
-            .unwrap();
+            .unwrap()
+    }
+
+    /// The CA an injected agent is told to trust (`PROCWATCH_CA_PEM`).
+    async fn injected_ca(state: &AdmissionState) -> String {
+        let agent = injected_agent(state).await;
         let env = agent.env.unwrap_or_default();
         let ca = env
             .iter()
@@ -627,16 +631,7 @@ mod tests {
         ] {
             let mut state = state(vec![tracing.clone()], true);
             state.namespaces = namespace_enforcing(level);
-            let body = review(json!({"app": "nginx"}), "CREATE");
-            let (_, bytes) = post(&state, body.to_string()).await;
-            let pod = patched_pod(&body, &serde_json::from_slice(&bytes).unwrap());
-            let agent = pod
-                .spec
-                .unwrap()
-                .containers
-                .into_iter()
-                .find(|c| c.name == AGENT_CONTAINER_NAME)
-                .unwrap();
+            let agent = injected_agent(&state).await;
             let caps = agent.security_context.unwrap().capabilities.unwrap();
             assert_eq!(caps.add, want, "{level:?}");
         }
