@@ -114,7 +114,8 @@ pub struct Cli {
     /// Largest report body accepted, in bytes.
     #[arg(long, env = "PROCWATCH_MAX_REPORT_BYTES", default_value_t = DEFAULT_MAX_REPORT_BYTES)]
     pub max_report_bytes: usize,
-    /// How long a TokenReview answer is reused (1s to 1h, like 60s or 2m).
+    /// How long a TokenReview answer is reused for a token that names no expiry, and (at most
+    /// 10s) for a refused one; an accepted token is reused until it expires (1s to 1h).
     #[arg(long, env = "PROCWATCH_TOKEN_REVIEW_CACHE_TTL", default_value = "60s")]
     pub token_review_cache_ttl: Interval,
     /// Most TokenReview answers kept at once.

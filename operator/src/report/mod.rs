@@ -85,6 +85,8 @@ enum ReportError {
     Refused(Refusal),
     #[error("the token cannot be reviewed now; retry")]
     AuthUnavailable(#[source] kube::Error),
+    #[error("too many tokens under review; retry")]
+    AuthBusy,
     #[error("report body is larger than {0} bytes")]
     TooLarge(usize),
     #[error("cannot read the report body")]
@@ -104,6 +106,7 @@ impl ReportError {
         match self {
             ReportError::NotLeader
             | ReportError::AuthUnavailable(_)
+            | ReportError::AuthBusy
             | ReportError::PodUnknown(_) => ReportResult::Unavailable,
             ReportError::NoToken | ReportError::Refused(Refusal::Unauthenticated(_)) => {
                 ReportResult::Unauthenticated
@@ -259,6 +262,7 @@ async fn handle(
         .map_err(|error| match error {
             AuthError::Refused(refusal) => ReportError::Refused(refusal),
             AuthError::Unavailable(error) => ReportError::AuthUnavailable(error),
+            AuthError::Busy => ReportError::AuthBusy,
         })?;
     let bytes = read_body(headers, body, state.max_body_bytes).await?;
     let ReportVersion { version } =
