@@ -10,6 +10,7 @@
 //! random tokens cannot become a flood on the API server.
 
 use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,7 @@ use procwatch_crds::constants::TOKEN_AUDIENCE;
 use procwatch_crds::report::AgentReport;
 use sha2::{Digest, Sha256};
 
+use super::throttle::RefusalsBySource;
 use crate::lock;
 
 const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
@@ -64,6 +66,9 @@ pub enum AuthError {
     /// Every review slot stayed taken: the agent should retry.
     #[error("too many tokens under review; retry")]
     Busy,
+    /// The source address had its share of refusals: turned away unheard for a while.
+    #[error("too many refused tokens from this address")]
+    Throttled,
 }
 
 /// Reads the pod identity out of a TokenReview's answer.
@@ -245,6 +250,7 @@ pub struct Authenticator {
     /// How long a result is cached when the token names no expiry.
     ttl: Duration,
     review_slots: tokio::sync::Semaphore,
+    refusals: RefusalsBySource,
 }
 
 impl Authenticator {
@@ -254,14 +260,36 @@ impl Authenticator {
             cache: Mutex::new(TokenCache::new(capacity)),
             ttl,
             review_slots: tokio::sync::Semaphore::new(MAX_REVIEWS_IN_FLIGHT),
+            refusals: RefusalsBySource::default(),
         }
     }
 
-    /// The pod the token was issued to, from the cache or a fresh TokenReview.
-    pub async fn authenticate(&self, token: &str) -> Result<PodIdentity, AuthError> {
+    /// The pod the token was issued to, from the cache or a fresh TokenReview. A source
+    /// address (when known) that earned too many refusals lately is turned away before its
+    /// token is looked at, unless the token is one already accepted.
+    pub async fn authenticate(
+        &self,
+        token: &str,
+        source: Option<IpAddr>,
+    ) -> Result<PodIdentity, AuthError> {
+        let result = self.authenticate_token(token, source).await;
+        if let (Err(AuthError::Refused(_)), Some(source)) = (&result, source) {
+            self.refusals.record(source, Instant::now());
+        }
+        result
+    }
+
+    async fn authenticate_token(
+        &self,
+        token: &str,
+        source: Option<IpAddr>,
+    ) -> Result<PodIdentity, AuthError> {
         let key: TokenHash = Sha256::digest(token.as_bytes()).into();
         if let Some(cached) = lock(&self.cache).get(&key, Instant::now()) {
             return Ok(cached?);
+        }
+        if source.is_some_and(|source| self.refusals.exhausted(source, Instant::now())) {
+            return Err(AuthError::Throttled);
         }
         precheck(token, Timestamp::now())?;
         let _slot = tokio::time::timeout(REVIEW_SLOT_WAIT, self.review_slots.acquire())
@@ -476,7 +504,7 @@ pub(crate) mod tests {
                 let authenticator = authenticator.clone();
                 tokio::spawn(async move {
                     authenticator
-                        .authenticate(&pod_jwt(format!("t{i}").as_bytes()))
+                        .authenticate(&pod_jwt(format!("t{i}").as_bytes()), None)
                         .await
                 })
             })

@@ -18,9 +18,11 @@ pub mod auth;
 pub mod convert;
 pub mod response;
 pub mod store;
+pub mod throttle;
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
@@ -42,6 +44,10 @@ use crate::leader::Leadership;
 use crate::metrics::{Metrics, ReportResult};
 use auth::{AuthError, Authenticator, Refusal};
 use store::{FindingsStore, PodFindings, PodKey};
+use throttle::{LogBudget, Peer};
+
+/// Refusals logged: a flood of bad tokens must not become a flood of log lines.
+static REFUSAL_LOG: LogBudget = LogBudget::new(10, std::time::Duration::from_secs(60));
 
 /// Default body limit: a full report of 200 processes per container is well under this.
 pub const DEFAULT_MAX_REPORT_BYTES: usize = 2 * 1024 * 1024;
@@ -87,6 +93,8 @@ enum ReportError {
     AuthUnavailable(#[source] kube::Error),
     #[error("too many tokens under review; retry")]
     AuthBusy,
+    #[error("too many refused reports from this address; retry later")]
+    Throttled,
     #[error("report body is larger than {0} bytes")]
     TooLarge(usize),
     #[error("cannot read the report body")]
@@ -108,9 +116,9 @@ impl ReportError {
             | ReportError::AuthUnavailable(_)
             | ReportError::AuthBusy
             | ReportError::PodUnknown(_) => ReportResult::Unavailable,
-            ReportError::NoToken | ReportError::Refused(Refusal::Unauthenticated(_)) => {
-                ReportResult::Unauthenticated
-            }
+            ReportError::NoToken
+            | ReportError::Throttled
+            | ReportError::Refused(Refusal::Unauthenticated(_)) => ReportResult::Unauthenticated,
             ReportError::Refused(Refusal::NotAPod(_)) | ReportError::OtherPod(_) => {
                 ReportResult::Forbidden
             }
@@ -122,6 +130,9 @@ impl ReportError {
     }
 
     fn status(&self) -> StatusCode {
+        if matches!(self, ReportError::Throttled) {
+            return StatusCode::TOO_MANY_REQUESTS;
+        }
         match self.result() {
             ReportResult::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ReportResult::Unauthenticated => StatusCode::UNAUTHORIZED,
@@ -149,7 +160,7 @@ impl IntoResponse for ReportError {
             StatusCode::UNAUTHORIZED => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            StatusCode::SERVICE_UNAVAILABLE => {
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
             }
             // What is left of a body past the drain limit is not read: do not reuse the
@@ -163,8 +174,14 @@ impl IntoResponse for ReportError {
     }
 }
 
-async fn report(State(state): State<ReportState>, headers: HeaderMap, body: Body) -> Response {
-    match handle(&state, &headers, body).await {
+async fn report(
+    State(state): State<ReportState>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let source = peer.map(|Extension(Peer(address))| address);
+    match handle(&state, source, &headers, body).await {
         Ok((result, answer)) => {
             state.metrics.report(result);
             axum::Json(answer).into_response()
@@ -175,7 +192,16 @@ async fn report(State(state): State<ReportState>, headers: HeaderMap, body: Body
                 ReportResult::Unavailable => {
                     tracing::debug!(error = error_chain(&error), "report deferred")
                 }
-                _ => tracing::info!(error = error_chain(&error), "report refused"),
+                _ => {
+                    if let Some(held_back) = REFUSAL_LOG.admit(std::time::Instant::now()) {
+                        tracing::info!(
+                            error = error_chain(&error),
+                            ?source,
+                            refusals_not_logged = held_back,
+                            "report refused"
+                        );
+                    }
+                }
             }
             error.into_response()
         }
@@ -247,6 +273,7 @@ async fn drain(mut body: Body, mut read: usize) {
 
 async fn handle(
     state: &ReportState,
+    source: Option<std::net::IpAddr>,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(ReportResult, ReportResponse), ReportError> {
@@ -257,12 +284,13 @@ async fn handle(
     let token = bearer(headers).ok_or(ReportError::NoToken)?;
     let identity = state
         .authenticator
-        .authenticate(token)
+        .authenticate(token, source)
         .await
         .map_err(|error| match error {
             AuthError::Refused(refusal) => ReportError::Refused(refusal),
             AuthError::Unavailable(error) => ReportError::AuthUnavailable(error),
             AuthError::Busy => ReportError::AuthBusy,
+            AuthError::Throttled => ReportError::Throttled,
         })?;
     let bytes = read_body(headers, body, state.max_body_bytes).await?;
     let ReportVersion { version } =

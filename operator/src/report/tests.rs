@@ -161,14 +161,25 @@ async fn post_raw(
     token: Option<&str>,
     body: Vec<u8>,
 ) -> (StatusCode, Vec<u8>) {
+    post_from(state, None, token, body).await
+}
+
+/// Posts `body` with exactly this bearer token, from `peer` as the HTTPS server tells it.
+async fn post_from(
+    state: &ReportState,
+    peer: Option<throttle::Peer>,
+    token: Option<&str>,
+    body: Vec<u8>,
+) -> (StatusCode, Vec<u8>) {
     let mut request = Request::post(REPORT_PATH).header("content-type", "application/json");
     if let Some(token) = token {
         request = request.header("authorization", format!("Bearer {token}"));
     }
-    let response = router(state.clone())
-        .oneshot(request.body(axum::body::Body::from(body)).unwrap())
-        .await
-        .unwrap();
+    let mut request = request.body(axum::body::Body::from(body)).unwrap();
+    if let Some(peer) = peer {
+        request.extensions_mut().insert(peer);
+    }
+    let response = router(state.clone()).oneshot(request).await.unwrap();
     let status = response.status();
     let body = response
         .into_body()
@@ -280,6 +291,48 @@ async fn tokens_that_cannot_be_ours_are_refused_without_a_review() {
         assert!(String::from_utf8_lossy(&body).contains("not reviewed"));
     }
     assert_eq!(fixture.reviews.load(Ordering::SeqCst), 0);
+}
+
+/// A source that keeps sending refused tokens is turned away unheard (429) for a while; an
+/// agent at the same address whose token was accepted goes on.
+#[tokio::test]
+async fn a_flooding_address_is_throttled_but_accepted_tokens_go_on() {
+    let fixture = fixture();
+    let flood = Some(throttle::Peer(std::net::Ipv4Addr::LOCALHOST.into()));
+    let report = || json(&agent_report("web-1"));
+    let agent = token("pod:web-1");
+    let (status, _) = post_from(&fixture.state, flood, Some(&agent), report()).await;
+    assert_eq!(status, StatusCode::OK);
+    let mut throttled = 0;
+    for i in 0..100 {
+        let (status, _) = post_from(
+            &fixture.state,
+            flood,
+            Some(&token(&format!("bad-{i}"))),
+            report(),
+        )
+        .await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            throttled += 1;
+        } else {
+            assert_eq!(status, StatusCode::UNAUTHORIZED);
+        }
+    }
+    assert!(throttled >= 75, "{throttled} of 100 throttled");
+    assert!(fixture.reviews.load(Ordering::SeqCst) <= 26);
+    let (status, _) = post_from(&fixture.state, flood, Some(&agent), report()).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the accepted agent is not throttled"
+    );
+    let elsewhere = Some(throttle::Peer(std::net::Ipv4Addr::new(127, 0, 0, 2).into()));
+    let (status, _) = post_from(&fixture.state, elsewhere, Some(&token("bad-x")), report()).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "other addresses are heard"
+    );
 }
 
 /// One review per token: an accepted token is not reviewed again while it lives.

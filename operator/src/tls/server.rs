@@ -16,6 +16,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+use crate::report::throttle::Peer;
 
 /// A client that opens a connection and never finishes the handshake or its headers
 /// holds a task, nothing more, and only this long.
@@ -103,6 +106,11 @@ async fn connection(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
+    // Handlers that bound what one client may cost (refusals per address) read its address.
+    let app = app.map_request(move |mut request: hyper::Request<hyper::body::Incoming>| {
+        request.extensions_mut().insert(Peer(peer.ip()));
+        request
+    });
     let conn = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(app));
     tokio::pin!(conn);
     // Ends when shutdown is asked for (or the server is gone); holds no borrow of the flag.
