@@ -13,15 +13,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::body::Body;
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::version::Info;
 use kube::ResourceExt;
-use kube::core::DynamicObject;
 use kube::core::admission::{
     AdmissionRequest, AdmissionResponse, AdmissionReview, META_API_VERSION_V1, META_KIND, Operation,
 };
@@ -46,8 +45,11 @@ pub const MUTATE_PATH: &str = "/mutate";
 /// How long a review waits for the first list of ProcessWatches after the operator starts;
 /// well under the webhook's 5 s timeout.
 const STORE_READY_TIMEOUT: Duration = Duration::from_secs(2);
-/// Large enough for any pod etcd can hold (1.5 MiB) wrapped in a review.
-const MAX_REVIEW_BYTES: usize = 3 * 1024 * 1024;
+/// Far more than any real pod takes; a client cannot make the webhook hold more.
+const MAX_REVIEW_BYTES: usize = 1024 * 1024;
+/// A review's body is read within this, so a client trickling it holds a task no longer; the
+/// API server's own webhook timeout is longer (5 s by default).
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How the agent is injected; fixed for the operator's lifetime.
 #[derive(Clone, Debug)]
@@ -94,7 +96,6 @@ pub struct AdmissionState {
 pub fn router(state: AdmissionState) -> Router {
     Router::new()
         .route(MUTATE_PATH, post(mutate))
-        .layer(DefaultBodyLimit::max(MAX_REVIEW_BYTES))
         .with_state(state)
 }
 
@@ -211,8 +212,6 @@ enum ReviewError {
     MissingObject,
     #[error("the review has no namespace")]
     MissingNamespace,
-    #[error("the object is not a valid Pod")]
-    NotAPod(#[source] serde_json::Error),
     #[error("ProcessWatches not yet listed after {0:?}")]
     StoreNotReady(Duration),
     #[error(transparent)]
@@ -221,8 +220,29 @@ enum ReviewError {
     Patch(#[from] kube::core::admission::SerializePatchError),
 }
 
-async fn mutate(State(state): State<AdmissionState>, body: Bytes) -> Response {
-    let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(&body) {
+async fn mutate(State(state): State<AdmissionState>, body: Body) -> Response {
+    let body = match tokio::time::timeout(
+        BODY_READ_TIMEOUT,
+        axum::body::to_bytes(body, MAX_REVIEW_BYTES),
+    )
+    .await
+    {
+        Ok(Ok(body)) => body,
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "admission review not read");
+            return (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("an AdmissionReview takes at most {MAX_REVIEW_BYTES} bytes"),
+            )
+                .into_response();
+        }
+        Err(_) => {
+            tracing::warn!("admission review body not read in time");
+            return (StatusCode::REQUEST_TIMEOUT, "body not sent in time").into_response();
+        }
+    };
+    // Typed: only a Pod's fields are read, nothing is copied as untyped JSON.
+    let review: AdmissionReview<Pod> = match serde_json::from_slice(&body) {
         Ok(review) => review,
         Err(error) => return bad_request(format!("malformed AdmissionReview: {error}")),
     };
@@ -232,7 +252,7 @@ async fn mutate(State(state): State<AdmissionState>, body: Bytes) -> Response {
             review.types.kind, review.types.api_version
         ));
     }
-    let request: Result<AdmissionRequest<DynamicObject>, _> = review.try_into();
+    let request: Result<AdmissionRequest<Pod>, _> = review.try_into();
     let Ok(request) = request else {
         return bad_request("AdmissionReview has no request".to_string());
     };
@@ -262,7 +282,7 @@ fn bad_request(message: String) -> Response {
 /// Always allows; adds the patch when there is one.
 async fn answer(
     state: &AdmissionState,
-    request: &AdmissionRequest<DynamicObject>,
+    request: &AdmissionRequest<Pod>,
 ) -> (Outcome, AdmissionResponse) {
     let allow = AdmissionResponse::from(request);
     let is_pod = request.kind.group.is_empty() && request.kind.kind == "Pod";
@@ -295,12 +315,9 @@ async fn answer(
 
 async fn review_pod(
     state: &AdmissionState,
-    request: &AdmissionRequest<DynamicObject>,
+    request: &AdmissionRequest<Pod>,
 ) -> Result<Decision, ReviewError> {
-    let object = request.object.as_ref().ok_or(ReviewError::MissingObject)?;
-    let pod: Pod = serde_json::to_value(object)
-        .and_then(serde_json::from_value)
-        .map_err(ReviewError::NotAPod)?;
+    let pod = request.object.as_ref().ok_or(ReviewError::MissingObject)?;
     // On CREATE the pod's own namespace is often still empty; the request's is authoritative.
     let namespace = request
         .namespace
@@ -322,7 +339,7 @@ async fn review_pod(
     let ca_pem = state.certificate.material().ca_pem;
     let enforced = Enforced::of(&state.namespaces, namespace);
     let ptrace_allowed = enforced.allows_ptrace();
-    let decision = decide(&pod, &watches, &state.settings, &ca_pem, ptrace_allowed)?;
+    let decision = decide(pod, &watches, &state.settings, &ca_pem, ptrace_allowed)?;
     let ptrace_wanted = watches.iter().any(|w| w.spec.agent.ptrace);
     let name = pod
         .metadata
@@ -684,6 +701,37 @@ mod tests {
             assert_eq!(review.await.unwrap().0, StatusCode::OK);
         }
         assert_eq!(state.metrics.get(Outcome::Injected), 3);
+    }
+
+    #[tokio::test]
+    async fn a_review_over_one_mebibyte_is_refused_unread() {
+        let state = state(vec![watch("web", &[])], true);
+        let mut big = review(json!({}), "CREATE");
+        big["request"]["object"]["metadata"]["annotations"] =
+            json!({"big": "x".repeat(MAX_REVIEW_BYTES)});
+        let (status, _) = post(&state, big.to_string()).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trickled_body_times_out() {
+        let state = state(vec![watch("web", &[])], true);
+        let never = futures::stream::pending::<Result<axum::body::Bytes, std::io::Error>>();
+        let request = Request::post(MUTATE_PATH)
+            .header("content-type", "application/json")
+            .body(Body::from_stream(never))
+            .unwrap();
+        let response = router(state).oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+    }
+
+    #[tokio::test]
+    async fn a_review_of_something_else_than_a_pod_is_a_bad_request() {
+        let state = state(vec![watch("web", &[])], true);
+        let mut not_a_pod = review(json!({}), "CREATE");
+        not_a_pod["request"]["object"]["spec"] = json!({"containers": "nginx"});
+        let (status, _) = post(&state, not_a_pod.to_string()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
     }
 
     #[tokio::test]
