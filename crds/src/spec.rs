@@ -35,11 +35,13 @@ use crate::{Interval, status::ProcessWatchStatus};
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "crd", schemars(transform = bound_every_list_and_string))]
 pub struct ProcessWatchSpec {
     /// Pods of this namespace to watch.
     pub selector: LabelSelector,
     /// Container names to report; empty reports every container but the agent.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "crd", schemars(length(max = 64), inner(length(max = 63))))]
     pub containers: Vec<String>,
     /// Sampling period, from 1s to 1h.
     #[serde(default)]
@@ -53,6 +55,47 @@ pub struct ProcessWatchSpec {
     pub report: ReportLimits,
     #[serde(default)]
     pub agent: AgentSettings,
+}
+
+/// Items of a list of the spec, unless the field says otherwise.
+pub const MAX_ITEMS: u64 = 64;
+/// Characters of a string of the spec: a label key with its prefix takes 317.
+pub const MAX_LENGTH: u64 = 1024;
+/// Entries of a map of the spec (matchLabels, resource quantities).
+pub const MAX_PROPERTIES: u64 = 64;
+
+/// Bounds what one tenant's watch can make the API server store and the operator hold:
+/// every list, string and map of the spec, its selector and resources included, gets a
+/// maximum where the field sets none.
+#[cfg(feature = "crd")]
+fn bound_every_list_and_string(schema: &mut schemars::Schema) {
+    fn walk(value: &mut serde_json::Value) {
+        let serde_json::Value::Object(map) = value else {
+            return;
+        };
+        let bound = |map: &mut serde_json::Map<String, serde_json::Value>, key: &str, max| {
+            map.entry(key).or_insert(serde_json::json!(max));
+        };
+        match map.get("type").and_then(serde_json::Value::as_str) {
+            Some("array") => bound(map, "maxItems", MAX_ITEMS),
+            Some("string") => bound(map, "maxLength", MAX_LENGTH),
+            Some("object") if map.contains_key("additionalProperties") => {
+                bound(map, "maxProperties", MAX_PROPERTIES)
+            }
+            _ => {}
+        }
+        for child in map.values_mut() {
+            match child {
+                serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+                other => walk(other),
+            }
+        }
+    }
+    let mut value = serde_json::Value::Object(std::mem::take(schema.ensure_object()));
+    walk(&mut value);
+    if let serde_json::Value::Object(map) = value {
+        *schema.ensure_object() = map;
+    }
 }
 
 #[cfg(feature = "crd")]
@@ -116,7 +159,7 @@ pub struct Collect {
     pub files: Vec<String>,
     /// Files larger than this many bytes are reported by size and mode only, without sha256.
     #[serde(default = "default_max_file_bytes")]
-    #[schemars(range(min = 1, max = 1073741824))]
+    #[cfg_attr(feature = "crd", schemars(range(min = 1, max = 1073741824)))]
     pub max_file_bytes: u64,
 }
 

@@ -83,6 +83,14 @@ pub struct ProcessWatchStatus {
         serialize_with = "without_empty_items"
     )]
     pub needs_restart: Vec<String>,
+    /// Selected pods whose owner declined the agent: labelled `procwatch.dev/inject: "false"`
+    /// or with `shareProcessNamespace: false`. A restart does not change them.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        serialize_with = "without_empty_items"
+    )]
+    pub opted_out: Vec<String>,
     /// One entry per container name, across every reporting pod.
     #[serde(default)]
     #[cfg_attr(feature = "crd", schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["container"])))]
@@ -460,9 +468,11 @@ mod tests {
         assert_eq!(serialized(&summary)["commands"], json!(["nginx"]));
         let status = ProcessWatchStatus {
             needs_restart: vec![String::new(), "web-1".into()],
+            opted_out: vec![String::new(), "web-2".into()],
             ..ProcessWatchStatus::default()
         };
         assert_eq!(serialized(&status)["needsRestart"], json!(["web-1"]));
+        assert_eq!(serialized(&status)["optedOut"], json!(["web-2"]));
     }
 
     #[test]

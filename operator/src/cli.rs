@@ -122,7 +122,8 @@ pub struct Cli {
     /// Retry-After. Size the memory limit to it.
     #[arg(long, env = "PROCWATCH_MAX_REPORTING_PODS", default_value_t = DEFAULT_MAX_REPORTING_PODS)]
     pub max_reporting_pods: usize,
-    /// How long a TokenReview answer is reused (1s to 1h, like 60s or 2m).
+    /// How long a TokenReview answer is reused for a token that names no expiry, and (at most
+    /// 10s) for a refused one; an accepted token is reused until it expires (1s to 1h).
     #[arg(long, env = "PROCWATCH_TOKEN_REVIEW_CACHE_TTL", default_value = "60s")]
     pub token_review_cache_ttl: Interval,
     /// Most TokenReview answers kept at once.

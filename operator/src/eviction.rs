@@ -288,4 +288,29 @@ mod tests {
         assert_eq!(plan.decision, Decision::Done);
         assert!(plan.bare.is_empty());
     }
+
+    #[test]
+    fn host_pid_and_windows_pods_are_never_evicted() {
+        let mut host = old_pod("host", 10, true, true, false);
+        let mut windows = old_pod("windows", 10, true, true, false);
+        let mut by_node = old_pod("by-node", 10, true, true, false);
+        let spec = |p: &mut SelectedPod| Arc::make_mut(&mut p.pod).spec.as_mut().unwrap().clone();
+        let mut host_spec = spec(&mut host);
+        host_spec.host_pid = Some(true);
+        Arc::make_mut(&mut host.pod).spec = Some(host_spec);
+        let mut windows_spec = spec(&mut windows);
+        windows_spec.os = Some(k8s_openapi::api::core::v1::PodOS {
+            name: "windows".into(),
+        });
+        Arc::make_mut(&mut windows.pod).spec = Some(windows_spec);
+        let mut node_spec = spec(&mut by_node);
+        node_spec.node_selector = Some(
+            [("kubernetes.io/os".to_string(), "windows".to_string())]
+                .into_iter()
+                .collect(),
+        );
+        Arc::make_mut(&mut by_node.pod).spec = Some(node_spec);
+        let plan = decide(&[host, windows, by_node], None);
+        assert_eq!(plan.decision, Decision::Done);
+    }
 }

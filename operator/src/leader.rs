@@ -32,6 +32,9 @@ pub struct LeaseSettings {
     pub renew_deadline: Duration,
     /// How often a standby looks at the lease.
     pub retry_every: Duration,
+    /// How long one lease call may take; a leader's call also ends by its renew deadline, so
+    /// a stalled API server cannot keep a leader that a standby has replaced.
+    pub call_timeout: Duration,
 }
 
 impl LeaseSettings {
@@ -44,8 +47,18 @@ impl LeaseSettings {
             renew_every: Duration::from_secs(5),
             renew_deadline: Duration::from_secs(10),
             retry_every: Duration::from_secs(2),
+            call_timeout: Duration::from_secs(4),
         }
     }
+}
+
+/// Why one look at the lease failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseCallError {
+    #[error(transparent)]
+    Api(#[from] kube::Error),
+    #[error("the API server did not answer within {0:?}")]
+    TimedOut(Duration),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +70,7 @@ pub enum LeaderError {
         name: String,
         deadline: Duration,
         #[source]
-        source: kube::Error,
+        source: LeaseCallError,
     },
 }
 
@@ -166,17 +179,27 @@ pub async fn run(
 ) -> Result<(), LeaderError> {
     tokio::pin!(shutdown);
     let mut observed = None;
-    let mut last_renewal: Option<Instant> = None;
+    // Tokio's clock: the one the timeouts and pauses below run on.
+    let mut last_renewal: Option<tokio::time::Instant> = None;
     loop {
-        let leading = try_once(&leases, &settings, &mut observed).await;
         let was_leader = *leadership.borrow();
+        // A leader's time left before it must step down; nothing of it may be waited away.
+        let deadline_left = last_renewal
+            .filter(|_| was_leader)
+            .map(|at| settings.renew_deadline.saturating_sub(at.elapsed()));
+        let budget = deadline_left.map_or(settings.call_timeout, |left| {
+            left.min(settings.call_timeout)
+        });
+        let leading = tokio::time::timeout(budget, try_once(&leases, &settings, &mut observed))
+            .await
+            .unwrap_or(Err(LeaseCallError::TimedOut(budget)));
         match leading {
             Ok(true) => {
                 if !was_leader {
                     tracing::info!(lease = %settings.name, identity = %settings.identity, "became the leader");
                     leadership.send_replace(true);
                 }
-                last_renewal = Some(Instant::now());
+                last_renewal = Some(tokio::time::Instant::now());
             }
             Ok(false) if was_leader => {
                 leadership.send_replace(false);
@@ -200,7 +223,10 @@ pub async fn run(
             }
         }
         let pause = if *leadership.borrow() {
-            settings.renew_every
+            let left = last_renewal.map(|at| settings.renew_deadline.saturating_sub(at.elapsed()));
+            settings
+                .renew_every
+                .min(left.unwrap_or(settings.renew_every))
         } else {
             settings.retry_every
         };
@@ -222,7 +248,7 @@ async fn try_once(
     leases: &Api<Lease>,
     settings: &LeaseSettings,
     observed: &mut Option<Observed>,
-) -> Result<bool, kube::Error> {
+) -> Result<bool, LeaseCallError> {
     let current = leases.get_opt(&settings.name).await?;
     let step = decide(
         current.as_ref().and_then(|l| l.spec.as_ref()),
@@ -259,7 +285,7 @@ async fn try_once(
         Ok(()) => Ok(true),
         // Someone else wrote the lease in between (409 on replace or create): not ours.
         Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
-        Err(error) => Err(error),
+        Err(error) => Err(error.into()),
     }
 }
 
@@ -404,6 +430,77 @@ mod tests {
         assert_eq!(taken.acquire_time, Some(at(30)));
         assert_eq!(taken.renew_time, Some(at(30)));
         assert_eq!(taken.lease_transitions, Some(1));
+    }
+
+    /// The API server answers the first look (no lease; created), then every GET hangs:
+    /// leadership drops by the renew deadline, before the lease could have passed to another.
+    #[tokio::test(start_paused = true)]
+    async fn a_hanging_get_drops_leadership_within_the_renew_deadline() {
+        use tower_test::mock;
+        let (service, mut handle) =
+            mock::pair::<http::Request<kube::client::Body>, http::Response<kube::client::Body>>();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            let mut gets = 0;
+            while let Some((request, send)) = handle.next_request().await {
+                let body = |code: u16, json: serde_json::Value| {
+                    http::Response::builder()
+                        .status(code)
+                        .body(kube::client::Body::from(json.to_string().into_bytes()))
+                        .unwrap()
+                };
+                match *request.method() {
+                    http::Method::GET if gets == 0 => {
+                        gets += 1;
+                        send.send_response(body(
+                            404,
+                            serde_json::json!({
+                                "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                "reason": "NotFound", "code": 404
+                            }),
+                        ));
+                    }
+                    // Hangs: never answered.
+                    http::Method::GET => held.push(send),
+                    _ => {
+                        use http_body_util::BodyExt;
+                        let posted = request.into_body().collect().await.unwrap().to_bytes();
+                        let lease: serde_json::Value = serde_json::from_slice(&posted).unwrap();
+                        send.send_response(body(201, lease));
+                    }
+                }
+            }
+        });
+        let settings = LeaseSettings::new("ns".into(), "lease".into(), "me".into());
+        let deadline = settings.renew_deadline;
+        let (sender, mut leadership) = Leadership::channel();
+        let election = tokio::spawn(run(
+            Api::namespaced(kube::Client::new(service, "ns"), "ns"),
+            settings,
+            sender,
+            std::future::pending(),
+        ));
+        leadership.acquired().await;
+        let became_leader = tokio::time::Instant::now();
+        tokio::time::timeout(deadline * 2, leadership.lost())
+            .await
+            .expect("leadership kept while every GET hangs");
+        assert!(
+            became_leader.elapsed() <= deadline,
+            "leadership held {:?} past the last renewal",
+            became_leader.elapsed()
+        );
+        let ended = election.await.unwrap();
+        assert!(
+            matches!(
+                ended,
+                Err(LeaderError::NotRenewed {
+                    source: LeaseCallError::TimedOut(_),
+                    ..
+                })
+            ),
+            "{ended:?}"
+        );
     }
 
     #[tokio::test]

@@ -12,6 +12,7 @@ pub mod fixtures;
 pub mod health;
 pub mod leader;
 pub mod metrics;
+pub mod pod_security;
 pub mod report;
 pub mod selector;
 pub mod startup;

@@ -64,6 +64,7 @@ async fn run(cli: Cli) -> Result<(), StartError> {
     let controller = ControllerSetup {
         client: api.client,
         pods: caches.pods,
+        namespaces: caches.namespaces,
         shared,
         status_budget_bytes: cli.status_budget_bytes,
     };

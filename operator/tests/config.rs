@@ -510,3 +510,214 @@ fn loopback_overlay_keeps_every_flag_and_points_at_loopback() {
         std::fs::read_to_string(repo().join("config/overlays/loopback/webhook_url.yaml")).unwrap();
     assert!(webhook_patch.contains(&format!("value: https://127.0.0.1:{port}{MUTATE_PATH}")));
 }
+
+/// One right the operator's code uses: the API call, found in `file` as `call`.
+struct Use {
+    group: &'static str,
+    resource: &'static str,
+    verb: &'static str,
+    file: &'static str,
+    call: &'static str,
+}
+
+const fn used(
+    group: &'static str,
+    resource: &'static str,
+    verb: &'static str,
+    file: &'static str,
+    call: &'static str,
+) -> Use {
+    Use {
+        group,
+        resource,
+        verb,
+        file,
+        call,
+    }
+}
+
+/// Every right the code exercises, and where. A watcher lists then watches.
+const USES: &[Use] = &[
+    used(
+        "procwatch.dev",
+        "processwatches",
+        "list",
+        "operator/src/startup/caches.rs",
+        "watcher(\n        Api::<ProcessWatch>::all",
+    ),
+    used(
+        "procwatch.dev",
+        "processwatches",
+        "watch",
+        "operator/src/startup/caches.rs",
+        "watcher(\n        Api::<ProcessWatch>::all",
+    ),
+    used(
+        "procwatch.dev",
+        "processwatches/status",
+        "patch",
+        "operator/src/controller/mod.rs",
+        ".patch_status(",
+    ),
+    used(
+        "",
+        "pods",
+        "list",
+        "operator/src/startup/caches.rs",
+        "watcher(\n        Api::<Pod>::all",
+    ),
+    used(
+        "",
+        "pods",
+        "watch",
+        "operator/src/startup/caches.rs",
+        "watcher(\n        Api::<Pod>::all",
+    ),
+    used(
+        "",
+        "namespaces",
+        "list",
+        "operator/src/startup/caches.rs",
+        "watcher(\n        Api::<PartialObjectMeta<Namespace>>::all",
+    ),
+    used(
+        "",
+        "namespaces",
+        "watch",
+        "operator/src/startup/caches.rs",
+        "watcher(\n        Api::<PartialObjectMeta<Namespace>>::all",
+    ),
+    used(
+        "",
+        "pods/eviction",
+        "create",
+        "operator/src/eviction.rs",
+        "pods.evict(",
+    ),
+    // kube's Recorder creates an event, then patches it as the series grows.
+    used(
+        "events.k8s.io",
+        "events",
+        "create",
+        "operator/src/controller/mod.rs",
+        ".publish(",
+    ),
+    used(
+        "events.k8s.io",
+        "events",
+        "patch",
+        "operator/src/controller/mod.rs",
+        ".publish(",
+    ),
+    used(
+        "authentication.k8s.io",
+        "tokenreviews",
+        "create",
+        "operator/src/report/auth.rs",
+        ".create(&PostParams::default(), &review)",
+    ),
+    used(
+        "admissionregistration.k8s.io",
+        "mutatingwebhookconfigurations",
+        "get",
+        "operator/src/tls.rs",
+        "api.get(webhook_configuration)",
+    ),
+    used(
+        "admissionregistration.k8s.io",
+        "mutatingwebhookconfigurations",
+        "patch",
+        "operator/src/tls.rs",
+        ".patch(webhook_configuration",
+    ),
+    used(
+        "",
+        "secrets",
+        "create",
+        "operator/src/tls.rs",
+        "secrets.create(",
+    ),
+    used(
+        "",
+        "secrets",
+        "get",
+        "operator/src/tls.rs",
+        "secrets.get_opt(",
+    ),
+    used(
+        "",
+        "secrets",
+        "update",
+        "operator/src/tls.rs",
+        "secrets.replace(",
+    ),
+    used(
+        "coordination.k8s.io",
+        "leases",
+        "create",
+        "operator/src/leader.rs",
+        ".create(&PostParams::default(), &lease)",
+    ),
+    used(
+        "coordination.k8s.io",
+        "leases",
+        "get",
+        "operator/src/leader.rs",
+        "leases.get_opt(",
+    ),
+    used(
+        "coordination.k8s.io",
+        "leases",
+        "update",
+        "operator/src/leader.rs",
+        ".replace(&settings.name",
+    ),
+];
+
+/// Least privilege: every verb the ClusterRole and the Role grant is one the code calls.
+/// A right nothing uses (once: ephemeral containers, which would run any image in any pod)
+/// fails here until it is removed.
+#[test]
+fn every_granted_right_is_used_by_code() {
+    let c = config();
+    let rules = c
+        .cluster_role
+        .rules
+        .iter()
+        .flatten()
+        .chain(c.role.rules.iter().flatten());
+    let mut unused = Vec::new();
+    for rule in rules {
+        for group in rule.api_groups.iter().flatten() {
+            for resource in rule.resources.iter().flatten() {
+                for verb in &rule.verbs {
+                    let found = USES.iter().find(|u| {
+                        (u.group, u.resource, u.verb) == (group, resource, verb.as_str())
+                    });
+                    match found {
+                        Some(u) => {
+                            let source = std::fs::read_to_string(repo().join(u.file)).unwrap();
+                            assert!(
+                                source.contains(u.call),
+                                "{group}/{resource} {verb}: {} no longer calls {:?}",
+                                u.file,
+                                u.call
+                            );
+                        }
+                        None => unused.push(format!("{group}/{resource} {verb}")),
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(unused, Vec::<String>::new(), "granted but used by no code");
+    let ephemeral = names_for(
+        c.cluster_role.rules.as_deref().unwrap(),
+        "pods/ephemeralcontainers",
+        "patch",
+    );
+    assert!(
+        ephemeral.is_none(),
+        "no right to add containers to running pods"
+    );
+}

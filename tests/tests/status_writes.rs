@@ -213,6 +213,7 @@ fn edge_statuses() -> Vec<(&'static str, ProcessWatchStatus)> {
     let status = |processes: Vec<ProcessInfo>| ProcessWatchStatus {
         processes: u64::MAX,
         needs_restart: vec![String::new()],
+        opted_out: vec![String::new()],
         summary: vec![ContainerSummary {
             container: "app".into(),
             commands: vec![String::new(), "sh".into()],

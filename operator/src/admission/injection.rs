@@ -16,7 +16,7 @@
 //!
 //! So the default agent meets the Pod Security Standards' `restricted` profile. With ptrace it
 //! needs a namespace at `privileged`: `baseline` forbids adding SYS_PTRACE, and Pod Security
-//! admission would refuse the pod. Asking for ptrace is the watch author's explicit choice.
+//! admission would refuse the pod; there the agent is injected without ptrace instead.
 
 use std::collections::BTreeMap;
 
@@ -50,13 +50,15 @@ pub const MIN_TOKEN_EXPIRATION_SECONDS: i64 = 600;
 const DEFAULT_REQUESTS: [(&str, &str); 2] = [("cpu", "10m"), ("memory", "16Mi")];
 const DEFAULT_LIMITS: [(&str, &str); 2] = [("cpu", "100m"), ("memory", "32Mi")];
 
-/// The agent container for a pod selected by `watches` (at least one).
+/// The agent container for a pod selected by `watches` (at least one). It gets ptrace when a
+/// watch asks for it and the namespace's Pod Security level allows it.
 pub fn agent_container(
     settings: &InjectionSettings,
     ca_pem: &str,
     watches: &[&ProcessWatch],
+    ptrace_allowed: bool,
 ) -> Container {
-    let ptrace = watches.iter().any(|w| w.spec.agent.ptrace);
+    let ptrace = ptrace_allowed && watches.iter().any(|w| w.spec.agent.ptrace);
     Container {
         name: AGENT_CONTAINER_NAME.to_string(),
         image: Some(settings.agent_image.clone()),
@@ -281,7 +283,7 @@ mod tests {
     #[test]
     fn environment_has_downward_api_and_operator_coordinates() {
         let w = watch("a", &[("app", "x")]);
-        let c = agent_container(&settings(false), FAKE_CA_PEM, &[&w]);
+        let c = agent_container(&settings(false), FAKE_CA_PEM, &[&w], true);
         for (name, path) in [
             (env::POD_NAME, "metadata.name"),
             (env::POD_NAMESPACE, "metadata.namespace"),
@@ -306,7 +308,7 @@ mod tests {
     #[test]
     fn least_privilege_without_ptrace() {
         let w = watch("a", &[("app", "x")]);
-        let sc = agent_container(&settings(false), FAKE_CA_PEM, &[&w])
+        let sc = agent_container(&settings(false), FAKE_CA_PEM, &[&w], true)
             .security_context
             .unwrap();
         assert_eq!(sc.run_as_user, Some(NOBODY));
@@ -323,7 +325,7 @@ mod tests {
         let plain = watch("a", &[("app", "x")]);
         let mut tracing = watch("b", &[("app", "x")]);
         tracing.spec.agent.ptrace = true;
-        let sc = agent_container(&settings(false), FAKE_CA_PEM, &[&plain, &tracing])
+        let sc = agent_container(&settings(false), FAKE_CA_PEM, &[&plain, &tracing], true)
             .security_context
             .unwrap();
         assert_eq!(sc.run_as_user, Some(0));
@@ -332,6 +334,103 @@ mod tests {
         let caps = sc.capabilities.unwrap();
         assert_eq!(caps.add, Some(vec!["SYS_PTRACE".to_string()]));
         assert_eq!(caps.drop, Some(vec!["ALL".to_string()]));
+    }
+
+    /// The rules of the Pod Security Standards (`baseline`, then `restricted`) that concern
+    /// a container and its volume, each named as the standard names it; the broken ones.
+    fn restricted_violations(c: &Container, volume: &Volume) -> Vec<&'static str> {
+        let sc = c.security_context.clone().unwrap_or_default();
+        let caps = sc.capabilities.clone().unwrap_or_default();
+        let seccomp = sc.seccomp_profile.as_ref().map(|p| p.type_.as_str());
+        let rules = [
+            (
+                "baseline: HostProcess",
+                sc.windows_options
+                    .as_ref()
+                    .and_then(|w| w.host_process)
+                    .is_none_or(|h| !h),
+            ),
+            (
+                "baseline: Privileged Containers",
+                sc.privileged != Some(true),
+            ),
+            (
+                "baseline: Host Ports",
+                c.ports
+                    .iter()
+                    .flatten()
+                    .all(|p| p.host_port.is_none_or(|h| h == 0)),
+            ),
+            (
+                "baseline: SELinux",
+                sc.se_linux_options
+                    .as_ref()
+                    .is_none_or(|o| o.user.is_none() && o.role.is_none()),
+            ),
+            (
+                "baseline: /proc Mount Type",
+                sc.proc_mount.as_deref().is_none_or(|m| m == "Default"),
+            ),
+            ("baseline: AppArmor", sc.app_armor_profile.is_none()),
+            (
+                "restricted: Volume Types",
+                volume.projected.is_some() && volume.host_path.is_none(),
+            ),
+            (
+                "restricted: Privilege Escalation",
+                sc.allow_privilege_escalation == Some(false),
+            ),
+            (
+                "restricted: Running as Non-root",
+                sc.run_as_non_root == Some(true),
+            ),
+            (
+                "restricted: Running as Non-root user",
+                sc.run_as_user.is_some_and(|u| u != 0),
+            ),
+            (
+                "restricted: Seccomp",
+                matches!(seccomp, Some("RuntimeDefault" | "Localhost")),
+            ),
+            (
+                "restricted: Capabilities (drop ALL)",
+                caps.drop.iter().flatten().any(|d| d == "ALL"),
+            ),
+            (
+                "restricted: Capabilities (add only NET_BIND_SERVICE)",
+                caps.add.iter().flatten().all(|a| a == "NET_BIND_SERVICE"),
+            ),
+        ];
+        rules
+            .into_iter()
+            .filter(|(_, kept)| !kept)
+            .map(|(rule, _)| rule)
+            .collect()
+    }
+
+    #[test]
+    fn the_default_agent_meets_the_restricted_profile_rule_by_rule() {
+        let w = watch("a", &[("app", "x")]);
+        let agent = agent_container(&settings(false), FAKE_CA_PEM, &[&w], true);
+        let volume = token_volume(&settings(false));
+        assert_eq!(restricted_violations(&agent, &volume), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn where_pod_security_forbids_ptrace_the_agent_goes_without_it() {
+        let mut tracing = watch("b", &[("app", "x")]);
+        tracing.spec.agent.ptrace = true;
+        let volume = token_volume(&settings(false));
+        let allowed = agent_container(&settings(false), FAKE_CA_PEM, &[&tracing], true);
+        assert!(
+            restricted_violations(&allowed, &volume)
+                .contains(&"restricted: Capabilities (add only NET_BIND_SERVICE)")
+        );
+        let forbidden = agent_container(&settings(false), FAKE_CA_PEM, &[&tracing], false);
+        assert_eq!(
+            restricted_violations(&forbidden, &volume),
+            Vec::<&str>::new()
+        );
     }
 
     fn resources(requests: &[(&str, &str)], limits: &[(&str, &str)]) -> ResourceRequirements {
@@ -353,7 +452,7 @@ mod tests {
     #[test]
     fn default_resources_when_no_watch_asks() {
         let w = watch("a", &[]);
-        let r = agent_container(&settings(false), FAKE_CA_PEM, &[&w])
+        let r = agent_container(&settings(false), FAKE_CA_PEM, &[&w], true)
             .resources
             .unwrap();
         assert_eq!(
@@ -375,7 +474,7 @@ mod tests {
         let mut b = watch("b", &[]);
         b.spec.agent.resources = Some(resources(&[("cpu", "300m")], &[("memory", "100M")]));
         let c = watch("c", &[]);
-        let r = agent_container(&settings(false), FAKE_CA_PEM, &[&a, &b, &c])
+        let r = agent_container(&settings(false), FAKE_CA_PEM, &[&a, &b, &c], true)
             .resources
             .unwrap();
         // cpu: request 300m beats 50m, so the 0.2 limit is raised to 300m.
@@ -392,7 +491,7 @@ mod tests {
     fn misspelt_quantity_is_left_out() {
         let mut a = watch("a", &[]);
         a.spec.agent.resources = Some(resources(&[("cpu", "lots"), ("memory", "20Mi")], &[]));
-        let r = agent_container(&settings(false), FAKE_CA_PEM, &[&a])
+        let r = agent_container(&settings(false), FAKE_CA_PEM, &[&a], true)
             .resources
             .unwrap();
         assert_eq!(r, resources(&[("memory", "20Mi")], &[]));
@@ -404,7 +503,7 @@ mod tests {
         a.spec.interval = "1m".parse().unwrap();
         let mut b = watch("b", &[]);
         b.spec.interval = "5s".parse().unwrap();
-        let c = agent_container(&settings(false), FAKE_CA_PEM, &[&a, &b]);
+        let c = agent_container(&settings(false), FAKE_CA_PEM, &[&a, &b], true);
         assert_eq!(
             env_value(&c, env::INTERVAL).unwrap().value.as_deref(),
             Some("5s")
@@ -422,7 +521,7 @@ mod tests {
         redacted.spec.collect.libraries = true;
         redacted.spec.collect.files = vec!["/etc/a".into(), "/etc/b".into()];
         redacted.spec.report.max_processes = 7;
-        let c = agent_container(&settings(false), FAKE_CA_PEM, &[&names, &redacted]);
+        let c = agent_container(&settings(false), FAKE_CA_PEM, &[&names, &redacted], true);
         let collect = env_value(&c, env::COLLECT)
             .unwrap()
             .value

@@ -13,15 +13,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::body::Body;
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::version::Info;
 use kube::ResourceExt;
-use kube::core::DynamicObject;
 use kube::core::admission::{
     AdmissionRequest, AdmissionResponse, AdmissionReview, META_API_VERSION_V1, META_KIND, Operation,
 };
@@ -35,19 +34,23 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::health::{Part, Readiness};
+use crate::pod_security::{Enforced, Namespaces};
 use crate::selector;
 use crate::tls::CertificateHandle;
 
 use injection::MIN_TOKEN_EXPIRATION_SECONDS;
-pub use patch::{Decision, InjectionError, Outcome, decide};
+pub use patch::{Decision, InjectionError, Outcome, decide, declined, unsupported};
 
 /// Path the API server posts AdmissionReviews to.
 pub const MUTATE_PATH: &str = "/mutate";
 /// How long a review waits for the first list of ProcessWatches after the operator starts;
 /// well under the webhook's 5 s timeout.
 const STORE_READY_TIMEOUT: Duration = Duration::from_secs(2);
-/// Large enough for any pod etcd can hold (1.5 MiB) wrapped in a review.
-const MAX_REVIEW_BYTES: usize = 3 * 1024 * 1024;
+/// Far more than any real pod takes; a client cannot make the webhook hold more.
+const MAX_REVIEW_BYTES: usize = 1024 * 1024;
+/// A review's body is read within this, so a client trickling it holds a task no longer; the
+/// API server's own webhook timeout is longer (5 s by default).
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How the agent is injected; fixed for the operator's lifetime.
 #[derive(Clone, Debug)]
@@ -79,6 +82,8 @@ impl InjectionSettings {
 #[derive(Clone)]
 pub struct AdmissionState {
     pub watches: Store<ProcessWatch>,
+    /// Namespace labels: the Pod Security level each enforces.
+    pub namespaces: Namespaces,
     /// Tells when `watches` is first listed ([`Part::WatchesSynced`]).
     pub readiness: Arc<Readiness>,
     pub settings: Arc<InjectionSettings>,
@@ -92,7 +97,6 @@ pub struct AdmissionState {
 pub fn router(state: AdmissionState) -> Router {
     Router::new()
         .route(MUTATE_PATH, post(mutate))
-        .layer(DefaultBodyLimit::max(MAX_REVIEW_BYTES))
         .with_state(state)
 }
 
@@ -221,8 +225,6 @@ enum ReviewError {
     MissingObject,
     #[error("the review has no namespace")]
     MissingNamespace,
-    #[error("the object is not a valid Pod")]
-    NotAPod(#[source] serde_json::Error),
     #[error("ProcessWatches not yet listed after {0:?}")]
     StoreNotReady(Duration),
     #[error(transparent)]
@@ -231,9 +233,30 @@ enum ReviewError {
     Patch(#[from] kube::core::admission::SerializePatchError),
 }
 
-async fn mutate(State(state): State<AdmissionState>, body: Bytes) -> Response {
+async fn mutate(State(state): State<AdmissionState>, body: Body) -> Response {
     let started = Instant::now();
-    let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(&body) {
+    let body = match tokio::time::timeout(
+        BODY_READ_TIMEOUT,
+        axum::body::to_bytes(body, MAX_REVIEW_BYTES),
+    )
+    .await
+    {
+        Ok(Ok(body)) => body,
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "admission review not read");
+            return (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("an AdmissionReview takes at most {MAX_REVIEW_BYTES} bytes"),
+            )
+                .into_response();
+        }
+        Err(_) => {
+            tracing::warn!("admission review body not read in time");
+            return (StatusCode::REQUEST_TIMEOUT, "body not sent in time").into_response();
+        }
+    };
+    // Typed: only a Pod's fields are read, nothing is copied as untyped JSON.
+    let review: AdmissionReview<Pod> = match serde_json::from_slice(&body) {
         Ok(review) => review,
         Err(error) => return bad_request(format!("malformed AdmissionReview: {error}")),
     };
@@ -243,7 +266,7 @@ async fn mutate(State(state): State<AdmissionState>, body: Bytes) -> Response {
             review.types.kind, review.types.api_version
         ));
     }
-    let request: Result<AdmissionRequest<DynamicObject>, _> = review.try_into();
+    let request: Result<AdmissionRequest<Pod>, _> = review.try_into();
     let Ok(request) = request else {
         return bad_request("AdmissionReview has no request".to_string());
     };
@@ -274,7 +297,7 @@ fn bad_request(message: String) -> Response {
 /// Always allows; adds the patch when there is one.
 async fn answer(
     state: &AdmissionState,
-    request: &AdmissionRequest<DynamicObject>,
+    request: &AdmissionRequest<Pod>,
 ) -> (Outcome, AdmissionResponse) {
     let allow = AdmissionResponse::from(request);
     let is_pod = request.kind.group.is_empty() && request.kind.kind == "Pod";
@@ -307,12 +330,9 @@ async fn answer(
 
 async fn review_pod(
     state: &AdmissionState,
-    request: &AdmissionRequest<DynamicObject>,
+    request: &AdmissionRequest<Pod>,
 ) -> Result<Decision, ReviewError> {
-    let object = request.object.as_ref().ok_or(ReviewError::MissingObject)?;
-    let pod: Pod = serde_json::to_value(object)
-        .and_then(serde_json::from_value)
-        .map_err(ReviewError::NotAPod)?;
+    let pod = request.object.as_ref().ok_or(ReviewError::MissingObject)?;
     // On CREATE the pod's own namespace is often still empty; the request's is authoritative.
     let namespace = request
         .namespace
@@ -332,7 +352,10 @@ async fn review_pod(
         all.iter().map(Arc::as_ref),
     ));
     let ca_pem = state.certificate.material().ca_pem;
-    let decision = decide(&pod, &watches, &state.settings, &ca_pem)?;
+    let enforced = Enforced::of(&state.namespaces, namespace);
+    let ptrace_allowed = enforced.allows_ptrace();
+    let decision = decide(pod, &watches, &state.settings, &ca_pem, ptrace_allowed)?;
+    let ptrace_wanted = watches.iter().any(|w| w.spec.agent.ptrace);
     let name = pod
         .metadata
         .name
@@ -344,6 +367,10 @@ async fn review_pod(
         .filter_map(|w| w.metadata.name.as_deref())
         .collect();
     match (decision.outcome, decision.reason) {
+        (Outcome::Injected, _) if ptrace_wanted && !ptrace_allowed => {
+            let why = enforced.ptrace_refusal().unwrap_or_default();
+            tracing::info!(namespace, pod = name, watches = ?watch_names, why, "agent injected without ptrace");
+        }
         (Outcome::Injected, _) => {
             tracing::info!(namespace, pod = name, watches = ?watch_names, "agent injected");
         }
@@ -409,6 +436,8 @@ mod tests {
     use crate::tls::reloadable_server_config;
     use axum::body::Body;
     use axum::http::Request;
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::core::PartialObjectMeta;
     use kube::runtime::reflector::store;
     use kube::runtime::watcher::Event;
     use serde_json::{Value, json};
@@ -489,6 +518,7 @@ mod tests {
         }
         AdmissionState {
             watches: reader,
+            namespaces: store::<PartialObjectMeta<Namespace>>().0,
             readiness: Arc::new(readiness),
             settings: Arc::new(settings(false)),
             certificate: reloadable_server_config(&tls_material()).unwrap().1,
@@ -571,18 +601,22 @@ mod tests {
         serde_json::from_value(pod).unwrap()
     }
 
-    /// The CA an injected agent is told to trust (`PROCWATCH_CA_PEM`).
-    async fn injected_ca(state: &AdmissionState) -> String {
+    /// The agent injected into a new pod labelled `app: nginx` in `shop`.
+    async fn injected_agent(state: &AdmissionState) -> k8s_openapi::api::core::v1::Container {
         let body = review(json!({"app": "nginx"}), "CREATE");
         let (_, bytes) = post(state, body.to_string()).await;
         let pod = patched_pod(&body, &serde_json::from_slice(&bytes).unwrap());
-        let agent = pod
-            .spec
+        pod.spec
             .unwrap()
             .containers
             .into_iter()
             .find(|c| c.name == AGENT_CONTAINER_NAME)
-            .unwrap();
+            .unwrap()
+    }
+
+    /// The CA an injected agent is told to trust (`PROCWATCH_CA_PEM`).
+    async fn injected_ca(state: &AdmissionState) -> String {
+        let agent = injected_agent(state).await;
         let env = agent.env.unwrap_or_default();
         let ca = env
             .iter()
@@ -600,6 +634,39 @@ mod tests {
         assert!(state.certificate.replace(rotated.clone()).unwrap());
         assert_ne!(rotated.ca_pem, before);
         assert_eq!(injected_ca(&state).await, rotated.ca_pem);
+    }
+
+    /// `shop` in the namespace cache, enforcing `level` (or nothing).
+    fn namespace_enforcing(level: Option<&str>) -> Namespaces {
+        let (reader, mut writer) = store::<PartialObjectMeta<Namespace>>();
+        let mut ns = PartialObjectMeta::<Namespace>::default();
+        ns.metadata.name = Some("shop".into());
+        ns.metadata.labels = level.map(|l| {
+            BTreeMap::from([(
+                crate::pod_security::ENFORCE_LABEL.to_string(),
+                l.to_string(),
+            )])
+        });
+        writer.apply_watcher_event(&Event::Apply(ns));
+        reader
+    }
+
+    #[tokio::test]
+    async fn the_ptrace_agent_is_injected_only_where_pod_security_allows_it() {
+        let mut tracing = watch("web", &[("app", "nginx")]);
+        tracing.spec.agent.ptrace = true;
+        for (level, want) in [
+            (None, Some(vec!["SYS_PTRACE".to_string()])),
+            (Some("privileged"), Some(vec!["SYS_PTRACE".to_string()])),
+            (Some("baseline"), None),
+            (Some("restricted"), None),
+        ] {
+            let mut state = state(vec![tracing.clone()], true);
+            state.namespaces = namespace_enforcing(level);
+            let agent = injected_agent(&state).await;
+            let caps = agent.security_context.unwrap().capabilities.unwrap();
+            assert_eq!(caps.add, want, "{level:?}");
+        }
     }
 
     #[tokio::test]
@@ -649,6 +716,37 @@ mod tests {
             assert_eq!(review.await.unwrap().0, StatusCode::OK);
         }
         assert_eq!(state.metrics.get(Outcome::Injected), 3);
+    }
+
+    #[tokio::test]
+    async fn a_review_over_one_mebibyte_is_refused_unread() {
+        let state = state(vec![watch("web", &[])], true);
+        let mut big = review(json!({}), "CREATE");
+        big["request"]["object"]["metadata"]["annotations"] =
+            json!({"big": "x".repeat(MAX_REVIEW_BYTES)});
+        let (status, _) = post(&state, big.to_string()).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trickled_body_times_out() {
+        let state = state(vec![watch("web", &[])], true);
+        let never = futures::stream::pending::<Result<axum::body::Bytes, std::io::Error>>();
+        let request = Request::post(MUTATE_PATH)
+            .header("content-type", "application/json")
+            .body(Body::from_stream(never))
+            .unwrap();
+        let response = router(state).oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+    }
+
+    #[tokio::test]
+    async fn a_review_of_something_else_than_a_pod_is_a_bad_request() {
+        let state = state(vec![watch("web", &[])], true);
+        let mut not_a_pod = review(json!({}), "CREATE");
+        not_a_pod["request"]["object"]["spec"] = json!({"containers": "nginx"});
+        let (status, _) = post(&state, not_a_pod.to_string()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
     }
 
     #[tokio::test]

@@ -60,12 +60,14 @@ pub enum InjectionError {
     TokenExpirationTooShort(i64),
 }
 
-/// Decides what to do with `pod`, given the watches that select it (sorted by name).
+/// Decides what to do with `pod`, given the watches that select it (sorted by name) and
+/// whether its namespace's Pod Security level admits the ptrace agent.
 pub fn decide(
     pod: &Pod,
     watches: &[&ProcessWatch],
     settings: &InjectionSettings,
     ca_pem: &str,
+    ptrace_allowed: bool,
 ) -> Result<Decision, InjectionError> {
     let skip = |outcome, reason| {
         Ok(Decision {
@@ -77,25 +79,13 @@ pub fn decide(
     if watches.is_empty() {
         return skip(Outcome::SkippedNotSelected, None);
     }
-    let labels = pod.metadata.labels.as_ref();
-    if labels.and_then(|l| l.get(INJECT_LABEL)).map(String::as_str) == Some("false") {
-        return skip(Outcome::SkippedOptOut, None);
+    if let Some(why) = declined(pod) {
+        return skip(Outcome::SkippedOptOut, Some(why));
     }
     let no_spec = PodSpec::default();
     let spec = pod.spec.as_ref().unwrap_or(&no_spec);
-    // The API server refuses these pods with shareProcessNamespace, which would turn
-    // injection into a failed pod creation.
-    if spec.host_pid == Some(true) {
-        return skip(
-            Outcome::SkippedUnsupported,
-            Some("the pod uses hostPID, which excludes shareProcessNamespace"),
-        );
-    }
-    if spec.os.as_ref().is_some_and(|os| os.name == "windows") {
-        return skip(
-            Outcome::SkippedUnsupported,
-            Some("Windows pods have no /proc and cannot share a process namespace"),
-        );
+    if let Some(why) = unsupported(spec) {
+        return skip(Outcome::SkippedUnsupported, Some(why));
     }
     settings.validate()?;
     let mut ops = Vec::new();
@@ -106,7 +96,7 @@ pub fn decide(
 
     let already_injected = pod_has_agent(pod);
     if !already_injected {
-        let mut agent = agent_container(settings, ca_pem, watches);
+        let mut agent = agent_container(settings, ca_pem, watches, ptrace_allowed);
         if settings.native_sidecars {
             agent.restart_policy = Some("Always".to_string());
             let agent = to_value(&agent);
@@ -167,6 +157,36 @@ pub fn decide(
     })
 }
 
+/// Why the pod's owner declined the agent, if they did: the opt-out label, or
+/// `shareProcessNamespace: false` set explicitly (the agent needs it true, and switching it
+/// silently would change how the workload runs). A restart changes neither.
+pub fn declined(pod: &Pod) -> Option<&'static str> {
+    let labels = pod.metadata.labels.as_ref();
+    if labels.and_then(|l| l.get(INJECT_LABEL)).map(String::as_str) == Some("false") {
+        return Some("the pod is labelled procwatch.dev/inject=false");
+    }
+    let explicit_false = pod.spec.as_ref().and_then(|s| s.share_process_namespace) == Some(false);
+    explicit_false.then_some("the pod sets shareProcessNamespace: false")
+}
+
+/// Why a pod can never run the agent, if it cannot. The API server refuses a hostPID pod with
+/// shareProcessNamespace (injection would fail the pod's creation), and a Windows pod has no
+/// /proc; a Windows pod may be placed by its nodeSelector alone, without `spec.os`.
+pub fn unsupported(spec: &PodSpec) -> Option<&'static str> {
+    const OS_LABEL: &str = "kubernetes.io/os";
+    if spec.host_pid == Some(true) {
+        return Some("the pod uses hostPID, which excludes shareProcessNamespace");
+    }
+    let windows_os = spec.os.as_ref().is_some_and(|os| os.name == "windows");
+    let windows_node = spec
+        .node_selector
+        .as_ref()
+        .and_then(|selector| selector.get(OS_LABEL))
+        .is_some_and(|os| os == "windows");
+    (windows_os || windows_node)
+        .then_some("Windows pods have no /proc and cannot share a process namespace")
+}
+
 fn add(path: &[&str], value: Value) -> PatchOperation {
     PatchOperation::Add(AddOperation {
         path: PointerBuf::from_tokens(path.iter().copied()),
@@ -209,10 +229,10 @@ mod tests {
     }
 
     fn injected(pod: &Pod, watches: &[&ProcessWatch], native: bool) -> (Outcome, Pod) {
-        let decision = decide(pod, watches, &settings(native), FAKE_CA_PEM).unwrap();
+        let decision = decide(pod, watches, &settings(native), FAKE_CA_PEM, true).unwrap();
         let patched = apply(pod, &decision);
         // Idempotent: the patched pod needs nothing more.
-        let again = decide(&patched, watches, &settings(native), FAKE_CA_PEM).unwrap();
+        let again = decide(&patched, watches, &settings(native), FAKE_CA_PEM, true).unwrap();
         assert_eq!(again.outcome, Outcome::AlreadyInjected);
         assert!(again.patch.0.is_empty(), "second patch: {:?}", again.patch);
         (decision.outcome, patched)
@@ -352,7 +372,7 @@ mod tests {
                    "volumes": [{"name": "data", "emptyDir": {}}]}),
             json!({}),
         );
-        let decision = decide(&p, &[&w], &settings(false), FAKE_CA_PEM).unwrap();
+        let decision = decide(&p, &[&w], &settings(false), FAKE_CA_PEM, true).unwrap();
         assert!(
             !decision
                 .patch
@@ -378,11 +398,12 @@ mod tests {
                     &[&w],
                     &settings(native),
                     FAKE_CA_PEM,
+                    true,
                 )
                 .unwrap(),
             );
             // Re-invoked after the server flipped its sidecar support: still one agent.
-            let decision = decide(&once, &[&w], &settings(!native), FAKE_CA_PEM).unwrap();
+            let decision = decide(&once, &[&w], &settings(!native), FAKE_CA_PEM, true).unwrap();
             assert_eq!(decision.outcome, Outcome::AlreadyInjected);
             assert!(decision.patch.0.is_empty());
             let spec = apply(&once, &decision).spec.unwrap();
@@ -459,36 +480,59 @@ mod tests {
     fn not_selected_and_opted_out_pods_are_untouched() {
         let w = watch("web", &[]);
         let p = pod(json!({}), json!({"app": "nginx"}));
-        let none = decide(&p, &[], &settings(true), FAKE_CA_PEM).unwrap();
+        let none = decide(&p, &[], &settings(true), FAKE_CA_PEM, true).unwrap();
         assert_eq!(none.outcome, Outcome::SkippedNotSelected);
         assert!(none.patch.0.is_empty());
 
         let opted_out = pod(json!({}), json!({INJECT_LABEL: "false"}));
-        let decision = decide(&opted_out, &[&w], &settings(true), FAKE_CA_PEM).unwrap();
+        let decision = decide(&opted_out, &[&w], &settings(true), FAKE_CA_PEM, true).unwrap();
         assert_eq!(decision.outcome, Outcome::SkippedOptOut);
         assert!(decision.patch.0.is_empty());
 
         // Any other value of the label does not opt out.
         let opted_in = pod(json!({}), json!({INJECT_LABEL: "true"}));
-        let decision = decide(&opted_in, &[&w], &settings(true), FAKE_CA_PEM).unwrap();
+        let decision = decide(&opted_in, &[&w], &settings(true), FAKE_CA_PEM, true).unwrap();
         assert_eq!(decision.outcome, Outcome::Injected);
+    }
+
+    #[test]
+    fn explicit_share_process_namespace_false_is_the_owners_opt_out() {
+        let w = watch("web", &[]);
+        let declined = pod(json!({"shareProcessNamespace": false}), json!({}));
+        let decision = decide(&declined, &[&w], &settings(true), FAKE_CA_PEM, true).unwrap();
+        assert_eq!(decision.outcome, Outcome::SkippedOptOut);
+        assert!(decision.patch.0.is_empty());
+        assert_eq!(
+            decision.reason,
+            Some("the pod sets shareProcessNamespace: false")
+        );
+        // Unset is no decision: the webhook sets it.
+        let unset = pod(json!({}), json!({}));
+        let (outcome, patched) = injected(&unset, &[&w], true);
+        assert_eq!(outcome, Outcome::Injected);
+        assert_eq!(patched.spec.unwrap().share_process_namespace, Some(true));
     }
 
     #[test]
     fn pods_that_cannot_share_their_process_namespace_are_untouched() {
         let w = watch("web", &[]);
-        for extra in [json!({"hostPID": true}), json!({"os": {"name": "windows"}})] {
+        for extra in [
+            json!({"hostPID": true}),
+            json!({"os": {"name": "windows"}}),
+            json!({"nodeSelector": {"kubernetes.io/os": "windows"}}),
+        ] {
             let p = pod(extra.clone(), json!({}));
-            let decision = decide(&p, &[&w], &settings(true), FAKE_CA_PEM).unwrap();
+            let decision = decide(&p, &[&w], &settings(true), FAKE_CA_PEM, true).unwrap();
             assert_eq!(decision.outcome, Outcome::SkippedUnsupported, "{extra}");
             assert!(decision.patch.0.is_empty());
             assert!(decision.reason.is_some());
         }
         let linux = pod(
-            json!({"os": {"name": "linux"}, "hostPID": false}),
+            json!({"os": {"name": "linux"}, "hostPID": false,
+                   "nodeSelector": {"kubernetes.io/os": "linux"}}),
             json!({}),
         );
-        let decision = decide(&linux, &[&w], &settings(true), FAKE_CA_PEM).unwrap();
+        let decision = decide(&linux, &[&w], &settings(true), FAKE_CA_PEM, true).unwrap();
         assert_eq!(decision.outcome, Outcome::Injected);
     }
 
@@ -500,7 +544,7 @@ mod tests {
             json!({}),
         );
         assert_eq!(
-            decide(&p, &[&w], &settings(false), FAKE_CA_PEM).unwrap_err(),
+            decide(&p, &[&w], &settings(false), FAKE_CA_PEM, true).unwrap_err(),
             InjectionError::VolumeNameTaken(TOKEN_VOLUME_NAME.to_string())
         );
     }
@@ -511,7 +555,7 @@ mod tests {
         let mut s = settings(false);
         s.token_expiration_seconds = 60;
         assert_eq!(
-            decide(&pod(json!({}), json!({})), &[&w], &s, FAKE_CA_PEM).unwrap_err(),
+            decide(&pod(json!({}), json!({})), &[&w], &s, FAKE_CA_PEM, true).unwrap_err(),
             InjectionError::TokenExpirationTooShort(60)
         );
     }

@@ -2,10 +2,11 @@
 //! user what to do. `lastTransitionTime` changes only when a condition's status does.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use procwatch_crds::constants::{AGENT_CONTAINER_NAME, INJECT_LABEL};
+use procwatch_crds::constants::AGENT_CONTAINER_NAME;
 use procwatch_crds::{AttachMode, ExistingPods};
 
 use super::status::Facts;
+use crate::pod_security::{ENFORCE_LABEL, PTRACE_FORBIDDEN};
 
 pub const READY: &str = "Ready";
 pub const ATTACHED: &str = "Attached";
@@ -130,9 +131,23 @@ fn attached(facts: &Facts) -> Verdict {
     }
     let opted_out = match facts.opted_out {
         0 => String::new(),
-        n => format!(" ({n} opted out with the label {INJECT_LABEL}=false)"),
+        n => format!(" ({n} opted out, listed in status.optedOut)"),
     };
     let missing = u32::try_from(facts.without_agent.len()).unwrap_or(u32::MAX);
+    if missing == 0
+        && let Some(why) = &facts.ptrace_forbidden
+    {
+        return Verdict {
+            ok: true,
+            reason: PTRACE_FORBIDDEN,
+            message: format!(
+                "{} of {} selected pods run the agent{opted_out}, without ptrace: {why}; \
+                 environ, fd and maps of other users' processes are reported unreadable \
+                 (label the namespace {ENFORCE_LABEL}=privileged to allow ptrace)",
+                facts.attached, facts.selected
+            ),
+        };
+    }
     if missing == 0 {
         return Verdict {
             ok: true,
@@ -309,6 +324,27 @@ pub(crate) mod tests {
             "the agents do report"
         );
         assert_eq!(find(&conditions, ATTACHED).status, "True");
+    }
+
+    #[test]
+    fn ptrace_forbidden_by_pod_security_is_the_attached_reason() {
+        let facts = Facts {
+            ptrace_forbidden: Some("the namespace enforces Pod Security level \"baseline\"".into()),
+            ..facts()
+        };
+        let conditions = conditions(&facts, Some(4), &[], &time(10));
+        let attached = find(&conditions, ATTACHED);
+        assert_eq!(
+            (attached.status.as_str(), attached.reason.as_str()),
+            ("True", PTRACE_FORBIDDEN)
+        );
+        assert!(
+            attached.message.contains("baseline"),
+            "{}",
+            attached.message
+        );
+        assert!(attached.message.contains("without ptrace"));
+        assert_eq!(find(&conditions, READY).status, "True");
     }
 
     #[test]

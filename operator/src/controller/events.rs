@@ -9,7 +9,8 @@ use std::collections::BTreeSet;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType};
 
-use super::conditions::{READY, STATUS_REJECTED};
+use super::conditions::{ATTACHED, READY, STATUS_REJECTED};
+use crate::pod_security::PTRACE_FORBIDDEN;
 use procwatch_crds::ProcessWatchStatus;
 
 /// Which pods of a watch had the agent and which needed a restart, at the last reconcile.
@@ -17,12 +18,15 @@ use procwatch_crds::ProcessWatchStatus;
 pub struct Membership {
     pub attached: BTreeSet<String>,
     pub needs_restart: BTreeSet<String>,
+    pub opted_out: BTreeSet<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
     PodAttached(String),
     PodNeedsRestart(String),
+    /// The pod's owner declined the agent.
+    PodOptedOut(String),
     PodEvicted(String),
     EvictionBlocked {
         pod: String,
@@ -36,9 +40,11 @@ pub enum Change {
     },
     /// The API server refused the full status with this message.
     StatusRejected(String),
+    /// The namespace's Pod Security level forbids the ptrace agent: the Attached message.
+    PtraceForbidden(String),
 }
 
-/// Pods that newly have the agent or newly need a restart.
+/// Pods that newly have the agent, newly need a restart or newly opted out.
 pub fn pod_changes(before: Option<&Membership>, after: &Membership) -> Vec<Change> {
     let Some(before) = before else {
         return Vec::new();
@@ -51,7 +57,11 @@ pub fn pod_changes(before: Option<&Membership>, after: &Membership) -> Vec<Chang
         .needs_restart
         .difference(&before.needs_restart)
         .map(|pod| Change::PodNeedsRestart(pod.clone()));
-    attached.chain(needs_restart).collect()
+    let opted_out = after
+        .opted_out
+        .difference(&before.opted_out)
+        .map(|pod| Change::PodOptedOut(pod.clone()));
+    attached.chain(needs_restart).chain(opted_out).collect()
 }
 
 /// The watch became ready, or stopped being ready, with this status write. A fall is news only
@@ -75,15 +85,36 @@ pub fn readiness_change(
     }
 }
 
+/// The Attached condition newly says that Pod Security forbids ptrace.
+pub fn ptrace_change(
+    before: Option<&ProcessWatchStatus>,
+    after: &ProcessWatchStatus,
+) -> Option<Change> {
+    let attached = |status: &ProcessWatchStatus| {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == ATTACHED && c.reason == PTRACE_FORBIDDEN)
+            .cloned()
+    };
+    let was = before.and_then(attached).is_some();
+    let now = attached(after)?;
+    (!was).then_some(Change::PtraceForbidden(now.message))
+}
+
 impl Change {
     /// The pod the change is about, if any.
     fn pod(&self) -> Option<&str> {
         match self {
             Change::PodAttached(pod)
             | Change::PodNeedsRestart(pod)
+            | Change::PodOptedOut(pod)
             | Change::PodEvicted(pod)
             | Change::EvictionBlocked { pod, .. } => Some(pod),
-            Change::Ready(_) | Change::NotReady { .. } | Change::StatusRejected(_) => None,
+            Change::Ready(_)
+            | Change::NotReady { .. }
+            | Change::StatusRejected(_)
+            | Change::PtraceForbidden(_) => None,
         }
     }
 
@@ -106,6 +137,15 @@ impl Change {
                 "Attach",
                 format!("pod {pod} has no agent and gets one only when recreated"),
             ),
+            Change::PodOptedOut(pod) => (
+                EventType::Normal,
+                "PodOptedOut",
+                "Attach",
+                format!(
+                    "pod {pod} declined the agent (label procwatch.dev/inject=false or \
+                     shareProcessNamespace: false) and is not watched"
+                ),
+            ),
             Change::PodEvicted(pod) => (
                 EventType::Normal,
                 "PodEvicted",
@@ -119,6 +159,12 @@ impl Change {
                 format!("eviction of pod {pod} refused for now, retrying: {why}"),
             ),
             Change::Ready(message) => (EventType::Normal, "Ready", "Reconcile", message.clone()),
+            Change::PtraceForbidden(message) => (
+                EventType::Warning,
+                PTRACE_FORBIDDEN,
+                "Attach",
+                message.clone(),
+            ),
             // The condition's reason is the event's: a recorder folds a repeated fall into one
             // series, and a fall for another reason is a series of its own.
             Change::NotReady { reason, message } => (
@@ -163,7 +209,27 @@ mod tests {
         Membership {
             attached: attached.iter().map(|s| s.to_string()).collect(),
             needs_restart: needs_restart.iter().map(|s| s.to_string()).collect(),
+            opted_out: BTreeSet::new(),
         }
+    }
+
+    #[test]
+    fn a_pod_that_newly_opts_out_is_named_once() {
+        let before = members(&["a"], &[]);
+        let mut after = before.clone();
+        after.opted_out.insert("declined".into());
+        let changes = pod_changes(Some(&before), &after);
+        assert_eq!(changes, [Change::PodOptedOut("declined".into())]);
+        let event = changes[0].event("shop");
+        assert_eq!(event.reason, "PodOptedOut");
+        assert!(
+            event
+                .note
+                .unwrap()
+                .contains("pod declined declined the agent")
+        );
+        assert_eq!(event.secondary.unwrap().name.as_deref(), Some("declined"));
+        assert!(pod_changes(Some(&after), &after).is_empty());
     }
 
     #[test]
@@ -183,6 +249,32 @@ mod tests {
                 Change::PodNeedsRestart("d".into())
             ]
         );
+    }
+
+    fn with_attached_because(reason: &str) -> ProcessWatchStatus {
+        ProcessWatchStatus {
+            conditions: vec![Condition {
+                type_: ATTACHED.into(),
+                status: "True".into(),
+                reason: reason.into(),
+                message: format!("because {reason}"),
+                observed_generation: None,
+                last_transition_time: Time(Timestamp::UNIX_EPOCH),
+            }],
+            ..ProcessWatchStatus::default()
+        }
+    }
+
+    #[test]
+    fn ptrace_forbidden_is_announced_once_as_a_warning() {
+        let before = with_attached_because("AllPodsAttached");
+        let after = with_attached_because(PTRACE_FORBIDDEN);
+        let change = ptrace_change(Some(&before), &after).expect("an event");
+        let event = change.event("shop");
+        assert_eq!(event.type_, EventType::Warning);
+        assert_eq!(event.reason, PTRACE_FORBIDDEN);
+        assert_eq!(ptrace_change(Some(&after), &after), None);
+        assert!(ptrace_change(None, &after).is_some());
     }
 
     #[test]

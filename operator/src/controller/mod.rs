@@ -32,6 +32,7 @@ use crate::errors::Chain;
 use crate::eviction::{self, Decision};
 use crate::lock;
 use crate::metrics::{EvictionResult, Metrics, Outcome, StatusWrite};
+use crate::pod_security::{Enforced, Namespaces};
 use crate::report::store::FindingsStore;
 use events::{Change, Membership};
 use namespaces::PodNames;
@@ -64,6 +65,8 @@ pub struct Context {
     pub pods: Store<Pod>,
     /// The names of the cached pods by namespace.
     pub pod_names: PodNames,
+    /// The Pod Security level each namespace enforces (may forbid the ptrace agent).
+    pub namespaces: Namespaces,
     pub findings: FindingsStore,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
@@ -330,6 +333,9 @@ async fn apply(watch: &ProcessWatch, ctx: &Context) -> Result<Action, Error> {
     let pods = ctx.pod_names.pods(&namespace, &ctx.pods);
     let selected = status::select(watch, &pods, |key| ctx.findings.get(key), now);
     let mut built = status::build(watch, &selected);
+    if watch.spec.agent.ptrace {
+        built.facts.ptrace_forbidden = Enforced::of(&ctx.namespaces, &namespace).ptrace_refusal();
+    }
     let mut changes = Vec::new();
     let mut requeue = requeue_after(watch);
     let mut failure = None;
@@ -358,6 +364,11 @@ async fn apply(watch: &ProcessWatch, ctx: &Context) -> Result<Action, Error> {
             .map(|p| p.name())
             .collect(),
         needs_restart: facts.without_agent.iter().cloned().collect(),
+        opted_out: selected
+            .iter()
+            .filter(|p| p.opted_out && !p.attached && !p.terminating)
+            .map(|p| p.name())
+            .collect(),
     };
     let before = ctx
         .memory
@@ -396,6 +407,7 @@ async fn apply(watch: &ProcessWatch, ctx: &Context) -> Result<Action, Error> {
             Write::Now => match write_status(ctx, watch, &new_status).await {
                 Ok(()) => {
                     changes.extend(events::readiness_change(previous, &new_status));
+                    changes.extend(events::ptrace_change(previous, &new_status));
                     ctx.memory.with(watch, |m| {
                         m.written = Some((new_status, Instant::now()));
                         if detail == Detail::Full {

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use procwatch_crds::constants::{AGENT_CONTAINER_NAME, INJECT_LABEL};
+use procwatch_crds::constants::AGENT_CONTAINER_NAME;
 use procwatch_crds::{
     AttachMode, Collect, ContainerReport, ContainerSummary, EnvironmentPolicy, ExistingPods,
     FileVariants, PodReport, ProcessInfo, ProcessWatch, ProcessWatchStatus,
@@ -22,7 +22,8 @@ use crate::metrics::{ContainerFigures, ContainerLabels};
 use crate::report::store::{PodFindings, PodKey};
 use crate::{admission, selector};
 
-/// At most this many pod names in `needsRestart`; the count is in the Attached condition.
+/// At most this many pod names in `needsRestart` and in `optedOut`; the counts are in the
+/// Attached condition.
 pub const NEEDS_RESTART_CAP: usize = 50;
 /// At most this many distinct commands per summary entry, so the summary stays small.
 pub const SUMMARY_COMMANDS_CAP: usize = 50;
@@ -36,7 +37,8 @@ pub struct SelectedPod {
     pub pod: Arc<Pod>,
     /// Runs the agent: injected at creation or added as an ephemeral container.
     pub attached: bool,
-    /// Labelled `procwatch.dev/inject: "false"`: never gets the agent.
+    /// Its owner declined the agent (label `procwatch.dev/inject: "false"` or an explicit
+    /// `shareProcessNamespace: false`): never gets it, and a restart does not change that.
     pub opted_out: bool,
     /// Being deleted: not counted, but it holds back the next eviction.
     pub terminating: bool,
@@ -49,9 +51,11 @@ impl SelectedPod {
         self.pod.name_any()
     }
 
-    /// Selected, alive and not opted out, but without the agent.
+    /// Selected, alive, not opted out and able to run the agent (not hostPID, not Windows),
+    /// but without it. Only these are named in `needsRestart` and evicted.
     pub fn needs_agent(&self) -> bool {
-        !self.terminating && !self.attached && !self.opted_out
+        let unsupported = self.pod.spec.as_ref().and_then(admission::unsupported);
+        !self.terminating && !self.attached && !self.opted_out && unsupported.is_none()
     }
 }
 
@@ -102,7 +106,7 @@ pub fn select(
             SelectedPod {
                 pod: pod.clone(),
                 attached: pod_runs_agent(pod),
-                opted_out: pod.labels().get(INJECT_LABEL).is_some_and(|v| v == "false"),
+                opted_out: admission::declined(pod).is_some(),
                 terminating: pod.metadata.deletion_timestamp.is_some(),
                 findings: findings(&key).filter(fresh),
             }
@@ -136,6 +140,9 @@ pub struct Facts {
     pub bare: Vec<String>,
     /// Set by the status writer: the API server refused the full status with this message.
     pub status_rejected: Option<String>,
+    /// Set by the reconciler: the watch asks for ptrace and its namespace's Pod Security
+    /// level forbids it, for this reason; the agents run without ptrace.
+    pub ptrace_forbidden: Option<String>,
 }
 
 /// The status without conditions, the facts for them, and the per-container metrics.
@@ -161,6 +168,11 @@ pub fn build(watch: &ProcessWatch, selected: &[SelectedPod]) -> Built {
             let findings = p.findings.as_ref()?;
             Some((*p, covered_containers(watch, &findings.containers)))
         })
+        .collect();
+    let opted_out: Vec<String> = alive
+        .iter()
+        .filter(|p| p.opted_out && !p.attached)
+        .map(|p| p.name())
         .collect();
     let without_agent: Vec<String> = alive
         .iter()
@@ -206,6 +218,7 @@ pub fn build(watch: &ProcessWatch, selected: &[SelectedPod]) -> Built {
             .take(NEEDS_RESTART_CAP)
             .cloned()
             .collect(),
+        opted_out: opted_out.iter().take(NEEDS_RESTART_CAP).cloned().collect(),
         summary: summary(&reporting),
         // Last use of `reporting`: its containers move into the pod detail.
         pods: reporting
@@ -224,7 +237,7 @@ pub fn build(watch: &ProcessWatch, selected: &[SelectedPod]) -> Built {
         reporting: status.reporting_pods,
         processes: status.processes,
         without_agent,
-        opted_out: count(alive.iter().filter(|p| p.opted_out && !p.attached).count()),
+        opted_out: count(opted_out.len()),
         silent: attached
             .iter()
             .filter(|p| p.findings.is_none())
@@ -234,6 +247,7 @@ pub fn build(watch: &ProcessWatch, selected: &[SelectedPod]) -> Built {
         eviction: None,
         bare: Vec::new(),
         status_rejected: None,
+        ptrace_forbidden: None,
     };
     Built {
         status,
@@ -472,12 +486,10 @@ mod tests {
         let mut finished = pod("done", "web", true);
         finished.status.as_mut().unwrap().phase = Some("Succeeded".into());
         let mut opted_out = pod("opted", "web", false);
-        opted_out
-            .metadata
-            .labels
-            .as_mut()
-            .unwrap()
-            .insert(INJECT_LABEL.into(), "false".into());
+        opted_out.metadata.labels.as_mut().unwrap().insert(
+            procwatch_crds::constants::INJECT_LABEL.into(),
+            "false".into(),
+        );
         let pods = vec![
             pod("a", "web", true),
             pod("b", "web", true),
@@ -505,6 +517,7 @@ mod tests {
         assert_eq!(status.needs_restart, ["c"]);
         assert_eq!(built.facts.silent, ["b"]);
         assert_eq!(built.facts.opted_out, 1);
+        assert_eq!(status.opted_out, ["opted"]);
         assert_eq!(status.observed_generation, Some(2));
     }
 
@@ -736,6 +749,47 @@ mod tests {
         );
         assert_eq!(built.status.selected_pods, 0);
         assert!(built.facts.invalid_spec.unwrap().contains("Equals"));
+    }
+
+    /// A pod with `shareProcessNamespace: false` is its owner's decision, listed under
+    /// `optedOut`; hostPID and Windows pods can never run the agent. None needs a restart.
+    #[test]
+    fn declined_and_unsupported_pods_never_need_restart() {
+        let watch = watch("w");
+        let with_spec = |name: &str, spec: serde_json::Value| {
+            let mut p = pod(name, "web", false);
+            let mut full = serde_json::to_value(p.spec.take().unwrap()).unwrap();
+            full.as_object_mut()
+                .unwrap()
+                .extend(spec.as_object().unwrap().clone());
+            p.spec = Some(serde_json::from_value(full).unwrap());
+            p
+        };
+        let pods = vec![
+            with_spec(
+                "declined",
+                serde_json::json!({"shareProcessNamespace": false}),
+            ),
+            with_spec("host", serde_json::json!({"hostPID": true})),
+            with_spec("win-os", serde_json::json!({"os": {"name": "windows"}})),
+            with_spec(
+                "win-node",
+                serde_json::json!({"nodeSelector": {"kubernetes.io/os": "windows"}}),
+            ),
+            pod("missing", "web", false),
+        ];
+        let selected = selected(&watch, pods, vec![]);
+        let needing: Vec<_> = selected
+            .iter()
+            .filter(|p| p.needs_agent())
+            .map(SelectedPod::name)
+            .collect();
+        assert_eq!(needing, ["missing"]);
+        let built = build(&watch, &selected);
+        assert_eq!(built.status.needs_restart, ["missing"]);
+        assert_eq!(built.status.opted_out, ["declined"]);
+        assert_eq!(built.facts.opted_out, 1);
+        assert_eq!(built.status.selected_pods, 5);
     }
 
     #[test]

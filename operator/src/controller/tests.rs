@@ -142,6 +142,7 @@ fn context(client: Client, pods: Vec<Pod>, findings: FindingsStore) -> Arc<Conte
         client: client.clone(),
         pods: store,
         pod_names,
+        namespaces: reflector::store().0,
         findings,
         metrics: Arc::new(Metrics::register(&mut registry)),
         recorder: Recorder::new(

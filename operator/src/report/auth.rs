@@ -1,9 +1,16 @@
 //! Agent authentication. An agent sends its projected service-account token (audience
 //! `procwatch`, bound to its pod); the operator asks the API server about it with a TokenReview
-//! and caches the answer briefly under a hash of the token, so a burst of reports costs one
-//! review. A report is then accepted only for the pod the token was issued to.
+//! and caches the answer under a hash of the token (an acceptance until the token expires), so
+//! a pod costs one review per token. A report is then accepted only for the pod the token was
+//! issued to.
+//!
+//! Anyone who reaches the endpoint can send tokens, so a review is never spent on a token that
+//! cannot be a procwatch pod token (its unverified payload must name the audience, a pod and a
+//! future expiry), and at most [`MAX_REVIEWS_IN_FLIGHT`] reviews run at once: a flood of
+//! random tokens cannot become a flood on the API server.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -17,6 +24,7 @@ use procwatch_crds::constants::TOKEN_AUDIENCE;
 use procwatch_crds::report::AgentReport;
 use sha2::{Digest, Sha256};
 
+use super::throttle::RefusalsBySource;
 use crate::lock;
 
 const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
@@ -25,6 +33,10 @@ const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
 /// Refusals are remembered for less time than acceptances: long enough to absorb a flood of
 /// one bad token, short enough that a fixed token is accepted soon.
 const REFUSAL_TTL: Duration = Duration::from_secs(10);
+/// TokenReviews in flight at once, whatever the number of tokens presented.
+pub const MAX_REVIEWS_IN_FLIGHT: usize = 8;
+/// How long a report waits for a review slot before it is told to retry.
+const REVIEW_SLOT_WAIT: Duration = Duration::from_secs(2);
 
 /// The pod a token was issued to, as the API server vouches for it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,6 +63,12 @@ pub enum AuthError {
     /// The TokenReview itself failed: the agent should retry.
     #[error("cannot review the token with the API server")]
     Unavailable(#[source] kube::Error),
+    /// Every review slot stayed taken: the agent should retry.
+    #[error("too many tokens under review; retry")]
+    Busy,
+    /// The source address had its share of refusals: turned away unheard for a while.
+    #[error("too many refused tokens from this address")]
+    Throttled,
 }
 
 /// Reads the pod identity out of a TokenReview's answer.
@@ -125,13 +143,50 @@ pub fn check_claims(identity: &PodIdentity, report: &AgentReport) -> Result<(), 
     })
 }
 
-/// The `exp` claim of a JWT, read without verifying anything: it only shortens how long an
-/// acceptance is cached, the API server did the verifying.
+/// The claims of a JWT, read without verifying anything.
+fn claims(token: &str) -> Option<serde_json::Value> {
+    let mut parts = token.split('.');
+    let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()
+}
+
+/// The `exp` claim of a JWT, unverified: it only bounds how long an answer is cached, the API
+/// server did the verifying.
 fn expiry(token: &str) -> Option<Timestamp> {
-    let payload = token.split('.').nth(1)?;
-    let claims: serde_json::Value =
-        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
-    Timestamp::from_second(claims.get("exp")?.as_i64()?).ok()
+    Timestamp::from_second(claims(token)?.get("exp")?.as_i64()?).ok()
+}
+
+/// Refuses, without asking the API server, a token that cannot be a live procwatch pod token:
+/// not a JWT, no audience `procwatch`, expired, or bound to no pod. Nothing is verified here;
+/// the TokenReview that follows does that.
+pub fn precheck(token: &str, now: Timestamp) -> Result<(), Refusal> {
+    let refuse = |why: &str| Err(Refusal::Unauthenticated(format!("{why} (not reviewed)")));
+    let Some(claims) = claims(token) else {
+        return refuse("it is not a JWT");
+    };
+    let audience = match claims.get("aud") {
+        Some(serde_json::Value::String(one)) => one == TOKEN_AUDIENCE,
+        Some(serde_json::Value::Array(many)) => many.iter().any(|a| a == TOKEN_AUDIENCE),
+        _ => false,
+    };
+    if !audience {
+        return refuse("it is not issued for the audience \"procwatch\"");
+    }
+    let expires = claims.get("exp").and_then(serde_json::Value::as_i64);
+    if expires.is_none_or(|exp| exp <= now.as_second()) {
+        return refuse("it has expired");
+    }
+    let pod = claims.pointer("/kubernetes.io/pod/name");
+    if pod
+        .and_then(serde_json::Value::as_str)
+        .is_none_or(str::is_empty)
+    {
+        return refuse("it is not bound to a pod");
+    }
+    Ok(())
 }
 
 type TokenHash = [u8; 32];
@@ -141,9 +196,12 @@ struct CacheEntry {
     result: Result<PodIdentity, Refusal>,
 }
 
-/// Review results by token hash, bounded in size; the tokens themselves are never kept.
+/// Review results by token hash, bounded in size; the tokens themselves are never kept. When
+/// full, the oldest insertion goes: O(1) per insert, whatever the cache holds.
 struct TokenCache {
     entries: HashMap<TokenHash, CacheEntry>,
+    /// Keys in insertion order; each key of `entries` is here exactly once.
+    order: VecDeque<TokenHash>,
     capacity: usize,
 }
 
@@ -151,6 +209,7 @@ impl TokenCache {
     fn new(capacity: usize) -> Self {
         TokenCache {
             entries: HashMap::new(),
+            order: VecDeque::new(),
             capacity: capacity.max(1),
         }
     }
@@ -170,28 +229,28 @@ impl TokenCache {
         if expires <= now {
             return;
         }
-        if self.entries.len() >= self.capacity && !self.entries.contains_key(&key) {
-            self.entries.retain(|_, entry| entry.expires > now);
+        let entry = CacheEntry { expires, result };
+        if let Some(existing) = self.entries.get_mut(&key) {
+            *existing = entry;
+            return;
         }
-        if self.entries.len() >= self.capacity && !self.entries.contains_key(&key) {
-            // Still full of live entries: the one closest to expiring goes.
-            let soonest = self
-                .entries
-                .iter()
-                .min_by_key(|(_, entry)| entry.expires)
-                .map(|(k, _)| *k);
-            if let Some(soonest) = soonest {
-                self.entries.remove(&soonest);
-            }
+        if self.entries.len() >= self.capacity
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.entries.remove(&oldest);
         }
-        self.entries.insert(key, CacheEntry { expires, result });
+        self.order.push_back(key);
+        self.entries.insert(key, entry);
     }
 }
 
 pub struct Authenticator {
     reviews: Api<TokenReview>,
     cache: Mutex<TokenCache>,
+    /// How long a result is cached when the token names no expiry.
     ttl: Duration,
+    review_slots: tokio::sync::Semaphore,
+    refusals: RefusalsBySource,
 }
 
 impl Authenticator {
@@ -200,12 +259,44 @@ impl Authenticator {
             reviews: Api::all(client),
             cache: Mutex::new(TokenCache::new(capacity)),
             ttl,
+            review_slots: tokio::sync::Semaphore::new(MAX_REVIEWS_IN_FLIGHT),
+            refusals: RefusalsBySource::default(),
         }
     }
 
-    /// The pod the token was issued to, from the cache or a fresh TokenReview.
-    pub async fn authenticate(&self, token: &str) -> Result<PodIdentity, AuthError> {
+    /// The pod the token was issued to, from the cache or a fresh TokenReview. A source
+    /// address (when known) that earned too many refusals lately is turned away before its
+    /// token is looked at, unless the token is one already accepted.
+    pub async fn authenticate(
+        &self,
+        token: &str,
+        source: Option<IpAddr>,
+    ) -> Result<PodIdentity, AuthError> {
+        let result = self.authenticate_token(token, source).await;
+        if let (Err(AuthError::Refused(_)), Some(source)) = (&result, source) {
+            self.refusals.record(source, Instant::now());
+        }
+        result
+    }
+
+    async fn authenticate_token(
+        &self,
+        token: &str,
+        source: Option<IpAddr>,
+    ) -> Result<PodIdentity, AuthError> {
         let key: TokenHash = Sha256::digest(token.as_bytes()).into();
+        if let Some(cached) = lock(&self.cache).get(&key, Instant::now()) {
+            return Ok(cached?);
+        }
+        if source.is_some_and(|source| self.refusals.exhausted(source, Instant::now())) {
+            return Err(AuthError::Throttled);
+        }
+        precheck(token, Timestamp::now())?;
+        let _slot = tokio::time::timeout(REVIEW_SLOT_WAIT, self.review_slots.acquire())
+            .await
+            .map_err(|_| AuthError::Busy)?
+            .map_err(|_| AuthError::Busy)?;
+        // Another report with this token may have been reviewed while this one waited.
         if let Some(cached) = lock(&self.cache).get(&key, Instant::now()) {
             return Ok(cached?);
         }
@@ -225,10 +316,10 @@ impl Authenticator {
         let now = Instant::now();
         let ttl = match (&result, expiry(token)) {
             (Err(_), _) => self.ttl.min(REFUSAL_TTL),
+            // The kubelet replaces the token before it expires: one review per token.
             (Ok(_), Some(expires)) => {
                 let left = expires.duration_since(Timestamp::now());
-                self.ttl
-                    .min(Duration::try_from(left).unwrap_or(Duration::ZERO))
+                Duration::try_from(left).unwrap_or(Duration::ZERO)
             }
             (Ok(_), None) => self.ttl,
         };
@@ -332,6 +423,125 @@ pub(crate) mod tests {
         assert!(matches!(identity(Some(&unbound)), Err(Refusal::NotAPod(_))));
         let user = review_status("alice", Some(("web-1", "u1")));
         assert!(matches!(identity(Some(&user)), Err(Refusal::NotAPod(_))));
+    }
+
+    /// A JWT that passes [`precheck`]: audience procwatch, bound to a pod, valid for an hour;
+    /// `signature` is its third part.
+    pub(crate) fn pod_jwt(signature: &[u8]) -> String {
+        let exp = Timestamp::now().as_second() + 3600;
+        let claims = serde_json::json!({
+            "aud": [TOKEN_AUDIENCE],
+            "exp": exp,
+            "kubernetes.io": {"namespace": "shop", "pod": {"name": "web-1", "uid": "u1"}},
+        });
+        let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
+        format!(
+            "eyJhbGciOiJSUzI1NiJ9.{payload}.{}",
+            URL_SAFE_NO_PAD.encode(signature)
+        )
+    }
+
+    #[test]
+    fn precheck_wants_a_live_procwatch_pod_jwt() {
+        let now = Timestamp::now();
+        assert_eq!(precheck(&pod_jwt(b"sig"), now), Ok(()));
+        let jwt = |claims: serde_json::Value| {
+            format!("h.{}.s", URL_SAFE_NO_PAD.encode(claims.to_string()))
+        };
+        let pod = serde_json::json!({"pod": {"name": "web-1"}});
+        let far = now.as_second() + 60;
+        for (token, why) in [
+            ("opaque".to_string(), "not a JWT"),
+            ("a.b.c.d".to_string(), "not a JWT"),
+            (
+                jwt(serde_json::json!({"aud": "other", "exp": far, "kubernetes.io": pod})),
+                "audience",
+            ),
+            (
+                jwt(serde_json::json!({"exp": far, "kubernetes.io": pod})),
+                "audience",
+            ),
+            (
+                jwt(
+                    serde_json::json!({"aud": "procwatch", "exp": now.as_second(), "kubernetes.io": pod}),
+                ),
+                "expired",
+            ),
+            (
+                jwt(serde_json::json!({"aud": ["procwatch"], "kubernetes.io": pod})),
+                "expired",
+            ),
+            (
+                jwt(serde_json::json!({"aud": ["procwatch"], "exp": far})),
+                "pod",
+            ),
+            (
+                jwt(
+                    serde_json::json!({"aud": ["procwatch"], "exp": far, "kubernetes.io": {"pod": {"name": ""}}}),
+                ),
+                "pod",
+            ),
+        ] {
+            let refusal = precheck(&token, now).unwrap_err();
+            assert!(refusal.to_string().contains(why), "{token}: {refusal}");
+        }
+    }
+
+    /// However many distinct tokens arrive at once, at most [`MAX_REVIEWS_IN_FLIGHT`] reviews
+    /// reach the API server; the others wait for a slot.
+    #[tokio::test]
+    async fn reviews_in_flight_are_bounded() {
+        use tower_test::mock;
+        let (service, mut handle) =
+            mock::pair::<http::Request<kube::client::Body>, http::Response<kube::client::Body>>();
+        let authenticator = std::sync::Arc::new(Authenticator::new(
+            Client::new(service, "default"),
+            Duration::from_secs(60),
+            100,
+        ));
+        let waiting: Vec<_> = (0..3 * MAX_REVIEWS_IN_FLIGHT)
+            .map(|i| {
+                let authenticator = authenticator.clone();
+                tokio::spawn(async move {
+                    authenticator
+                        .authenticate(&pod_jwt(format!("t{i}").as_bytes()), None)
+                        .await
+                })
+            })
+            .collect();
+        let mut held = Vec::new();
+        while let Ok(Some(request)) =
+            tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await
+        {
+            held.push(request);
+        }
+        assert_eq!(held.len(), MAX_REVIEWS_IN_FLIGHT);
+        // Answering them frees the slots for the next ones.
+        let refused = serde_json::json!({
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+            "spec": {}, "status": {"authenticated": false, "error": "invalid"}
+        })
+        .to_string();
+        let answer = |send: tower_test::mock::SendResponse<http::Response<kube::client::Body>>| {
+            send.send_response(http::Response::new(kube::client::Body::from(
+                refused.clone().into_bytes(),
+            )))
+        };
+        for (_, send) in held {
+            answer(send);
+        }
+        let mut answered = MAX_REVIEWS_IN_FLIGHT;
+        while answered < waiting.len() {
+            let (_, send) = handle.next_request().await.unwrap();
+            answer(send);
+            answered += 1;
+        }
+        for task in waiting {
+            assert!(matches!(
+                task.await.unwrap(),
+                Err(AuthError::Refused(Refusal::Unauthenticated(_)))
+            ));
+        }
     }
 
     #[test]

@@ -19,9 +19,11 @@ pub mod capacity;
 pub mod convert;
 pub mod response;
 pub mod store;
+pub mod throttle;
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
@@ -44,6 +46,10 @@ use crate::metrics::{Metrics, ReportResult};
 use auth::{AuthError, Authenticator, Refusal};
 use capacity::{Capacity, Overload};
 use store::{FindingsStore, PodFindings, PodKey};
+use throttle::{LogBudget, Peer};
+
+/// Refusals logged: a flood of bad tokens must not become a flood of log lines.
+static REFUSAL_LOG: LogBudget = LogBudget::new(10, std::time::Duration::from_secs(60));
 
 /// Default body limit, shared with the agent: a full report of 200 processes per container is
 /// well under this.
@@ -89,6 +95,10 @@ enum ReportError {
     Refused(Refusal),
     #[error("the token cannot be reviewed now; retry")]
     AuthUnavailable(#[source] kube::Error),
+    #[error("too many tokens under review; retry")]
+    AuthBusy,
+    #[error("too many refused reports from this address; retry later")]
+    Throttled,
     #[error("report body is larger than {0} bytes")]
     TooLarge(usize),
     #[error("cannot read the report body")]
@@ -110,11 +120,12 @@ impl ReportError {
         match self {
             ReportError::NotLeader
             | ReportError::AuthUnavailable(_)
+            | ReportError::AuthBusy
             | ReportError::PodUnknown(_) => ReportResult::Unavailable,
             ReportError::Overloaded(_) => ReportResult::Overloaded,
-            ReportError::NoToken | ReportError::Refused(Refusal::Unauthenticated(_)) => {
-                ReportResult::Unauthenticated
-            }
+            ReportError::NoToken
+            | ReportError::Throttled
+            | ReportError::Refused(Refusal::Unauthenticated(_)) => ReportResult::Unauthenticated,
             ReportError::Refused(Refusal::NotAPod(_)) | ReportError::OtherPod(_) => {
                 ReportResult::Forbidden
             }
@@ -126,6 +137,9 @@ impl ReportError {
     }
 
     fn status(&self) -> StatusCode {
+        if matches!(self, ReportError::Throttled) {
+            return StatusCode::TOO_MANY_REQUESTS;
+        }
         match self.result() {
             ReportResult::Unavailable | ReportResult::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ReportResult::Unauthenticated => StatusCode::UNAUTHORIZED,
@@ -153,7 +167,7 @@ impl IntoResponse for ReportError {
             StatusCode::UNAUTHORIZED => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            StatusCode::SERVICE_UNAVAILABLE => {
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
             }
             // What is left of a body past the drain limit is not read: do not reuse the
@@ -167,9 +181,15 @@ impl IntoResponse for ReportError {
     }
 }
 
-async fn report(State(state): State<ReportState>, headers: HeaderMap, body: Body) -> Response {
+async fn report(
+    State(state): State<ReportState>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let started = std::time::Instant::now();
-    match handle(&state, &headers, body).await {
+    let source = peer.map(|Extension(Peer(address))| address);
+    match handle(&state, source, &headers, body).await {
         Ok((result, answer)) => {
             state.metrics.report(result, started.elapsed());
             axum::Json(answer).into_response()
@@ -180,7 +200,16 @@ async fn report(State(state): State<ReportState>, headers: HeaderMap, body: Body
                 ReportResult::Unavailable | ReportResult::Overloaded => {
                     tracing::debug!(error = error_chain(&error), "report deferred")
                 }
-                _ => tracing::info!(error = error_chain(&error), "report refused"),
+                _ => {
+                    if let Some(held_back) = REFUSAL_LOG.admit(std::time::Instant::now()) {
+                        tracing::info!(
+                            error = error_chain(&error),
+                            ?source,
+                            refusals_not_logged = held_back,
+                            "report refused"
+                        );
+                    }
+                }
             }
             error.into_response()
         }
@@ -252,6 +281,7 @@ async fn drain(mut body: Body, mut read: usize) {
 
 async fn handle(
     state: &ReportState,
+    source: Option<std::net::IpAddr>,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(ReportResult, ReportResponse), ReportError> {
@@ -262,11 +292,13 @@ async fn handle(
     let token = bearer(headers).ok_or(ReportError::NoToken)?;
     let identity = state
         .authenticator
-        .authenticate(token)
+        .authenticate(token, source)
         .await
         .map_err(|error| match error {
             AuthError::Refused(refusal) => ReportError::Refused(refusal),
             AuthError::Unavailable(error) => ReportError::AuthUnavailable(error),
+            AuthError::Busy => ReportError::AuthBusy,
+            AuthError::Throttled => ReportError::Throttled,
         })?;
     // Held until the report is handled: its body is in memory meanwhile.
     let _handling = state.capacity.enter().map_err(ReportError::Overloaded)?;

@@ -23,16 +23,27 @@ use tower_test::mock;
 use super::*;
 use crate::fixtures::{pod, watch};
 use auth::tests::review_status;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-/// Tokens the fake API server knows: `pod:<name>` is bound to that pod of namespace shop,
-/// `user` is a person's token, anything else is refused.
+/// A token that passes the cheap checks (a JWT with audience procwatch, a pod and a future
+/// expiry) and that the fake API server reviews as `kind`, which it carries as its signature.
+fn token(kind: &str) -> String {
+    auth::tests::pod_jwt(kind.as_bytes())
+}
+
+/// Tokens the fake API server knows, by the kind they carry: `pod:<name>` is bound to that pod
+/// of namespace shop, `user` is a person's token, anything else is refused.
 fn review(token: &str) -> TokenReviewStatus {
-    match token.strip_prefix("pod:") {
+    let signature = token.rsplit('.').next().unwrap_or_default();
+    let kind = URL_SAFE_NO_PAD.decode(signature).unwrap_or_default();
+    let kind = String::from_utf8_lossy(&kind);
+    match kind.strip_prefix("pod:") {
         Some(pod) => review_status(
             "system:serviceaccount:shop:default",
             Some((pod, &format!("uid-{pod}"))),
         ),
-        None if token == "user" => review_status("alice", None),
+        None if kind == "user" => review_status("alice", None),
         None => TokenReviewStatus {
             authenticated: Some(false),
             error: Some("invalid bearer token".into()),
@@ -140,15 +151,36 @@ fn agent_report(pod: &str) -> AgentReport {
 /// container's ID and the agent version filled in as `run` fills them.
 const GOLDEN_V1_REPORT: &str = include_str!("../../tests/fixtures/report-v1.json");
 
-async fn post(state: &ReportState, token: Option<&str>, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
+/// Posts `body` with a token of `kind` (see [`review`]).
+async fn post(state: &ReportState, kind: Option<&str>, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
+    post_raw(state, kind.map(token).as_deref(), body).await
+}
+
+/// Posts `body` with exactly this bearer token.
+async fn post_raw(
+    state: &ReportState,
+    token: Option<&str>,
+    body: Vec<u8>,
+) -> (StatusCode, Vec<u8>) {
+    post_from(state, None, token, body).await
+}
+
+/// Posts `body` with exactly this bearer token, from `peer` as the HTTPS server tells it.
+async fn post_from(
+    state: &ReportState,
+    peer: Option<throttle::Peer>,
+    token: Option<&str>,
+    body: Vec<u8>,
+) -> (StatusCode, Vec<u8>) {
     let mut request = Request::post(REPORT_PATH).header("content-type", "application/json");
     if let Some(token) = token {
         request = request.header("authorization", format!("Bearer {token}"));
     }
-    let response = router(state.clone())
-        .oneshot(request.body(axum::body::Body::from(body)).unwrap())
-        .await
-        .unwrap();
+    let mut request = request.body(axum::body::Body::from(body)).unwrap();
+    if let Some(peer) = peer {
+        request.extensions_mut().insert(peer);
+    }
+    let response = router(state.clone()).oneshot(request).await.unwrap();
     let status = response.status();
     let body = response
         .into_body()
@@ -234,6 +266,87 @@ async fn missing_or_refused_tokens_are_unauthenticated() {
     assert!(fixture.state.findings.is_empty());
 }
 
+/// A flood of tokens that cannot be pod tokens of ours costs the API server nothing.
+#[tokio::test]
+async fn tokens_that_cannot_be_ours_are_refused_without_a_review() {
+    let fixture = fixture();
+    let claims = |payload: Value| {
+        let payload = URL_SAFE_NO_PAD.encode(payload.to_string());
+        format!("eyJhbGciOiJSUzI1NiJ9.{payload}.c2ln")
+    };
+    let far = i64::MAX / 2;
+    let pod = json!({"pod": {"name": "web-1"}});
+    let mut tokens: Vec<String> = (0..200).map(|i| format!("random-{i}")).collect();
+    tokens.extend([
+        claims(
+            json!({"aud": ["https://kubernetes.default.svc"], "exp": far, "kubernetes.io": pod}),
+        ),
+        claims(json!({"aud": "procwatch", "exp": 1, "kubernetes.io": pod})),
+        claims(json!({"aud": ["procwatch"], "exp": far})),
+        claims(json!({"aud": ["procwatch"], "kubernetes.io": pod})),
+    ]);
+    for token in &tokens {
+        let (status, body) =
+            post_raw(&fixture.state, Some(token), json(&agent_report("web-1"))).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{token}");
+        assert!(String::from_utf8_lossy(&body).contains("not reviewed"));
+    }
+    assert_eq!(fixture.reviews.load(Ordering::SeqCst), 0);
+}
+
+/// A source that keeps sending refused tokens is turned away unheard (429) for a while; an
+/// agent at the same address whose token was accepted goes on.
+#[tokio::test]
+async fn a_flooding_address_is_throttled_but_accepted_tokens_go_on() {
+    let fixture = fixture();
+    let flood = Some(throttle::Peer(std::net::Ipv4Addr::LOCALHOST.into()));
+    let report = || json(&agent_report("web-1"));
+    let agent = token("pod:web-1");
+    let (status, _) = post_from(&fixture.state, flood, Some(&agent), report()).await;
+    assert_eq!(status, StatusCode::OK);
+    let mut throttled = 0;
+    for i in 0..100 {
+        let (status, _) = post_from(
+            &fixture.state,
+            flood,
+            Some(&token(&format!("bad-{i}"))),
+            report(),
+        )
+        .await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            throttled += 1;
+        } else {
+            assert_eq!(status, StatusCode::UNAUTHORIZED);
+        }
+    }
+    assert!(throttled >= 75, "{throttled} of 100 throttled");
+    assert!(fixture.reviews.load(Ordering::SeqCst) <= 26);
+    let (status, _) = post_from(&fixture.state, flood, Some(&agent), report()).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the accepted agent is not throttled"
+    );
+    let elsewhere = Some(throttle::Peer(std::net::Ipv4Addr::new(127, 0, 0, 2).into()));
+    let (status, _) = post_from(&fixture.state, elsewhere, Some(&token("bad-x")), report()).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "other addresses are heard"
+    );
+}
+
+/// One review per token: an accepted token is not reviewed again while it lives.
+#[tokio::test]
+async fn an_accepted_token_is_reviewed_once() {
+    let fixture = fixture();
+    for _ in 0..5 {
+        let (status, _) = post_report(&fixture.state, "pod:web-1", "web-1").await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert_eq!(fixture.reviews.load(Ordering::SeqCst), 1);
+}
+
 #[tokio::test]
 async fn oversized_body_is_refused_with_a_message() {
     let fixture = fixture();
@@ -262,7 +375,7 @@ async fn oversized_body_is_read_to_the_end_before_the_refusal() {
         });
         let mut request = Request::post(REPORT_PATH)
             .header("content-type", "application/json")
-            .header("authorization", "Bearer pod:web-1");
+            .header("authorization", format!("Bearer {}", token("pod:web-1")));
         if declared {
             request = request.header("content-length", 200 * 1024);
         }

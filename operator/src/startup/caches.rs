@@ -1,10 +1,11 @@
-//! The two caches every replica keeps: ProcessWatches (read by the webhook, the report
-//! endpoint and the pod mapping) and pods.
+//! The caches every replica keeps: ProcessWatches (read by the webhook, the report endpoint
+//! and the pod mapping), pods, and namespace metadata (the Pod Security level each enforces).
 
 use std::collections::HashSet;
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -13,11 +14,13 @@ use procwatch_crds::ProcessWatch;
 use super::Shared;
 use crate::controller::triggers::PodEvents;
 use crate::health::{Part, Readiness};
+use crate::pod_security::Namespaces;
 
 #[derive(Clone)]
 pub struct Caches {
     pub watches: Store<ProcessWatch>,
     pub pods: Store<Pod>,
+    pub namespaces: Namespaces,
 }
 
 /// Starts both caches; each marks its part of readiness on its first full list.
@@ -44,7 +47,26 @@ pub fn start_caches(client: &Client, shared: &Shared) -> Caches {
         pod_events,
         shared.readiness.clone(),
     ));
-    Caches { watches, pods }
+    let (namespaces, namespace_writer) = reflector::store();
+    // Metadata only: the labels are all the webhook reads.
+    let namespace_stream = watcher(
+        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .modify(|ns| ns.managed_fields_mut().clear())
+    .reflect(namespace_writer)
+    .for_each(|event| async move {
+        if let Err(error) = event {
+            tracing::warn!(%error, "namespace watch failed; retrying");
+        }
+    });
+    tokio::spawn(namespace_stream);
+    Caches {
+        watches,
+        pods,
+        namespaces,
+    }
 }
 
 /// Follows ProcessWatch events (the reflector keeps the cache) to forget deleted watches.

@@ -18,6 +18,7 @@ use crate::cli::Cli;
 use crate::controller::{self, MIN_WRITE_INTERVAL};
 use crate::health::Part;
 use crate::leader::{self, LeaderError, Leadership, LeaseSettings};
+use crate::pod_security::Namespaces;
 
 /// A name unique to this process, so two replicas (even with one host name, as on a host
 /// network) never share a lease identity.
@@ -83,6 +84,7 @@ pub fn join_election(client: &Client, cli: &Cli) -> Election {
 pub struct ControllerSetup {
     pub client: Client,
     pub pods: Store<Pod>,
+    pub namespaces: Namespaces,
     pub shared: Shared,
     pub status_budget_bytes: usize,
 }
@@ -100,6 +102,7 @@ impl ControllerSetup {
             client: self.client,
             pods: self.pods,
             pod_names: self.shared.pod_names,
+            namespaces: self.namespaces,
             findings: self.shared.findings,
             metrics: self.shared.metrics,
             recorder,

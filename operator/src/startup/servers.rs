@@ -98,6 +98,7 @@ pub fn admission_routes(
 ) -> Router {
     admission::router(AdmissionState {
         watches: caches.watches.clone(),
+        namespaces: caches.namespaces.clone(),
         readiness: shared.readiness.clone(),
         settings: Arc::new(settings),
         certificate: serving.certificate.clone(),

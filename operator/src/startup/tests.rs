@@ -183,7 +183,7 @@ fn start_errors_name_each_cause_once() {
     let lost = StartError::SteppedDown(ElectionEnd::Lost(LeaderError::NotRenewed {
         name: "procwatch-operator".into(),
         deadline: Duration::from_secs(10),
-        source: kube::Error::TlsRequired,
+        source: kube::Error::TlsRequired.into(),
     }));
     assert_each_cause_once(&lost);
     assert_eq!(

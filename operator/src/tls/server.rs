@@ -16,6 +16,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+use crate::report::throttle::Peer;
 
 /// A client that opens a connection and never finishes the handshake or its headers
 /// holds a task, nothing more, and only this long.
@@ -23,6 +26,24 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long requests in flight may take to finish after shutdown is asked for.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What one server holds at most, whoever connects.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Open connections; one more is closed as soon as it is accepted.
+    pub connections: usize,
+    /// Requests handled at once over every connection; more wait their turn.
+    pub requests: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connections: 1024,
+            requests: 256,
+        }
+    }
+}
 
 /// Serves `app` over HTTPS on `listener` until `shutdown` completes, then drains. The caller
 /// binds, so a bind error is reported before anything runs (and tests can bind port 0).
@@ -32,6 +53,21 @@ pub async fn serve_listener(
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    serve_with_limits(listener, tls, app, shutdown, Limits::default()).await
+}
+
+/// [`serve_listener`] with these limits.
+pub async fn serve_with_limits(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    limits: Limits,
+) -> io::Result<()> {
+    let app = app.layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+        limits.requests,
+    ));
+    let connection_slots = Arc::new(tokio::sync::Semaphore::new(limits.connections));
     let local = listener.local_addr()?;
     tracing::info!(address = %local, "serving HTTPS");
     let acceptor = TlsAcceptor::from(tls);
@@ -51,13 +87,15 @@ pub async fn serve_listener(
                         continue;
                     }
                 };
-                connections.spawn(connection(
-                    acceptor.clone(),
-                    stream,
-                    peer,
-                    app.clone(),
-                    stopping.clone(),
-                ));
+                let Ok(slot) = connection_slots.clone().try_acquire_owned() else {
+                    tracing::debug!(%peer, "too many open connections; closed");
+                    continue;
+                };
+                let serve = connection(acceptor.clone(), stream, peer, app.clone(), stopping.clone());
+                connections.spawn(async move {
+                    serve.await;
+                    drop(slot);
+                });
             }
             // Reap finished connections so the set stays as large as the live ones.
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -103,6 +141,11 @@ async fn connection(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
+    // Handlers that bound what one client may cost (refusals per address) read its address.
+    let app = app.map_request(move |mut request: hyper::Request<hyper::body::Incoming>| {
+        request.extensions_mut().insert(Peer(peer.ip()));
+        request
+    });
     let conn = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(app));
     tokio::pin!(conn);
     // Ends when shutdown is asked for (or the server is gone); holds no borrow of the flag.

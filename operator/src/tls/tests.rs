@@ -334,6 +334,49 @@ async fn real_handshake_by_service_name_and_by_ip() {
     assert!(TcpStream::connect(addr).await.is_err(), "listener closed");
 }
 
+/// A client holding many connections open (never finishing a handshake) takes only the
+/// connection slots; once one is given back, the server answers again.
+#[tokio::test]
+async fn connections_beyond_the_cap_are_closed() {
+    let (_, material) = fresh(SystemTime::now());
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (config, _) = reloadable_server_config(&material).unwrap();
+    let app = Router::new().route("/hello", get(|| async { "hello" }));
+    let limits = crate::tls::Limits {
+        connections: 2,
+        requests: 1,
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(crate::tls::serve_with_limits(
+        listener,
+        config,
+        app,
+        async {
+            let _ = stopped.await;
+        },
+        limits,
+    ));
+    let idle_one = TcpStream::connect(addr).await.unwrap();
+    let _idle_two = TcpStream::connect(addr).await.unwrap();
+    let name = || ServerName::try_from(SERVICE_NAME).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        get_over_tls(addr, &material.ca_pem, name(), "/hello")
+            .await
+            .is_err(),
+        "a third connection is closed"
+    );
+    drop(idle_one);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let response = get_over_tls(addr, &material.ca_pem, name(), "/hello")
+        .await
+        .unwrap();
+    assert!(response.ends_with("hello"), "{response}");
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
+
 #[tokio::test]
 async fn shutdown_lets_the_request_in_flight_finish() {
     let (_, material) = fresh(SystemTime::now());
