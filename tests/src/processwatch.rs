@@ -71,6 +71,26 @@ pub async fn pw_yaml(ns: &TestNamespace, name: &str) -> anyhow::Result<ProcessWa
     serde_yaml::from_str(&out).with_context(|| format!("parsing kubectl get pw {name} -o yaml"))
 }
 
+/// A bare busybox pod on the host network labelled `app=<app>`, whose container `app` runs
+/// `sh -c <script>`.
+pub fn busybox_pod(name: &str, app: &str, script: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, labels: {{app: {app}}}}}
+spec:
+  hostNetwork: true
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: localhost/busybox:local
+    imagePullPolicy: Never
+    command: [sh, -c, "{script}"]
+"#
+    )
+}
+
 /// Applies a watch and waits until the operator has seen it (status.observedGeneration), so
 /// pods created afterwards meet a webhook that knows it.
 pub async fn apply_watch(ns: &TestNamespace, yaml: &str, name: &str) -> anyhow::Result<()> {

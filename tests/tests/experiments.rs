@@ -36,7 +36,8 @@ use procwatch_crds::{
     SocketProtocol,
 };
 use procwatch_e2e::processwatch::{
-    PW_COLUMNS, container_id, has_agent, parse_table, pw_cells, wait_for_watch,
+    PW_COLUMNS, broker_answers_through, container_id, has_agent, parse_table, pw_cells,
+    wait_for_watch,
 };
 use procwatch_e2e::{Cluster, Operator, TestNamespace, Wait, repo_root, wait_for};
 use sha2::{Digest, Sha256};
@@ -495,18 +496,7 @@ async fn flux_broker_sockets_reachable_from_the_other_container() -> anyhow::Res
     for socket in &sockets {
         let path = socket.path.as_deref().context("path")?;
         let reachable = socket.reachable_at.as_deref().context("reachableAt")?;
-        let answer = ns
-            .exec(
-                "flux",
-                "flux2",
-                &["procwatch-testprog", "connect", reachable],
-            )
-            .await?;
-        println!("flux2 $ procwatch-testprog connect {reachable}\n{answer}");
-        ensure!(
-            answer == format!("flux-broker pid {broker_pid} on {path}\n"),
-            "answer through {reachable}: {answer:?}"
-        );
+        broker_answers_through(&ns, reachable, broker_pid, path).await?;
     }
     // The path itself is in flux1's filesystem, not in flux2's: that is what reachableAt is for.
     let direct = sockets[0].path.as_deref().context("path")?;

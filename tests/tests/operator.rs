@@ -20,8 +20,8 @@ use procwatch_crds::ProcessWatch;
 use procwatch_crds::constants::{AGENT_CONTAINER_NAME, TOKEN_AUDIENCE, WATCHES_ANNOTATION, env};
 use procwatch_crds::report::{self, AgentReport, CollectRequest, ReportResponse};
 use procwatch_e2e::processwatch::{
-    apply_watch, container_id, describe_status, has_agent, metric_value, pw_cells, pw_table,
-    pw_yaml, wait_for_watch,
+    apply_watch, busybox_pod, container_id, describe_status, has_agent, metric_value, pw_cells,
+    pw_table, pw_yaml, wait_for_watch,
 };
 use procwatch_e2e::{Cluster, Operator, REPORT_URL, TestNamespace, Wait, wait_for};
 
@@ -70,21 +70,7 @@ spec:
 
 /// A bare busybox pod labelled `app=<app>`.
 fn bare_pod(name: &str, app: &str) -> String {
-    format!(
-        r#"
-apiVersion: v1
-kind: Pod
-metadata: {{name: {name}, labels: {{app: {app}}}}}
-spec:
-  hostNetwork: true
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: app
-    image: localhost/busybox:local
-    imagePullPolicy: Never
-    command: [sh, -c, "sleep 3600 & sleep 3601 & wait"]
-"#
-    )
+    busybox_pod(name, app, "sleep 3600 & sleep 3601 & wait")
 }
 
 /// The common start of the tests: the operator deployed, a fresh namespace, and in it the watch

@@ -19,7 +19,9 @@ use procwatch_crds::{
     ContainerReport, ContainerSummary, FileFingerprint, FileVariants, ListeningSocket, PodReport,
     ProcessInfo, ProcessState, ProcessWatch, ProcessWatchStatus, SocketProtocol,
 };
-use procwatch_e2e::processwatch::{apply_watch, describe_status, metric_value, wait_for_watch};
+use procwatch_e2e::processwatch::{
+    apply_watch, busybox_pod, describe_status, metric_value, wait_for_watch,
+};
 use procwatch_e2e::{Cluster, Operator, apply_yaml, repo_root};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -41,21 +43,7 @@ spec:
 /// A pod whose shell leaves a zombie: `sleep 0` exits at once, and its parent, the shell become
 /// `sleep 3600` by `exec`, never reaps it.
 fn zombie_pod(name: &str, app: &str) -> String {
-    format!(
-        r#"
-apiVersion: v1
-kind: Pod
-metadata: {{name: {name}, labels: {{app: {app}}}}}
-spec:
-  hostNetwork: true
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: app
-    image: localhost/busybox:local
-    imagePullPolicy: Never
-    command: [sh, -c, "sleep 0 & exec sleep 3600"]
-"#
-    )
+    busybox_pod(name, app, "sleep 0 & exec sleep 3600")
 }
 
 fn ready_condition(pw: &ProcessWatch) -> Option<(String, String, String)> {
