@@ -22,7 +22,7 @@ use procwatch_crds::{
 use procwatch_e2e::processwatch::{
     apply_watch, busybox_pod, describe_status, metric_value, wait_for_watch,
 };
-use procwatch_e2e::{Cluster, Operator, apply_yaml, repo_root};
+use procwatch_e2e::{Cluster, Operator, apply_yaml};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
@@ -233,10 +233,9 @@ fn edge_statuses() -> Vec<(&'static str, ProcessWatchStatus)> {
 #[tokio::test]
 async fn edge_case_statuses_are_accepted_by_the_api_server() -> anyhow::Result<()> {
     let cluster = Cluster::connect().await?;
-    let crd = repo_root().join("config/crd/processwatches.yaml");
-    cluster
-        .kubectl(&["apply", "-f", &crd.to_string_lossy()])
-        .await?;
+    // Installs the CRD under the tests' cluster lock: applying it alone would race another
+    // test's operator deployment creating it.
+    let _operator = Operator::deploy(&cluster).await?;
     let ns = cluster.namespace("edge-status").await?;
     ns.apply_yaml(&watch_yaml("edges", "nothing-at-all", ""))
         .await?;
