@@ -69,11 +69,11 @@ pub struct Cli {
     )]
     pub webhook_configuration: String,
 
-    /// Image of the injected agent.
+    /// Image of the injected agent: the procwatch image, which holds both binaries.
     #[arg(
         long,
         env = "PROCWATCH_AGENT_IMAGE",
-        default_value = "procwatch-agent:latest"
+        default_value = "procwatch:latest"
     )]
     pub agent_image: String,
     #[arg(
@@ -212,7 +212,7 @@ mod tests {
             "--tls-dns-name=procwatch-operator.procwatch-system.svc.cluster.local",
             "--tls-ip=127.0.0.1",
             "--webhook-configuration=procwatch",
-            "--agent-image=procwatch-agent:latest",
+            "--agent-image=procwatch:latest",
             "--agent-image-pull-policy=Never",
             "--report-url=https://127.0.0.1:9443/report/v1",
             "--leader-election-lease=procwatch-operator",
