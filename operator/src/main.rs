@@ -1,5 +1,5 @@
 //! `procwatch-operator`: wires the caches, the HTTPS server (webhook and report endpoint), the
-//! metrics server, leader election and, on the leader, the controller. Each step is a function
+//! metrics server, leader election and, whenever this replica leads, the controller. Each step is a function
 //! of [`procwatch_operator::startup`].
 
 use std::io::IsTerminal;
@@ -68,6 +68,7 @@ async fn run(cli: Cli) -> Result<(), StartError> {
         shared,
         status_budget_bytes: cli.status_budget_bytes,
     };
-    let lost = lead(&mut election, &shutdown, controller).await?;
-    stop(&shutdown, election, [https, metrics], lost).await
+    let led = lead(&mut election, &shutdown, controller).await;
+    stop(&shutdown, election, [https, metrics]).await;
+    led
 }

@@ -179,16 +179,4 @@ fn start_errors_name_each_cause_once() {
         },
     };
     assert_each_cause_once(&unreadable);
-
-    let lost = StartError::SteppedDown(ElectionEnd::Lost(LeaderError::NotRenewed {
-        name: "procwatch-operator".into(),
-        deadline: Duration::from_secs(10),
-        source: kube::Error::TlsRequired.into(),
-    }));
-    assert_each_cause_once(&lost);
-    assert_eq!(
-        Chain(&lost).to_string(),
-        "stepped down; exiting so a fresh process rejoins the election: lost the leader lease \
-         procwatch-operator: not renewed for 10s: TLS required but no TLS stack selected"
-    );
 }
