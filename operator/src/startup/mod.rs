@@ -1,6 +1,6 @@
 //! The operator's start-up, one step per function, in the order the binary takes them:
 //! [`connect`] to the API server, [`load_certificate`], [`start_caches`],
-//! [`join_election`], [`serve_https`] and [`serve_metrics`], [`lead`] whenever this replica
+//! [`join_election`], [`serve_admission_and_reports`] and [`serve_metrics`], [`lead`] whenever this replica
 //! holds the lease, and [`stop`] in order.
 
 mod caches;
@@ -28,7 +28,8 @@ use crate::tls::{TlsError, TlsSource};
 pub use caches::{Caches, follow_pods, follow_watches, start_caches};
 pub use election::{ControllerSetup, Election, identity, join_election, lead, stop};
 pub use servers::{
-    Server, Serving, admission_routes, load_certificate, report_routes, serve_https, serve_metrics,
+    Server, Serving, admission_routes, load_certificate, report_routes,
+    serve_admission_and_reports, serve_https, serve_metrics,
 };
 
 /// How long servers and the lease release get after shutdown is asked for.
