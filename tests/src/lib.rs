@@ -36,6 +36,6 @@ pub use diagnostics::{daemon_logs, namespace_report};
 pub use operator::{
     ADMISSION_URL, CRD_NAME, LOOPBACK_OVERLAY, METRICS_URL, OPERATOR_DEPLOYMENT,
     OPERATOR_NAMESPACE, Operator, PROJECT_IMAGE, READYZ_URL, REPORT_URL, SERVING_SECRET,
-    WEBHOOK_CONFIGURATION, https_client_trusting, repo_root,
+    WEBHOOK_CONFIGURATION, https_client_trusting, repo_root, webhook_injects,
 };
 pub use wait::{Wait, wait_for};

@@ -604,3 +604,43 @@ async fn plain_get(url: &str) -> anyhow::Result<(reqwest::StatusCode, String)> {
     let status = response.status();
     Ok((status, response.text().await?))
 }
+
+/// Sends the webhook ([`ADMISSION_URL`]) the AdmissionReview the API server would send for
+/// creating the pod `name` labelled `app=<app>` in `namespace`; true when the answer allows
+/// it with a patch (the agent added).
+pub async fn webhook_injects(
+    client: &reqwest::Client,
+    namespace: &str,
+    name: &str,
+    app: &str,
+) -> anyhow::Result<bool> {
+    let review = serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": format!("review-{namespace}-{name}"),
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": namespace,
+            "operation": "CREATE",
+            "userInfo": {"username": "procwatch-e2e"},
+            "object": {
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "labels": {"app": app}},
+                "spec": {"containers": [{"name": "app", "image": "localhost/busybox:local"}]}
+            }
+        }
+    });
+    let answer: serde_json::Value = client
+        .post(ADMISSION_URL)
+        .timeout(Duration::from_secs(5))
+        .json(&review)
+        .send()
+        .await
+        .with_context(|| format!("POST {ADMISSION_URL}"))?
+        .error_for_status()?
+        .json()
+        .await?;
+    let response = &answer["response"];
+    Ok(response["allowed"] == true && response["patch"].as_str().is_some_and(|p| !p.is_empty()))
+}

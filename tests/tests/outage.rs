@@ -16,8 +16,7 @@ use procwatch_crds::ProcessWatch;
 use procwatch_e2e::processwatch::{
     apply_watch, busybox_pod, describe_status, has_agent, wait_for_watch,
 };
-use procwatch_e2e::{ADMISSION_URL, Cluster, Operator, TestNamespace, Wait, wait_for};
-use serde_json::json;
+use procwatch_e2e::{Cluster, Operator, TestNamespace, Wait, wait_for, webhook_injects};
 
 #[path = "../support/skip.rs"]
 mod support;
@@ -53,39 +52,6 @@ async fn operator_process(operator: &Operator) -> anyhow::Result<(String, i32, S
         status.restart_count,
         status.container_id.clone().unwrap_or_default(),
     ))
-}
-
-/// An AdmissionReview for a pod labelled `app: sleeper` in `namespace`, as the API server
-/// sends it; true when the webhook answers with a patch that adds the agent.
-async fn webhook_injects(client: &reqwest::Client, namespace: &str) -> anyhow::Result<bool> {
-    let review = json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "0b6f5d7e-5c1e-4c47-9d55-8a4e2f0c3a11",
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": namespace,
-            "operation": "CREATE",
-            "userInfo": {"username": "outage-test"},
-            "object": {
-                "apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": "during-outage", "labels": {"app": "sleeper"}},
-                "spec": {"containers": [{"name": "app", "image": "localhost/busybox:local"}]}
-            }
-        }
-    });
-    let answer: serde_json::Value = client
-        .post(ADMISSION_URL)
-        .timeout(Duration::from_secs(5))
-        .json(&review)
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    let response = &answer["response"];
-    Ok(response["allowed"] == true && response["patch"].as_str().is_some_and(|p| !p.is_empty()))
 }
 
 /// Every named pod is in the status with a report made at or after `since` (whole seconds, as
@@ -185,7 +151,7 @@ async fn operator_rides_out_an_api_server_outage() -> anyhow::Result<()> {
     let mut standby_after = None;
     while stopped.elapsed() < OUTAGE {
         ensure!(
-            webhook_injects(&https, ns.name()).await?,
+            webhook_injects(&https, ns.name(), "during-outage", "sleeper").await?,
             "the webhook did not inject the agent {:.1}s into the outage",
             stopped.elapsed().as_secs_f64()
         );
