@@ -180,3 +180,86 @@ fn start_errors_name_each_cause_once() {
     };
     assert_each_cause_once(&unreadable);
 }
+
+/// One HTTPS POST of an empty body to `path` on `address`, trusting `ca_pem`; the status line.
+async fn post_over_tls(address: std::net::SocketAddr, ca_pem: &str, path: &str) -> String {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(ca.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+    let name = ServerName::IpAddress(address.ip().into());
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tls.read_to_string(&mut response).await.unwrap();
+    response.lines().next().unwrap_or_default().to_string()
+}
+
+/// The webhook and the report endpoint listen on ports of their own (`--admission-addr`,
+/// `--report-addr`), and each port serves its own path only; readiness waits for both.
+#[tokio::test]
+async fn admission_and_reports_are_served_on_their_own_ports() {
+    use axum::routing::post;
+    use clap::Parser;
+    let now = std::time::SystemTime::now();
+    let ca = crate::tls::issue_ca(now).unwrap();
+    let sans = crate::tls::Sans {
+        dns_names: vec![],
+        ip_addresses: vec![std::net::Ipv4Addr::LOCALHOST.into()],
+    };
+    let material = crate::tls::issue_serving(&ca, &sans, now).unwrap();
+    let (config, _) = crate::tls::reloadable_server_config(&material).unwrap();
+    let cli = crate::cli::Cli::try_parse_from([
+        "procwatch-operator",
+        "--admission-addr=127.0.0.1:0",
+        "--report-addr=127.0.0.1:0",
+    ])
+    .unwrap();
+    let admission = axum::Router::new().route("/mutate", post(|| async { "reviewed" }));
+    let reports = axum::Router::new().route("/report/v1", post(|| async { "reported" }));
+    let shutdown = Shutdown::default();
+    let readiness = crate::health::Readiness::default();
+    let [webhook, reporting] =
+        serve_admission_and_reports(&cli, config, admission, reports, &shutdown, &readiness)
+            .await
+            .unwrap();
+    assert!(readiness.is_set(Part::HttpsListening));
+    assert_ne!(webhook.address, reporting.address);
+
+    let ok = "HTTP/1.1 200 OK";
+    let missing = "HTTP/1.1 404 Not Found";
+    let ca_pem = &material.ca_pem;
+    assert_eq!(post_over_tls(webhook.address, ca_pem, "/mutate").await, ok);
+    assert_eq!(
+        post_over_tls(webhook.address, ca_pem, "/report/v1").await,
+        missing
+    );
+    assert_eq!(
+        post_over_tls(reporting.address, ca_pem, "/report/v1").await,
+        ok
+    );
+    assert_eq!(
+        post_over_tls(reporting.address, ca_pem, "/mutate").await,
+        missing
+    );
+
+    shutdown.trigger();
+    for server in [webhook, reporting] {
+        tokio::time::timeout(Duration::from_secs(5), server.stopped())
+            .await
+            .expect("each server stops on shutdown");
+    }
+}
