@@ -183,19 +183,8 @@ fn start_errors_name_each_cause_once() {
 
 /// One HTTPS POST of an empty body to `path` on `address`, trusting `ca_pem`; the status line.
 async fn post_over_tls(address: std::net::SocketAddr, ca_pem: &str, path: &str) -> String {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, ServerName};
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(ca.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    use rustls::pki_types::ServerName;
+    let connector = crate::fixtures::tls_connector_trusting(ca_pem);
     let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
     let name = ServerName::IpAddress(address.ip().into());
     let mut tls = connector.connect(name, tcp).await.unwrap();
