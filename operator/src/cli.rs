@@ -23,9 +23,14 @@ pub enum LogFormat {
 #[derive(Clone, Debug, Parser)]
 #[command(name = "procwatch-operator", version, about, long_about = None)]
 pub struct Cli {
-    /// HTTPS address of the webhook (/mutate) and the report endpoint (/report/v1).
-    #[arg(long, env = "PROCWATCH_HTTPS_ADDR", default_value = "0.0.0.0:9443")]
-    pub https_addr: SocketAddr,
+    /// HTTPS address of the admission webhook (/mutate), called by the API server.
+    #[arg(long, env = "PROCWATCH_ADMISSION_ADDR", default_value = "0.0.0.0:9443")]
+    pub admission_addr: SocketAddr,
+    /// HTTPS address of the report endpoint (/report/v1), called by agents in pods. A port of
+    /// its own: a network policy can admit each caller to its port only, and a flood of
+    /// connections to one never takes the other's connection slots.
+    #[arg(long, env = "PROCWATCH_REPORT_ADDR", default_value = "0.0.0.0:9444")]
+    pub report_addr: SocketAddr,
     /// Plain HTTP address of /metrics, /healthz and /readyz.
     #[arg(long, env = "PROCWATCH_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     pub metrics_addr: SocketAddr,
@@ -83,11 +88,12 @@ pub struct Cli {
         value_parser = ["Always", "IfNotPresent", "Never"]
     )]
     pub agent_image_pull_policy: String,
-    /// Where agents report; the serving certificate must cover its host.
+    /// Where agents report (the port of --report-addr, through the Service); the serving
+    /// certificate must cover its host.
     #[arg(
         long,
         env = "PROCWATCH_REPORT_URL",
-        default_value = "https://procwatch-operator.procwatch-system.svc:443/report/v1"
+        default_value = "https://procwatch-operator.procwatch-system.svc:9444/report/v1"
     )]
     pub report_url: String,
     /// Lifetime of the agent's projected token, in seconds (at least 600).
@@ -204,7 +210,8 @@ mod tests {
     #[test]
     fn deployment_flags_parse() {
         let cli = parse(&[
-            "--https-addr=0.0.0.0:9443",
+            "--admission-addr=0.0.0.0:9443",
+            "--report-addr=0.0.0.0:9444",
             "--metrics-addr=0.0.0.0:8080",
             "--namespace=procwatch-system",
             "--tls-secret=procwatch-serving-cert",
@@ -214,7 +221,7 @@ mod tests {
             "--webhook-configuration=procwatch",
             "--agent-image=procwatch:latest",
             "--agent-image-pull-policy=Never",
-            "--report-url=https://127.0.0.1:9443/report/v1",
+            "--report-url=https://127.0.0.1:9444/report/v1",
             "--leader-election-lease=procwatch-operator",
             "--token-review-cache-ttl=2m",
             "--log-format=json",
@@ -236,7 +243,7 @@ mod tests {
 
     #[test]
     fn names_default_to_the_report_host_and_files_mode_needs_all_three() {
-        let cli = parse(&["--report-url=https://127.0.0.1:9443/report/v1"]);
+        let cli = parse(&["--report-url=https://127.0.0.1:9444/report/v1"]);
         assert!(matches!(
             cli.tls_source().unwrap(),
             TlsSource::SelfManaged { ip_addresses, .. } if ip_addresses.len() == 1

@@ -36,7 +36,7 @@ pub struct Plan {
     pub bare: Vec<String>,
 }
 
-fn owned_by_controller(pod: &Pod) -> bool {
+pub(crate) fn owned_by_controller(pod: &Pod) -> bool {
     pod.metadata
         .owner_references
         .iter()
@@ -44,7 +44,7 @@ fn owned_by_controller(pod: &Pod) -> bool {
         .any(|owner| owner.controller == Some(true))
 }
 
-fn is_ready(pod: &Pod) -> bool {
+pub(crate) fn is_ready(pod: &Pod) -> bool {
     pod.status
         .iter()
         .flat_map(|status| status.conditions.iter().flatten())

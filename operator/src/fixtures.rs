@@ -1,5 +1,5 @@
-//! Objects the unit tests of several modules build: a watch, its pods, and what their agents
-//! report.
+//! Objects the unit tests of several modules build: a watch, its pods, what their agents
+//! report, and a TLS client that trusts a test CA.
 
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -104,4 +104,21 @@ pub fn nginx(processes: Vec<ProcessInfo>, sha: &str) -> ContainerReport {
         libraries: vec!["/lib/libc.so.6".into()],
         ..ContainerReport::default()
     }
+}
+
+/// A TLS connector that trusts the CAs in `ca_pem` (and nothing else).
+pub fn tls_connector_trusting(ca_pem: &str) -> tokio_rustls::TlsConnector {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(ca.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
 }

@@ -78,7 +78,7 @@ impl Readiness {
         [
             (Part::WatchesSynced, "the ProcessWatch cache is not synced"),
             (Part::PodsSynced, "the pod cache is not synced"),
-            (Part::HttpsListening, "the HTTPS server is not listening"),
+            (Part::HttpsListening, "the HTTPS servers are not listening"),
         ]
         .into_iter()
         .filter(|(part, _)| !self.is_set(*part))

@@ -5,8 +5,10 @@
 //!
 //! As in client-go, a lease held by another replica counts as expired when its record has not
 //! changed for `leaseDurationSeconds` by this replica's own clock, so clock skew between nodes
-//! does not matter. A leader that cannot renew within the renew deadline steps down and the
-//! process exits: the controller's in-memory state is then simply rebuilt by the next leader.
+//! does not matter. A leader that cannot renew within the renew deadline, or finds the lease
+//! taken, steps down and stands by like any other replica, trying for the lease again: the
+//! process keeps serving the webhook through an API server outage, and leads again once the
+//! lease is its own.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -17,6 +19,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::{ObjectMeta, PostParams};
 use tokio::sync::watch;
+
+use crate::errors::Chain;
 
 #[derive(Clone, Debug)]
 pub struct LeaseSettings {
@@ -170,13 +174,14 @@ fn now_micro() -> MicroTime {
 }
 
 /// Runs the election until `shutdown` resolves (then a held lease is released so a successor
-/// takes over at once) or the lease is lost (an error).
+/// takes over at once). A lost lease flips `leadership` back to standby, and the replica tries
+/// for the lease again.
 pub async fn run(
     leases: Api<Lease>,
     settings: LeaseSettings,
     leadership: watch::Sender<bool>,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), LeaderError> {
+) {
     tokio::pin!(shutdown);
     let mut observed = None;
     // Tokio's clock: the one the timeouts and pauses below run on.
@@ -202,10 +207,10 @@ pub async fn run(
                 last_renewal = Some(tokio::time::Instant::now());
             }
             Ok(false) if was_leader => {
-                leadership.send_replace(false);
-                return Err(LeaderError::TakenOver {
+                let lost = LeaderError::TakenOver {
                     name: settings.name.clone(),
-                });
+                };
+                step_down(&leadership, &lost, &mut last_renewal, &mut observed);
             }
             Ok(false) => {}
             Err(error) => {
@@ -213,12 +218,12 @@ pub async fn run(
                 let overdue =
                     last_renewal.is_some_and(|at| at.elapsed() >= settings.renew_deadline);
                 if was_leader && overdue {
-                    leadership.send_replace(false);
-                    return Err(LeaderError::NotRenewed {
+                    let lost = LeaderError::NotRenewed {
                         name: settings.name.clone(),
                         deadline: settings.renew_deadline,
                         source: error,
-                    });
+                    };
+                    step_down(&leadership, &lost, &mut last_renewal, &mut observed);
                 }
             }
         }
@@ -237,10 +242,24 @@ pub async fn run(
                     leadership.send_replace(false);
                     release(&leases, &settings).await;
                 }
-                return Ok(());
+                return;
             }
         }
     }
+}
+
+/// Stops leading at once (another replica may lead already) and stands by: the holder seen
+/// from now on gets a whole lease duration before it counts as gone.
+fn step_down(
+    leadership: &watch::Sender<bool>,
+    lost: &LeaderError,
+    last_renewal: &mut Option<tokio::time::Instant>,
+    observed: &mut Option<Observed>,
+) {
+    tracing::warn!(error = %Chain(lost), "stepped down; serving on and trying for the lease again");
+    leadership.send_replace(false);
+    *last_renewal = None;
+    *observed = None;
 }
 
 /// One look at the lease; true when this replica holds it afterwards.
@@ -255,7 +274,8 @@ async fn try_once(
         &settings.identity,
         observed,
         settings.lease_duration,
-        Instant::now(),
+        // Tokio's clock, as the loop's pauses: a lease expires by the same clock they run on.
+        tokio::time::Instant::now().into_std(),
     );
     let result = match (step, current) {
         (Step::Create, _) => {
@@ -351,6 +371,8 @@ async fn release(leases: &Api<Lease>, settings: &LeaseSettings) {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     const TTL: Duration = Duration::from_secs(15);
@@ -432,75 +454,152 @@ mod tests {
         assert_eq!(taken.lease_transitions, Some(1));
     }
 
+    /// An API server for one Lease: it stores what is created or replaced, and while
+    /// `hanging` is set it never answers a GET (as during an outage).
+    #[derive(Clone, Default)]
+    struct FakeLeases(Arc<std::sync::Mutex<FakeLease>>);
+
+    #[derive(Default)]
+    struct FakeLease {
+        lease: Option<serde_json::Value>,
+        hanging: bool,
+    }
+
+    impl FakeLeases {
+        fn set_hanging(&self, hanging: bool) {
+            self.0.lock().unwrap().hanging = hanging;
+        }
+
+        /// Another replica writes the lease as its own, just renewed.
+        fn taken_by(&self, holder: &str) {
+            let mut state = self.0.lock().unwrap();
+            let lease = state.lease.as_mut().expect("a lease exists");
+            lease["spec"]["holderIdentity"] = holder.into();
+            lease["spec"]["renewTime"] = "2030-01-01T00:00:00.000000Z".into();
+        }
+
+        fn client(&self) -> kube::Client {
+            use http_body_util::BodyExt;
+            use tower_test::mock;
+            let (service, mut handle) = mock::pair::<
+                http::Request<kube::client::Body>,
+                http::Response<kube::client::Body>,
+            >();
+            let state = self.clone();
+            tokio::spawn(async move {
+                let mut held = Vec::new();
+                while let Some((request, send)) = handle.next_request().await {
+                    let respond = |code: u16, json: &serde_json::Value| {
+                        http::Response::builder()
+                            .status(code)
+                            .body(kube::client::Body::from(json.to_string().into_bytes()))
+                            .unwrap()
+                    };
+                    if *request.method() == http::Method::GET {
+                        let state = state.0.lock().unwrap();
+                        if state.hanging {
+                            held.push(send);
+                            continue;
+                        }
+                        let response = match &state.lease {
+                            Some(lease) => respond(200, lease),
+                            None => respond(
+                                404,
+                                &serde_json::json!({
+                                    "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                    "reason": "NotFound", "code": 404
+                                }),
+                            ),
+                        };
+                        send.send_response(response);
+                        continue;
+                    }
+                    let posted = request.into_body().collect().await.unwrap().to_bytes();
+                    let lease: serde_json::Value = serde_json::from_slice(&posted).unwrap();
+                    state.0.lock().unwrap().lease = Some(lease.clone());
+                    send.send_response(respond(200, &lease));
+                }
+            });
+            kube::Client::new(service, "ns")
+        }
+
+        fn elect(&self) -> (tokio::task::JoinHandle<()>, Leadership, LeaseSettings) {
+            let settings = LeaseSettings::new("ns".into(), "lease".into(), "me".into());
+            let (sender, leadership) = Leadership::channel();
+            let elector = tokio::spawn(run(
+                Api::namespaced(self.client(), "ns"),
+                settings.clone(),
+                sender,
+                std::future::pending(),
+            ));
+            (elector, leadership, settings)
+        }
+    }
+
     /// The API server answers the first look (no lease; created), then every GET hangs:
     /// leadership drops by the renew deadline, before the lease could have passed to another.
     #[tokio::test(start_paused = true)]
     async fn a_hanging_get_drops_leadership_within_the_renew_deadline() {
-        use tower_test::mock;
-        let (service, mut handle) =
-            mock::pair::<http::Request<kube::client::Body>, http::Response<kube::client::Body>>();
-        tokio::spawn(async move {
-            let mut held = Vec::new();
-            let mut gets = 0;
-            while let Some((request, send)) = handle.next_request().await {
-                let body = |code: u16, json: serde_json::Value| {
-                    http::Response::builder()
-                        .status(code)
-                        .body(kube::client::Body::from(json.to_string().into_bytes()))
-                        .unwrap()
-                };
-                match *request.method() {
-                    http::Method::GET if gets == 0 => {
-                        gets += 1;
-                        send.send_response(body(
-                            404,
-                            serde_json::json!({
-                                "kind": "Status", "apiVersion": "v1", "status": "Failure",
-                                "reason": "NotFound", "code": 404
-                            }),
-                        ));
-                    }
-                    // Hangs: never answered.
-                    http::Method::GET => held.push(send),
-                    _ => {
-                        use http_body_util::BodyExt;
-                        let posted = request.into_body().collect().await.unwrap().to_bytes();
-                        let lease: serde_json::Value = serde_json::from_slice(&posted).unwrap();
-                        send.send_response(body(201, lease));
-                    }
-                }
-            }
-        });
-        let settings = LeaseSettings::new("ns".into(), "lease".into(), "me".into());
-        let deadline = settings.renew_deadline;
-        let (sender, mut leadership) = Leadership::channel();
-        let election = tokio::spawn(run(
-            Api::namespaced(kube::Client::new(service, "ns"), "ns"),
-            settings,
-            sender,
-            std::future::pending(),
-        ));
+        let api = FakeLeases::default();
+        let (elector, mut leadership, settings) = api.elect();
         leadership.acquired().await;
         let became_leader = tokio::time::Instant::now();
-        tokio::time::timeout(deadline * 2, leadership.lost())
+        api.set_hanging(true);
+        tokio::time::timeout(settings.renew_deadline * 2, leadership.lost())
             .await
             .expect("leadership kept while every GET hangs");
         assert!(
-            became_leader.elapsed() <= deadline,
+            became_leader.elapsed() <= settings.renew_deadline,
             "leadership held {:?} past the last renewal",
             became_leader.elapsed()
         );
-        let ended = election.await.unwrap();
+        assert!(!elector.is_finished(), "the elector gave up");
+    }
+
+    /// Through a 30 s outage the replica stands by, and it leads again once the API server
+    /// answers: the lease still names it, so it renews at its first look.
+    #[tokio::test(start_paused = true)]
+    async fn after_an_outage_the_replica_leads_again() {
+        let api = FakeLeases::default();
+        let (elector, mut leadership, settings) = api.elect();
+        leadership.acquired().await;
+        api.set_hanging(true);
+        leadership.lost().await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(!leadership.is_leader());
+        api.set_hanging(false);
+        let back = tokio::time::Instant::now();
+        tokio::time::timeout(
+            settings.retry_every + settings.call_timeout,
+            leadership.acquired(),
+        )
+        .await
+        .expect("leads again once the API server answers");
+        assert!(back.elapsed() <= settings.retry_every + settings.call_timeout);
+        assert!(!elector.is_finished());
+    }
+
+    /// Taken over, the replica stands by; when the new holder stops renewing, it takes the
+    /// lease back after one lease duration by its own clock.
+    #[tokio::test(start_paused = true)]
+    async fn a_replica_taken_over_stands_by_and_takes_an_abandoned_lease_back() {
+        let api = FakeLeases::default();
+        let (elector, mut leadership, settings) = api.elect();
+        leadership.acquired().await;
+        api.taken_by("other");
+        tokio::time::timeout(settings.renew_every * 2, leadership.lost())
+            .await
+            .expect("steps down when another replica holds the lease");
+        let lost_at = tokio::time::Instant::now();
+        tokio::time::timeout(settings.lease_duration * 2, leadership.acquired())
+            .await
+            .expect("takes the abandoned lease back");
         assert!(
-            matches!(
-                ended,
-                Err(LeaderError::NotRenewed {
-                    source: LeaseCallError::TimedOut(_),
-                    ..
-                })
-            ),
-            "{ended:?}"
+            lost_at.elapsed() >= settings.lease_duration,
+            "took the lease {:?} after another replica renewed it",
+            lost_at.elapsed()
         );
+        assert!(!elector.is_finished());
     }
 
     #[tokio::test]

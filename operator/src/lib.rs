@@ -3,6 +3,7 @@
 
 pub mod admission;
 pub mod budget;
+pub mod cached_pod;
 pub mod cli;
 pub mod controller;
 pub mod errors;

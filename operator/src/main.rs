@@ -1,5 +1,5 @@
-//! `procwatch-operator`: wires the caches, the HTTPS server (webhook and report endpoint), the
-//! metrics server, leader election and, on the leader, the controller. Each step is a function
+//! `procwatch-operator`: wires the caches, the HTTPS servers (webhook, report endpoint), the
+//! metrics server, leader election and, whenever this replica leads, the controller. Each step is a function
 //! of [`procwatch_operator::startup`].
 
 use std::io::IsTerminal;
@@ -9,8 +9,8 @@ use procwatch_operator::cli::{Cli, LogFormat};
 use procwatch_operator::errors::Chain;
 use procwatch_operator::startup::{
     ControllerSetup, Shared, Shutdown, StartError, admission_routes, connect, injection_settings,
-    join_election, lead, load_certificate, report_routes, serve_https, serve_metrics, start_caches,
-    stop,
+    join_election, lead, load_certificate, report_routes, serve_admission_and_reports,
+    serve_metrics, start_caches, stop,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -50,11 +50,11 @@ async fn run(cli: Cli) -> Result<(), StartError> {
 
     let webhook = admission_routes(settings, &serving, &shared, &caches);
     let reports = report_routes(&cli, &api.client, &shared, &caches, &election.leadership);
-    let app = webhook.merge(reports);
-    let https = serve_https(
-        cli.https_addr,
+    let [admission, reporting] = serve_admission_and_reports(
+        &cli,
         serving.config,
-        app,
+        webhook,
+        reports,
         &shutdown,
         &shared.readiness,
     )
@@ -68,6 +68,7 @@ async fn run(cli: Cli) -> Result<(), StartError> {
         shared,
         status_budget_bytes: cli.status_budget_bytes,
     };
-    let lost = lead(&mut election, &shutdown, controller).await?;
-    stop(&shutdown, election, [https, metrics], lost).await
+    let led = lead(&mut election, &shutdown, controller).await;
+    stop(&shutdown, election, [admission, reporting, metrics]).await;
+    led
 }

@@ -8,7 +8,8 @@ use std::process::Command;
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Container, Namespace, Service, ServiceAccount, ServicePort};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use procwatch_crds::ProcessWatch;
@@ -60,6 +61,7 @@ struct Config {
     role: Role,
     binding: RoleBinding,
     webhook: MutatingWebhookConfiguration,
+    network_policy: NetworkPolicy,
 }
 
 fn config() -> Config {
@@ -73,12 +75,13 @@ fn config() -> Config {
         role: one("config/rbac/role.yaml"),
         binding: one("config/rbac/role_binding.yaml"),
         webhook: one("config/webhook/mutating_webhook_configuration.yaml"),
+        network_policy: one("config/manager/network_policy.yaml"),
     }
 }
 
-/// The operator's flags as `name -> values`.
-fn flags(deployment: &Deployment) -> BTreeMap<String, Vec<String>> {
-    let container = &deployment
+/// The Deployment's one container, the operator.
+fn operator_container(deployment: &Deployment) -> &Container {
+    &deployment
         .spec
         .as_ref()
         .unwrap()
@@ -86,7 +89,12 @@ fn flags(deployment: &Deployment) -> BTreeMap<String, Vec<String>> {
         .spec
         .as_ref()
         .unwrap()
-        .containers[0];
+        .containers[0]
+}
+
+/// The operator's flags as `name -> values`.
+fn flags(deployment: &Deployment) -> BTreeMap<String, Vec<String>> {
+    let container = operator_container(deployment);
     let mut flags: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for arg in container.args.iter().flatten() {
         let (name, value) = arg.split_once('=').expect("flags are written --name=value");
@@ -117,6 +125,19 @@ fn names_for<'a>(
         .map(|r| &r.resource_names)
 }
 
+/// The Service's port that leads to the container port named `target`.
+fn service_port<'a>(service: &'a Service, target: &str) -> &'a ServicePort {
+    service
+        .spec
+        .as_ref()
+        .unwrap()
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.target_port == Some(IntOrString::String(target.to_string())))
+        .unwrap_or_else(|| panic!("no Service port for {target}"))
+}
+
 #[test]
 fn webhook_configuration_points_at_the_operator_and_fails_open() {
     let c = config();
@@ -144,20 +165,7 @@ fn webhook_configuration_points_at_the_operator_and_fails_open() {
     assert_eq!(Some(&service.name), c.service.metadata.name.as_ref());
     assert_eq!(Some(&service.namespace), c.namespace.metadata.name.as_ref());
     let port = service.port.unwrap_or(443);
-    let service_port = c
-        .service
-        .spec
-        .as_ref()
-        .unwrap()
-        .ports
-        .iter()
-        .flatten()
-        .find(|p| p.port == port)
-        .unwrap();
-    assert_eq!(
-        service_port.target_port,
-        Some(IntOrString::String("https".to_string()))
-    );
+    assert_eq!(service_port(&c.service, "admission").port, port);
 
     // Opted-out pods and the operator's namespace (labelled, for servers before 1.21).
     let opt_out =
@@ -197,7 +205,9 @@ fn deployment_flags_agree_with_service_rbac_and_webhook() {
             .unwrap()
             .container_port
     };
-    assert!(flag(&flags, "--https-addr").ends_with(&format!(":{}", port("https"))));
+    assert!(flag(&flags, "--admission-addr").ends_with(&format!(":{}", port("admission"))));
+    assert!(flag(&flags, "--report-addr").ends_with(&format!(":{}", port("reports"))));
+    assert_ne!(port("admission"), port("reports"));
     assert!(flag(&flags, "--metrics-addr").ends_with(&format!(":{}", port("metrics"))));
     assert_eq!(flag(&flags, "--namespace"), "$(POD_NAMESPACE)");
     assert_eq!(
@@ -205,7 +215,8 @@ fn deployment_flags_agree_with_service_rbac_and_webhook() {
         c.webhook.metadata.name.as_ref()
     );
 
-    // The report URL and the certificate's names both name the Service.
+    // The report URL and the certificate's names both name the Service; the URL's port
+    // leads to the report endpoint's port, not the webhook's.
     let svc = format!(
         "{}.{}.svc",
         c.service.metadata.name.as_deref().unwrap(),
@@ -213,7 +224,10 @@ fn deployment_flags_agree_with_service_rbac_and_webhook() {
     );
     assert_eq!(
         flag(&flags, "--report-url"),
-        format!("https://{svc}:443{REPORT_PATH}")
+        format!(
+            "https://{svc}:{}{REPORT_PATH}",
+            service_port(&c.service, "reports").port
+        )
     );
     assert!(flags["--tls-dns-name"].contains(&svc));
 
@@ -260,6 +274,62 @@ fn deployment_flags_agree_with_service_rbac_and_webhook() {
     assert_eq!(security.read_only_root_filesystem, Some(true));
     assert_eq!(security.allow_privilege_escalation, Some(false));
     assert_eq!(pod.security_context.unwrap().run_as_non_root, Some(true));
+}
+
+/// The network policy admits each port of the operator from where its callers are: the
+/// report port from pods only, the webhook and metrics ports from anywhere (the API server and
+/// the kubelet are no pods), and every port the operator serves is named.
+#[test]
+fn network_policy_admits_reports_from_pods_only() {
+    let c = config();
+    let spec = c.network_policy.spec.as_ref().unwrap();
+    let pod_labels = c
+        .deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .clone()
+        .unwrap();
+    assert!(selector::matches(spec.pod_selector.as_ref().unwrap(), &pod_labels).unwrap());
+    assert_eq!(
+        spec.policy_types.as_deref(),
+        Some(&["Ingress".to_string()][..])
+    );
+    let container_ports: Vec<String> = operator_container(&c.deployment)
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| p.name.clone())
+        .collect();
+    let mut covered = Vec::new();
+    for rule in spec.ingress.iter().flatten() {
+        let ports = rule.ports.as_ref().expect("every rule names its port");
+        assert_eq!(ports.len(), 1, "one port per rule: {rule:?}");
+        let Some(IntOrString::String(port)) = &ports[0].port else {
+            panic!("ports by name: {rule:?}")
+        };
+        let from = rule.from.as_deref();
+        match port.as_str() {
+            "reports" => {
+                let from = from.expect("reports only from pods");
+                assert_eq!(from.len(), 1);
+                assert!(from[0].ip_block.is_none(), "{from:?}");
+                assert!(from[0].namespace_selector.is_some(), "{from:?}");
+            }
+            "admission" | "metrics" => assert!(from.is_none(), "{port}: {from:?}"),
+            other => panic!("a rule for an unknown port {other}"),
+        }
+        covered.push(port.clone());
+    }
+    covered.sort();
+    let mut served = container_ports;
+    served.sort();
+    assert_eq!(covered, served, "every served port has its rule");
 }
 
 /// Every sample's watch comes first in its file (pods created before their watch get no agent),
@@ -390,7 +460,7 @@ fn render_with(kubectl: &Path, dir: &str) -> Option<Vec<Value>> {
     )
 }
 
-const ALL_KINDS: [&str; 10] = [
+const ALL_KINDS: [&str; 11] = [
     "Namespace",
     "CustomResourceDefinition",
     "ServiceAccount",
@@ -401,6 +471,7 @@ const ALL_KINDS: [&str; 10] = [
     "Deployment",
     "Service",
     "MutatingWebhookConfiguration",
+    "NetworkPolicy",
 ];
 
 #[test]
@@ -499,16 +570,19 @@ fn loopback_overlay_keeps_every_flag_and_points_at_loopback() {
             "{name} missing from the loopback overlay"
         );
     }
-    let https = flag(&overlay, "--https-addr");
-    let port = https.rsplit_once(':').unwrap().1;
+    let port = |name: &str| flag(&overlay, name).rsplit_once(':').unwrap().1.to_string();
     assert_eq!(flag(&overlay, "--tls-ip"), "127.0.0.1");
+    assert_ne!(port("--admission-addr"), port("--report-addr"));
     assert_eq!(
         flag(&overlay, "--report-url"),
-        format!("https://127.0.0.1:{port}{REPORT_PATH}")
+        format!("https://127.0.0.1:{}{REPORT_PATH}", port("--report-addr"))
     );
     let webhook_patch =
         std::fs::read_to_string(repo().join("config/overlays/loopback/webhook_url.yaml")).unwrap();
-    assert!(webhook_patch.contains(&format!("value: https://127.0.0.1:{port}{MUTATE_PATH}")));
+    assert!(webhook_patch.contains(&format!(
+        "value: https://127.0.0.1:{}{MUTATE_PATH}",
+        port("--admission-addr")
+    )));
 }
 
 /// One right the operator's code uses: the API call, found in `file` as `call`.

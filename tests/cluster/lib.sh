@@ -74,3 +74,87 @@ pid_alive() {
   # A zombie has exited; PID 1 of this machine reaps orphans only every few seconds.
   [ -n "$stat" ] && [ "${stat%% *}" != Z ] && [ "$(cut -d' ' -f20 <<<"$stat")" = "$start" ]
 }
+
+# --- daemons ----------------------------------------------------------------------------------
+
+# start NAME CMD...: run a daemon detached (own session, so it outlives this script and the
+# caller's process group), output to logs/NAME.log, "PID STARTTIME" to pids/NAME.pid.
+start() {
+  local name=$1
+  shift
+  setsid "$@" >>"$LOG_DIR/$name.log" 2>&1 </dev/null &
+  local pid=$!
+  sleep 0.1
+  echo "$pid $(proc_start "$pid")" >"$PID_DIR/$name.pid"
+  pid_alive "$name" || { tail -n 20 "$LOG_DIR/$name.log" >&2; die "$name exited at once"; }
+}
+
+# wait_until SECONDS DESC CMD...: poll CMD until it succeeds; on timeout show the daemons' logs.
+wait_until() {
+  local timeout=$1 desc=$2 deadline
+  shift 2
+  deadline=$(($(date +%s) + timeout))
+  until "$@" >/dev/null 2>&1; do
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+      local f
+      for f in "$LOG_DIR"/*.log; do
+        echo "==> $f <==" >&2
+        tail -n 15 "$f" >&2
+      done
+      die "timed out after ${timeout}s waiting for $desc"
+    fi
+    sleep 0.5
+  done
+}
+
+# stop NAME [SECONDS]: SIGTERM the daemon of pids/NAME.pid, SIGKILL after SECONDS (default 15).
+stop() {
+  local name=$1 timeout=${2:-15} pid i
+  if pid_alive "$name"; then
+    pid=$(pid_of "$name")
+    log "stopping $name (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < timeout * 10; i++)); do
+      pid_alive "$name" || break
+      sleep 0.1
+    done
+    if pid_alive "$name"; then
+      log "$name ignored SIGTERM for ${timeout}s: SIGKILL"
+      kill -KILL "$pid" 2>/dev/null || true
+      sleep 0.2
+    fi
+  fi
+  pid_alive "$name" || rm -f "$PID_DIR/$name.pid"
+}
+
+
+# The API server, started by up and by `apiserver start` (after `apiserver stop`, to test an
+# outage), with the certificates and tokens up made. Returns once /readyz answers.
+# --api-audiences is the API server's own audience only: a projected token with audience
+# "procwatch" is then useless against the API server, but a TokenReview that names the audience
+# "procwatch" accepts it (how the operator authenticates agents).
+start_apiserver() {
+  local pki=$WORK_DIR/pki
+  start kube-apiserver "$BIN_DIR/kube-apiserver" \
+    --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
+    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$APISERVER_PORT" --insecure-port=0 \
+    --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
+    --client-ca-file="$pki/ca.crt" --token-auth-file="$pki/tokens.csv" \
+    --authorization-mode=Node,RBAC \
+    --enable-admission-plugins=NodeRestriction,MutatingAdmissionWebhook,ValidatingAdmissionWebhook \
+    --service-cluster-ip-range=10.0.0.0/24 \
+    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+    --service-account-signing-key-file="$pki/sa.key" --service-account-key-file="$pki/sa.pub" \
+    --api-audiences=https://kubernetes.default.svc.cluster.local \
+    --kubelet-client-certificate="$pki/apiserver-kubelet-client.crt" \
+    --kubelet-client-key="$pki/apiserver-kubelet-client.key" \
+    --kubelet-certificate-authority="$pki/ca.crt" \
+    --kubelet-preferred-address-types=InternalIP,Hostname \
+    --allow-privileged=true --feature-gates=EphemeralContainers=true \
+    --cert-dir="$WORK_DIR/kube-apiserver" --profiling=false --v=1
+  wait_until 60 "kube-apiserver /readyz" kubectl_ get --raw=/readyz
+}
+
+# stop_apiserver [SECONDS]: SIGTERM, SIGKILL after SECONDS (default 30). The API server drains
+# its requests first, which takes 5-45 s (its watches last until their timeout).
+stop_apiserver() { stop kube-apiserver "${1:-30}"; }

@@ -186,6 +186,17 @@ impl Cluster {
         }
     }
 
+    /// Stops the local cluster's API server (`tests/cluster/apiserver stop`); every other
+    /// daemon keeps running. The outage ends with [`ApiServerOutage::end`], or when the guard
+    /// drops (a failed test leaves no cluster without its API server).
+    pub async fn stop_api_server(&self) -> anyhow::Result<ApiServerOutage> {
+        if !self.is_local() {
+            bail!("only the local test cluster's API server can be stopped by a test");
+        }
+        run_api_server_script("stop").await?;
+        Ok(ApiServerOutage { ended: false })
+    }
+
     /// A `kubectl` command aimed at this cluster (KUBECTL overrides the binary).
     pub fn kubectl_command(&self) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(&self.kubectl);
@@ -289,6 +300,48 @@ impl Cluster {
 }
 
 /// The minor version of a 1.x server (`"20"`, or `"20+"` on some distributions).
+/// The local cluster's API server, stopped by [`Cluster::stop_api_server`].
+#[must_use = "the API server stays stopped until the outage ends"]
+pub struct ApiServerOutage {
+    ended: bool,
+}
+
+impl ApiServerOutage {
+    /// Starts the API server again; returns once its `/readyz` answers.
+    pub async fn end(mut self) -> anyhow::Result<()> {
+        self.ended = true;
+        run_api_server_script("start").await
+    }
+}
+
+impl Drop for ApiServerOutage {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        let script = cluster_scripts_dir().join("apiserver");
+        match std::process::Command::new(&script).arg("start").status() {
+            Ok(status) if status.success() => {}
+            outcome => eprintln!("{} start: {outcome:?}", script.display()),
+        }
+    }
+}
+
+/// `tests/cluster/apiserver VERB`, its output passed through.
+async fn run_api_server_script(verb: &str) -> anyhow::Result<()> {
+    let script = cluster_scripts_dir().join("apiserver");
+    let status = tokio::process::Command::new(&script)
+        .arg(verb)
+        .stdin(Stdio::null())
+        .status()
+        .await
+        .with_context(|| format!("running {} {verb}", script.display()))?;
+    if !status.success() {
+        bail!("{} {verb} failed ({status})", script.display());
+    }
+    Ok(())
+}
+
 fn minor_version(info: &Info) -> Option<u32> {
     if info.major.trim_end_matches('+') != "1" {
         return None;

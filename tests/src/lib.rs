@@ -29,11 +29,13 @@ pub mod processwatch;
 mod wait;
 
 pub use apply::apply_yaml;
-pub use cluster::{Cluster, KubeconfigSource, TestNamespace, cluster_dir, cluster_scripts_dir};
+pub use cluster::{
+    ApiServerOutage, Cluster, KubeconfigSource, TestNamespace, cluster_dir, cluster_scripts_dir,
+};
 pub use diagnostics::{daemon_logs, namespace_report};
 pub use operator::{
-    CRD_NAME, LOOPBACK_OVERLAY, METRICS_URL, OPERATOR_DEPLOYMENT, OPERATOR_NAMESPACE, Operator,
-    PROJECT_IMAGE, REPORT_URL, SERVING_SECRET, WEBHOOK_CONFIGURATION, https_client_trusting,
-    repo_root,
+    ADMISSION_URL, CRD_NAME, LOOPBACK_OVERLAY, METRICS_URL, OPERATOR_DEPLOYMENT,
+    OPERATOR_NAMESPACE, Operator, PROJECT_IMAGE, READYZ_URL, REPORT_URL, SERVING_SECRET,
+    WEBHOOK_CONFIGURATION, https_client_trusting, repo_root, webhook_injects,
 };
 pub use wait::{Wait, wait_for};

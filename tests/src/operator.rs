@@ -61,9 +61,13 @@ pub const CRD_NAME: &str = "processwatches.procwatch.dev";
 /// The overlay the tests deploy, relative to the repository root.
 pub const LOOPBACK_OVERLAY: &str = "config/overlays/loopback";
 /// The report endpoint as the loopback overlay serves it (host network).
-pub const REPORT_URL: &str = "https://127.0.0.1:9443/report/v1";
+pub const REPORT_URL: &str = "https://127.0.0.1:9444/report/v1";
 /// The metrics endpoint as the loopback overlay serves it (host network, plain HTTP).
 pub const METRICS_URL: &str = "http://127.0.0.1:8080/metrics";
+/// Its readiness, on the metrics port.
+pub const READYZ_URL: &str = "http://127.0.0.1:8080/readyz";
+/// The admission webhook the API server calls (the loopback overlay's webhook URL).
+pub const ADMISSION_URL: &str = "https://127.0.0.1:9443/mutate";
 /// The image the overlay runs (operator) and injects (agent).
 pub const PROJECT_IMAGE: &str = "localhost/procwatch:dev";
 
@@ -321,20 +325,17 @@ impl Operator {
 
     /// The operator's `/metrics` (Prometheus text), from the test process (host network).
     pub async fn metrics(&self) -> anyhow::Result<String> {
-        let response = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .no_proxy()
-            .build()?
-            .get(METRICS_URL)
-            .send()
-            .await
-            .with_context(|| format!("GET {METRICS_URL}"))?;
-        let status = response.status();
-        let text = response.text().await?;
+        let (status, text) = plain_get(METRICS_URL).await?;
         if !status.is_success() {
             bail!("GET {METRICS_URL}: {status}: {text}");
         }
         Ok(text)
+    }
+
+    /// The operator's `/readyz`: its status code and text (`ready (leader)`, `ready
+    /// (standby)`, or what is missing).
+    pub async fn readyz(&self) -> anyhow::Result<(reqwest::StatusCode, String)> {
+        plain_get(READYZ_URL).await
     }
 
     /// An HTTPS client that trusts the operator's CA (for [`REPORT_URL`]).
@@ -588,4 +589,58 @@ fn describe_pod(pod: &Pod) -> String {
     };
     let ready = if is_ready(pod) { " ready" } else { "" };
     format!("{name} {phase}{ready}{terminating}")
+}
+
+/// A plain-HTTP GET from the test process (host network): status and body.
+async fn plain_get(url: &str) -> anyhow::Result<(reqwest::StatusCode, String)> {
+    let response = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .no_proxy()
+        .build()?
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    let status = response.status();
+    Ok((status, response.text().await?))
+}
+
+/// Sends the webhook ([`ADMISSION_URL`]) the AdmissionReview the API server would send for
+/// creating the pod `name` labelled `app=<app>` in `namespace`; true when the answer allows
+/// it with a patch (the agent added).
+pub async fn webhook_injects(
+    client: &reqwest::Client,
+    namespace: &str,
+    name: &str,
+    app: &str,
+) -> anyhow::Result<bool> {
+    let review = serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": format!("review-{namespace}-{name}"),
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": namespace,
+            "operation": "CREATE",
+            "userInfo": {"username": "procwatch-e2e"},
+            "object": {
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "labels": {"app": app}},
+                "spec": {"containers": [{"name": "app", "image": "localhost/busybox:local"}]}
+            }
+        }
+    });
+    let answer: serde_json::Value = client
+        .post(ADMISSION_URL)
+        .timeout(Duration::from_secs(5))
+        .json(&review)
+        .send()
+        .await
+        .with_context(|| format!("POST {ADMISSION_URL}"))?
+        .error_for_status()?
+        .json()
+        .await?;
+    let response = &answer["response"];
+    Ok(response["allowed"] == true && response["patch"].as_str().is_some_and(|p| !p.is_empty()))
 }

@@ -96,8 +96,8 @@ pub enum Error {
     },
 }
 
-/// What this process remembers per watch between reconciles; rebuilt from scratch by a new
-/// leader, so nothing here is needed for correctness, only to avoid needless writes and
+/// What this process remembers per watch between reconciles; rebuilt from scratch at each
+/// term of leadership, so nothing here is needed for correctness, only to avoid needless writes and
 /// repeated events.
 #[derive(Default)]
 pub struct Memory(Mutex<HashMap<(String, String), WatchMemory>>);
@@ -223,6 +223,11 @@ impl Memory {
     /// Drops what is remembered of a deleted watch.
     pub fn forget(&self, namespace: &str, name: &str) {
         lock(&self.0).remove(&(namespace.to_string(), name.to_string()));
+    }
+
+    /// Forgets every watch: a new term of leadership starts from what the API server says.
+    pub fn clear(&self) {
+        lock(&self.0).clear();
     }
 
     /// Keeps only these watches (namespace, name): after a relist, deletions are not events.

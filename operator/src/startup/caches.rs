@@ -2,19 +2,41 @@
 //! and the pod mapping), pods, and namespace metadata (the Pod Security level each enforces).
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher::ExponentialBackoff;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use procwatch_crds::ProcessWatch;
 
 use super::Shared;
+use crate::cached_pod;
 use crate::controller::triggers::PodEvents;
 use crate::health::{Part, Readiness};
 use crate::pod_security::Namespaces;
+
+/// The longest pause between two tries of a failed watch. kube's default waits up to 30 s,
+/// kind to a struggling API server; but the webhook admits pods from these caches, so after
+/// an outage they must be current again within seconds. The pod and namespace lists are
+/// served from the API server's watch cache (`any_semantic`), cheap to repeat, and the
+/// ProcessWatches are few.
+const MAX_WATCH_RETRY: Duration = Duration::from_secs(5);
+
+/// How a cache retries a failed watch: from 800 ms, doubling, jittered, at most
+/// [`MAX_WATCH_RETRY`] apart.
+fn watch_retry() -> ExponentialBackoff {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(800))
+        .with_max_delay(MAX_WATCH_RETRY)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .into()
+}
 
 #[derive(Clone)]
 pub struct Caches {
@@ -30,7 +52,7 @@ pub fn start_caches(client: &Client, shared: &Shared) -> Caches {
         Api::<ProcessWatch>::all(client.clone()),
         watcher::Config::default(),
     )
-    .default_backoff()
+    .backoff(watch_retry())
     .reflect(watch_writer);
     tokio::spawn(follow_watches(watch_stream, shared.clone()));
 
@@ -53,7 +75,7 @@ pub fn start_caches(client: &Client, shared: &Shared) -> Caches {
         Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
         watcher::Config::default().any_semantic(),
     )
-    .default_backoff()
+    .backoff(watch_retry())
     .modify(|ns| ns.managed_fields_mut().clear())
     .reflect(namespace_writer)
     .for_each(|event| async move {
@@ -118,9 +140,9 @@ async fn watch_pods(
         Api::<Pod>::all(client),
         watcher::Config::default().any_semantic(),
     )
-    .default_backoff()
-    // Managed fields are most of a pod's size and never read here.
-    .modify(|pod| pod.managed_fields_mut().clear())
+    .backoff(watch_retry())
+    // Only what the operator reads enters the store: every pod of the cluster is cached.
+    .modify(cached_pod::trim)
     .reflect(writer);
     follow_pods(stream, pod_events, &readiness).await;
 }

@@ -1,6 +1,6 @@
 //! The operator's start-up, one step per function, in the order the binary takes them:
 //! [`connect`] to the API server, [`load_certificate`], [`start_caches`],
-//! [`join_election`], [`serve_https`] and [`serve_metrics`], [`lead`] while this replica
+//! [`join_election`], [`serve_admission_and_reports`] and [`serve_metrics`], [`lead`] whenever this replica
 //! holds the lease, and [`stop`] in order.
 
 mod caches;
@@ -21,7 +21,6 @@ use crate::controller::Memory;
 use crate::controller::namespaces::PodNames;
 use crate::controller::triggers::Triggers;
 use crate::health::Readiness;
-use crate::leader::LeaderError;
 use crate::metrics::Metrics;
 use crate::report::store::FindingsStore;
 use crate::tls::{TlsError, TlsSource};
@@ -29,7 +28,8 @@ use crate::tls::{TlsError, TlsSource};
 pub use caches::{Caches, follow_pods, follow_watches, start_caches};
 pub use election::{ControllerSetup, Election, identity, join_election, lead, stop};
 pub use servers::{
-    Server, Serving, admission_routes, load_certificate, report_routes, serve_https, serve_metrics,
+    Server, Serving, admission_routes, load_certificate, report_routes,
+    serve_admission_and_reports, serve_https, serve_metrics,
 };
 
 /// How long servers and the lease release get after shutdown is asked for.
@@ -64,8 +64,6 @@ pub enum StartError {
     },
     #[error("leader election ended")]
     ElectionEnded(#[source] ElectionEnd),
-    #[error("stepped down; exiting so a fresh process rejoins the election")]
-    SteppedDown(#[source] ElectionEnd),
 }
 
 /// Why the leader election task finished.
@@ -73,14 +71,12 @@ pub enum StartError {
 pub enum ElectionEnd {
     #[error("the elector stopped")]
     Stopped,
-    #[error(transparent)]
-    Lost(#[from] LeaderError),
     #[error("the election task failed")]
     Task(#[from] tokio::task::JoinError),
 }
 
-/// Asks for shutdown and resolves once it is asked for (SIGTERM, SIGINT, a lost lease, or a
-/// fatal error elsewhere).
+/// Asks for shutdown and resolves once it is asked for (SIGTERM, SIGINT, or a fatal error
+/// elsewhere).
 #[derive(Clone, Debug)]
 pub struct Shutdown(watch::Sender<bool>);
 

@@ -1,5 +1,6 @@
-//! The serving certificate and the two servers: HTTPS (webhook and report endpoint) and
-//! plain HTTP (metrics and health).
+//! The serving certificate and the servers: HTTPS for the webhook, HTTPS for the report
+//! endpoint (each on its own port, with its own connection bounds), and plain HTTP (metrics
+//! and health).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -163,23 +164,44 @@ async fn listen(
     Ok((listener, bound))
 }
 
-/// Serves `app` over TLS on `address` (`--https-addr`) until shutdown, and marks the HTTPS
-/// part of readiness.
+/// Serves `app` over TLS on `address` (given by `flag`) until shutdown.
 pub async fn serve_https(
     address: SocketAddr,
+    flag: &'static str,
     config: Arc<ServerConfig>,
     app: Router,
     shutdown: &Shutdown,
-    readiness: &Readiness,
 ) -> Result<Server, StartError> {
-    let (listener, address) = listen(address, "--https-addr").await?;
+    let (listener, address) = listen(address, flag).await?;
     let task = tokio::spawn(tls::serve_listener(listener, config, app, shutdown.wait()));
-    readiness.set(Part::HttpsListening);
     Ok(Server {
         address,
-        name: "HTTPS",
+        name: flag.trim_start_matches("--"),
         task,
     })
+}
+
+/// Serves the webhook on `--admission-addr` and the report endpoint on `--report-addr`, and
+/// marks the HTTPS part of readiness once both listen.
+pub async fn serve_admission_and_reports(
+    cli: &Cli,
+    config: Arc<ServerConfig>,
+    admission: Router,
+    reports: Router,
+    shutdown: &Shutdown,
+    readiness: &Readiness,
+) -> Result<[Server; 2], StartError> {
+    let admission = serve_https(
+        cli.admission_addr,
+        "--admission-addr",
+        config.clone(),
+        admission,
+        shutdown,
+    )
+    .await?;
+    let reports = serve_https(cli.report_addr, "--report-addr", config, reports, shutdown).await?;
+    readiness.set(Part::HttpsListening);
+    Ok([admission, reports])
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on `address` (`--metrics-addr`) until

@@ -179,16 +179,76 @@ fn start_errors_name_each_cause_once() {
         },
     };
     assert_each_cause_once(&unreadable);
+}
 
-    let lost = StartError::SteppedDown(ElectionEnd::Lost(LeaderError::NotRenewed {
-        name: "procwatch-operator".into(),
-        deadline: Duration::from_secs(10),
-        source: kube::Error::TlsRequired.into(),
-    }));
-    assert_each_cause_once(&lost);
-    assert_eq!(
-        Chain(&lost).to_string(),
-        "stepped down; exiting so a fresh process rejoins the election: lost the leader lease \
-         procwatch-operator: not renewed for 10s: TLS required but no TLS stack selected"
+/// One HTTPS POST of an empty body to `path` on `address`, trusting `ca_pem`; the status line.
+async fn post_over_tls(address: std::net::SocketAddr, ca_pem: &str, path: &str) -> String {
+    use rustls::pki_types::ServerName;
+    let connector = crate::fixtures::tls_connector_trusting(ca_pem);
+    let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+    let name = ServerName::IpAddress(address.ip().into());
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     );
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tls.read_to_string(&mut response).await.unwrap();
+    response.lines().next().unwrap_or_default().to_string()
+}
+
+/// The webhook and the report endpoint listen on ports of their own (`--admission-addr`,
+/// `--report-addr`), and each port serves its own path only; readiness waits for both.
+#[tokio::test]
+async fn admission_and_reports_are_served_on_their_own_ports() {
+    use axum::routing::post;
+    use clap::Parser;
+    let now = std::time::SystemTime::now();
+    let ca = crate::tls::issue_ca(now).unwrap();
+    let sans = crate::tls::Sans {
+        dns_names: vec![],
+        ip_addresses: vec![std::net::Ipv4Addr::LOCALHOST.into()],
+    };
+    let material = crate::tls::issue_serving(&ca, &sans, now).unwrap();
+    let (config, _) = crate::tls::reloadable_server_config(&material).unwrap();
+    let cli = crate::cli::Cli::try_parse_from([
+        "procwatch-operator",
+        "--admission-addr=127.0.0.1:0",
+        "--report-addr=127.0.0.1:0",
+    ])
+    .unwrap();
+    let admission = axum::Router::new().route("/mutate", post(|| async { "reviewed" }));
+    let reports = axum::Router::new().route("/report/v1", post(|| async { "reported" }));
+    let shutdown = Shutdown::default();
+    let readiness = crate::health::Readiness::default();
+    let [webhook, reporting] =
+        serve_admission_and_reports(&cli, config, admission, reports, &shutdown, &readiness)
+            .await
+            .unwrap();
+    assert!(readiness.is_set(Part::HttpsListening));
+    assert_ne!(webhook.address, reporting.address);
+
+    let ok = "HTTP/1.1 200 OK";
+    let missing = "HTTP/1.1 404 Not Found";
+    let ca_pem = &material.ca_pem;
+    assert_eq!(post_over_tls(webhook.address, ca_pem, "/mutate").await, ok);
+    assert_eq!(
+        post_over_tls(webhook.address, ca_pem, "/report/v1").await,
+        missing
+    );
+    assert_eq!(
+        post_over_tls(reporting.address, ca_pem, "/report/v1").await,
+        ok
+    );
+    assert_eq!(
+        post_over_tls(reporting.address, ca_pem, "/mutate").await,
+        missing
+    );
+
+    shutdown.trigger();
+    for server in [webhook, reporting] {
+        tokio::time::timeout(Duration::from_secs(5), server.stopped())
+            .await
+            .expect("each server stops on shutdown");
+    }
 }
