@@ -96,7 +96,12 @@ impl Scanner {
             }
         };
         let args = match root.read_record(pid, "cmdline", buffer, cmdline::MAX_ARGS_BYTES + 1) {
-            Ok(text) => cmdline::parse_cmdline(text),
+            Ok(text) => {
+                if text.len() > cmdline::MAX_ARGS_BYTES {
+                    notes.push(("cmdline", notes::read_limit_reason(cmdline::MAX_ARGS_BYTES)));
+                }
+                cmdline::parse_cmdline(text)
+            }
             Err(ReadFailure::Gone) => return Err(Vanished),
             Err(failure) => {
                 notes.push(("cmdline", self.reason(&failure)));
@@ -288,6 +293,10 @@ mod tests {
                 (
                     "status",
                     "reached the read limit of 16 KiB: the rest not read".to_string()
+                ),
+                (
+                    "cmdline",
+                    "reached the read limit of 4 KiB: the rest not read".to_string()
                 ),
                 (
                     "environ",
