@@ -10,15 +10,7 @@ fn broker_answers_on_every_socket_and_connect_prints_it() {
     let base = std::env::temp_dir().join(format!("pw-testprog-{}", std::process::id()));
     std::fs::create_dir_all(&base).unwrap();
     let prefix = format!("{}/flux-", base.display());
-    let mut broker = std::process::Command::new(EXE)
-        .args(["broker", "--sockets", "2", "--dir-prefix", &prefix])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut ready = String::new();
-    BufReader::new(broker.stdout.take().unwrap())
-        .read_line(&mut ready)
-        .unwrap();
+    let (mut broker, ready) = spawn_ready(&["broker", "--sockets", "2", "--dir-prefix", &prefix]);
     let dir = ready.trim().rsplit(' ').next().unwrap().to_owned();
     assert!(
         dir.starts_with(&prefix) && dir.len() == prefix.len() + 6,
