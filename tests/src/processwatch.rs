@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, PodSpec, Volume};
 use kube::api::Api;
 use procwatch_crds::ProcessWatch;
-use procwatch_crds::constants::AGENT_CONTAINER_NAME;
+use procwatch_crds::constants::{AGENT_CONTAINER_NAME, TOKEN_AUDIENCE};
 
 use crate::cluster::TestNamespace;
 use crate::wait::{Wait, wait_for};
@@ -69,6 +69,22 @@ pub async fn pw_yaml(ns: &TestNamespace, name: &str) -> anyhow::Result<ProcessWa
         .kubectl(&["get", "processwatch", name, "-o", "yaml"])
         .await?;
     serde_yaml::from_str(&out).with_context(|| format!("parsing kubectl get pw {name} -o yaml"))
+}
+
+/// A watch named `name` selecting `app=<app>` every `interval`; `spec_extra` (YAML lines indented
+/// by two spaces) is appended to its spec.
+pub fn watch_yaml(name: &str, app: &str, interval: &str, spec_extra: &str) -> String {
+    format!(
+        r#"
+apiVersion: procwatch.dev/v1alpha1
+kind: ProcessWatch
+metadata: {{name: {name}}}
+spec:
+  selector: {{matchLabels: {{app: {app}}}}}
+  interval: {interval}
+{spec_extra}
+"#
+    )
 }
 
 /// A bare busybox pod on the host network labelled `app=<app>`, whose container `app` runs
@@ -165,6 +181,19 @@ pub fn has_agent(pod: &Pod) -> bool {
             .iter()
             .chain(s.init_containers.iter().flatten())
             .any(|c| c.name == AGENT_CONTAINER_NAME)
+    })
+}
+
+/// The projected token volume of audience `procwatch` the webhook gave the pod.
+pub fn agent_token_volume(spec: &PodSpec) -> Option<&Volume> {
+    spec.volumes.iter().flatten().find(|v| {
+        v.projected.as_ref().is_some_and(|p| {
+            p.sources.iter().flatten().any(|s| {
+                s.service_account_token
+                    .as_ref()
+                    .is_some_and(|t| t.audience.as_deref() == Some(TOKEN_AUDIENCE))
+            })
+        })
     })
 }
 

@@ -20,8 +20,8 @@ use procwatch_crds::ProcessWatch;
 use procwatch_crds::constants::{AGENT_CONTAINER_NAME, TOKEN_AUDIENCE, WATCHES_ANNOTATION, env};
 use procwatch_crds::report::{self, AgentReport, CollectRequest, ReportResponse};
 use procwatch_e2e::processwatch::{
-    apply_watch, busybox_pod, container_id, describe_status, has_agent, metric_value, pw_cells,
-    pw_table, pw_yaml, wait_for_watch,
+    self, agent_token_volume, apply_watch, busybox_pod, container_id, describe_status, has_agent,
+    metric_value, pw_cells, pw_table, pw_yaml, wait_for_watch,
 };
 use procwatch_e2e::{Cluster, Operator, REPORT_URL, TestNamespace, Wait, wait_for};
 
@@ -30,16 +30,11 @@ const INTERVAL: Duration = Duration::from_secs(2);
 
 /// A watch named `name` selecting `app=<app>`, every 2 s.
 fn watch_yaml(name: &str, app: &str, existing_pods: &str) -> String {
-    format!(
-        r#"
-apiVersion: procwatch.dev/v1alpha1
-kind: ProcessWatch
-metadata: {{name: {name}}}
-spec:
-  selector: {{matchLabels: {{app: {app}}}}}
-  interval: 2s
-  attach: {{existingPods: {existing_pods}}}
-"#
+    processwatch::watch_yaml(
+        name,
+        app,
+        "2s",
+        &format!("  attach: {{existingPods: {existing_pods}}}"),
     )
 }
 
@@ -276,19 +271,7 @@ async fn selected_deployment_reports_its_processes() -> anyhow::Result<()> {
             pod_name(pod)
         );
         // The projected token (audience procwatch) is mounted into the agent only.
-        let token_volume = spec
-            .volumes
-            .iter()
-            .flatten()
-            .find(|v| {
-                v.projected.as_ref().is_some_and(|p| {
-                    p.sources.iter().flatten().any(|s| {
-                        s.service_account_token
-                            .as_ref()
-                            .is_some_and(|t| t.audience.as_deref() == Some(TOKEN_AUDIENCE))
-                    })
-                })
-            })
+        let token_volume = agent_token_volume(spec)
             .context("no projected token volume with audience procwatch")?;
         // The agent starts with what the watch collects (its defaults here), as the API server
         // stored it.

@@ -10,15 +10,7 @@ fn broker_answers_on_every_socket_and_connect_prints_it() {
     let base = std::env::temp_dir().join(format!("pw-testprog-{}", std::process::id()));
     std::fs::create_dir_all(&base).unwrap();
     let prefix = format!("{}/flux-", base.display());
-    let mut broker = std::process::Command::new(EXE)
-        .args(["broker", "--sockets", "2", "--dir-prefix", &prefix])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut ready = String::new();
-    BufReader::new(broker.stdout.take().unwrap())
-        .read_line(&mut ready)
-        .unwrap();
+    let (mut broker, ready) = spawn_ready(&["broker", "--sockets", "2", "--dir-prefix", &prefix]);
     let dir = ready.trim().rsplit(' ').next().unwrap().to_owned();
     assert!(
         dir.starts_with(&prefix) && dir.len() == prefix.len() + 6,
@@ -139,4 +131,65 @@ fn cmdline_soon(pid: u32) -> Vec<u8> {
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+/// Starts `procwatch-testprog ARGS...` and returns it with the first line it prints.
+fn spawn_ready(args: &[&str]) -> (std::process::Child, String) {
+    let mut child = std::process::Command::new(EXE)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    (child, ready)
+}
+
+/// The value of a `Name:\tvalue` line of `/proc/<pid>/status`.
+fn status_field(pid: u32, name: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn threads_runs_as_many_threads_as_asked() {
+    let (mut threads, ready) = spawn_ready(&["threads", "--count", "300"]);
+    assert_eq!(
+        ready,
+        format!("threads pid {} runs 300 threads\n", threads.id())
+    );
+    assert_eq!(status_field(threads.id(), "Threads"), "300");
+    assert_eq!(comm_soon(threads.id(), "threads"), "threads");
+    threads.kill().unwrap();
+    threads.wait().unwrap();
+}
+
+#[test]
+fn bulky_becomes_hold_with_its_bytes_of_arguments_and_environment() {
+    const BYTES: usize = 200_000;
+    let (mut hold, ready) = spawn_ready(&["bulky", "--bytes", &BYTES.to_string()]);
+    // The same process, re-executed.
+    assert_eq!(ready, format!("hold pid {}\n", hold.id()));
+    assert_eq!(comm_soon(hold.id(), "hold"), "hold");
+    let cmdline = cmdline_soon(hold.id());
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    assert_eq!(&args[..2], [&b"procwatch-testprog"[..], b"hold"]);
+    let bulk: usize = args[2..].iter().map(|a| a.len()).sum();
+    assert_eq!(bulk, BYTES);
+    let environ = std::fs::read(format!("/proc/{}/environ", hold.id())).unwrap();
+    let values: usize = environ
+        .split(|&b| b == 0)
+        .filter(|v| v.starts_with(b"BULK_"))
+        .map(|v| v.len() - v.iter().position(|&b| b == b'=').unwrap() - 1)
+        .sum();
+    assert_eq!(values, BYTES);
+    hold.kill().unwrap();
+    hold.wait().unwrap();
 }

@@ -28,12 +28,12 @@ const SECRET_WORDS: [&str; 14] = [
     "SIGNATURE",
 ];
 
-/// The environment as the policy allows, and whether variables were left out to stay within
+/// The environment as the policy allows, and how many variables were left out to stay within
 /// [`MAX_VARIABLES`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Environment {
     pub entries: Vec<String>,
-    pub truncated: bool,
+    pub left_out: usize,
 }
 
 pub fn parse_environ(raw: &[u8], policy: EnvironmentPolicy) -> Environment {
@@ -42,14 +42,17 @@ pub fn parse_environ(raw: &[u8], policy: EnvironmentPolicy) -> Environment {
     }
     let mut environment = Environment::default();
     for entry in raw.split(|&b| b == 0).filter(|entry| !entry.is_empty()) {
-        if environment.entries.len() == MAX_VARIABLES {
-            environment.truncated = true;
-            break;
-        }
-        let entry = String::from_utf8_lossy(entry);
         // Without `=` it is no variable: typically the end of a process title written over the
         // environment (nginx's `nginx: master process …` reaches into it), which is cmdline
         // text, not a name.
+        if !entry.contains(&b'=') {
+            continue;
+        }
+        if environment.entries.len() == MAX_VARIABLES {
+            environment.left_out += 1;
+            continue;
+        }
+        let entry = String::from_utf8_lossy(entry);
         let Some((name, value)) = entry.split_once('=') else {
             continue;
         };
@@ -124,7 +127,7 @@ PLAIN_URL=https://example.org/a:b@c\0EMPTY=\0NOVALUE\0";
                 "EMPTY"
             ]
         );
-        assert!(!env.truncated);
+        assert_eq!(env.left_out, 0);
     }
 
     #[test]
@@ -181,7 +184,7 @@ PLAIN_URL=https://example.org/a:b@c\0EMPTY=\0NOVALUE\0";
         }
         let env = parse_environ(&raw, EnvironmentPolicy::Redacted);
         assert_eq!(env.entries.len(), MAX_VARIABLES);
-        assert!(env.truncated);
+        assert_eq!(env.left_out, 5);
         assert_eq!(
             env.entries[0],
             format!("V0={}…", "x".repeat(MAX_VALUE_CHARS))

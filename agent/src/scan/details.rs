@@ -96,7 +96,12 @@ impl Scanner {
             }
         };
         let args = match root.read_record(pid, "cmdline", buffer, cmdline::MAX_ARGS_BYTES + 1) {
-            Ok(text) => cmdline::parse_cmdline(text),
+            Ok(text) => {
+                if text.len() > cmdline::MAX_ARGS_BYTES {
+                    notes.push(("cmdline", notes::read_limit_reason(cmdline::MAX_ARGS_BYTES)));
+                }
+                cmdline::parse_cmdline(text)
+            }
             Err(ReadFailure::Gone) => return Err(Vanished),
             Err(failure) => {
                 notes.push(("cmdline", self.reason(&failure)));
@@ -144,15 +149,28 @@ impl Scanner {
 
         if options.environment != EnvironmentPolicy::None {
             match root.read_record(pid, "environ", buffer, ENVIRON_LIMIT) {
-                Ok(text) => {
+                Ok(mut text) => {
                     if text.len() >= ENVIRON_LIMIT {
                         details.truncated = true;
                         details
                             .notes
                             .push(("environ", notes::read_limit_reason(ENVIRON_LIMIT)));
+                        // The last variable may be cut anywhere: only whole ones count.
+                        let whole = text.iter().rposition(|&b| b == 0).map_or(0, |end| end + 1);
+                        text = &text[..whole];
                     }
                     let environment = environ::parse_environ(text, options.environment);
-                    details.truncated |= environment.truncated;
+                    if environment.left_out > 0 {
+                        details.truncated = true;
+                        details.notes.push((
+                            "environ",
+                            format!(
+                                "{} more variables not listed (at most {} per process)",
+                                environment.left_out,
+                                environ::MAX_VARIABLES
+                            ),
+                        ));
+                    }
                     details.process.environment = environment.entries;
                 }
                 Err(failure) => {
@@ -290,8 +308,17 @@ mod tests {
                     "reached the read limit of 16 KiB: the rest not read".to_string()
                 ),
                 (
+                    "cmdline",
+                    "reached the read limit of 4 KiB: the rest not read".to_string()
+                ),
+                (
                     "environ",
                     "reached the read limit of 64 KiB: the rest not read".to_string()
+                ),
+                (
+                    "environ",
+                    // 65536 bytes hold 10922 whole `VAR=x`.
+                    "10794 more variables not listed (at most 128 per process)".to_string()
                 ),
             ]
         );

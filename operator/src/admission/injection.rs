@@ -1,10 +1,12 @@
 //! The agent container and its token volume, as the webhook adds them to a pod.
 //!
 //! Least privilege, and why each setting is what it is:
-//! - No capability by default and uid/gid 65534 (nobody): the agent reads `/proc/<pid>/stat`,
+//! - No capability by default and uid 65534 (nobody), gid 0: the agent reads `/proc/<pid>/stat`,
 //!   `status` and `cmdline` of every process, which any user may; `environ`, `fd`, `maps` and
-//!   `root` of a process need ptrace access, which the kernel grants to the same uid or to
-//!   CAP_SYS_PTRACE. What the agent cannot read it reports per field.
+//!   `root` of a process need ptrace access, which the kernel grants to the same uid and gid or
+//!   to CAP_SYS_PTRACE. What the agent cannot read it reports per field.
+//! - The token file is readable by its owner and group only ([`TOKEN_FILE_MODE`]); the agent
+//!   reads it as root (ptrace) or through its group 0 (the default agent).
 //! - With `agent.ptrace: true` the agent gets CAP_SYS_PTRACE and runs as uid 0. Kubernetes
 //!   runtimes do not raise ambient capabilities, so a capability added to a non-root container
 //!   stays in the bounding set and never becomes effective; only uid 0 makes it usable. Every
@@ -42,8 +44,21 @@ pub const AGENT_COMMAND: &str = "procwatch-agent";
 pub const TOKEN_VOLUME_NAME: &str = "procwatch-token";
 /// Where the API server's ServiceAccount admission mounts the pod's API token.
 pub const SERVICE_ACCOUNT_MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
-/// uid and gid the agent runs as when it needs no capability.
+/// uid the agent runs as when it needs no capability.
 pub const NOBODY: i64 = 65534;
+/// The agent's gid, with or without ptrace: the group of the token file (see [`TOKEN_FILE_MODE`]).
+pub const AGENT_GROUP: i64 = 0;
+/// Mode of the token file: read for owner and group, nothing for others.
+///
+/// The kubelet writes projected files as root:root, with this mode. It gives the file to a
+/// user (mode 0600) only when every container of the pod runs as that one uid, and that uid
+/// would be the workload's. 0400 would therefore shut out the default agent (uid 65534); the
+/// group bit lets it in through its gid 0, which a pod-wide `fsGroup` could do only by changing
+/// the workload's own files. A workload process cannot reach the file anyway (it lives in the
+/// agent's mount namespace, and the non-dumpable agent's `/proc/<pid>/root` refuses it); the
+/// mode is the second wall: whoever reaches it still needs uid 0 or gid 0, and a workload
+/// running as nobody (65534:65534) has neither.
+pub const TOKEN_FILE_MODE: i32 = 0o440;
 /// The API server refuses projected tokens that expire sooner than this.
 pub const MIN_TOKEN_EXPIRATION_SECONDS: i64 = 600;
 
@@ -102,7 +117,7 @@ pub fn token_volume(settings: &InjectionSettings) -> Volume {
                 }),
                 ..VolumeProjection::default()
             }]),
-            ..ProjectedVolumeSource::default()
+            default_mode: Some(TOKEN_FILE_MODE),
         }),
         ..Volume::default()
     }
@@ -247,7 +262,7 @@ fn security_context(ptrace: bool) -> SecurityContext {
         privileged: Some(false),
         run_as_non_root: Some(non_root),
         run_as_user: Some(user),
-        run_as_group: Some(if ptrace { 0 } else { NOBODY }),
+        run_as_group: Some(AGENT_GROUP),
         capabilities: Some(Capabilities {
             add,
             drop: Some(vec!["ALL".to_string()]),
@@ -278,6 +293,27 @@ mod tests {
             TOKEN_FILE
         );
         assert!(is_token_volume(&token_volume(&settings(false))));
+    }
+
+    #[test]
+    fn token_file_is_closed_to_others_and_open_to_both_agents() {
+        let volume = token_volume(&settings(false));
+        let mode = volume.projected.and_then(|p| p.default_mode).unwrap();
+        assert_eq!(mode & 0o007, 0, "others get nothing: {mode:o}");
+        assert_eq!(mode & 0o222, 0, "nobody writes: {mode:o}");
+        // The kubelet writes it as root:root: the ptrace agent (uid 0) reads it as its owner,
+        // the default agent through its group.
+        assert_ne!(mode & 0o400, 0);
+        assert_ne!(mode & 0o040, 0);
+        let plain = watch("a", &[("app", "x")]);
+        let mut tracing = watch("b", &[("app", "x")]);
+        tracing.spec.agent.ptrace = true;
+        for (watches, user) in [(vec![&plain], NOBODY), (vec![&plain, &tracing], 0)] {
+            let sc = agent_container(&settings(false), FAKE_CA_PEM, &watches, true)
+                .security_context
+                .unwrap();
+            assert_eq!((sc.run_as_user, sc.run_as_group), (Some(user), Some(0)));
+        }
     }
 
     #[test]
@@ -312,6 +348,7 @@ mod tests {
             .security_context
             .unwrap();
         assert_eq!(sc.run_as_user, Some(NOBODY));
+        assert_eq!(sc.run_as_group, Some(AGENT_GROUP));
         assert_eq!(sc.run_as_non_root, Some(true));
         assert_eq!(sc.allow_privilege_escalation, Some(false));
         assert_eq!(sc.read_only_root_filesystem, Some(true));

@@ -7,6 +7,10 @@
 //! procwatch-testprog broker [--sockets N] [--dir-prefix /tmp/flux-]
 //!                                                        a Flux-style broker on N unix sockets
 //! procwatch-testprog connect PATH                        prints the line a unix socket answers
+//! procwatch-testprog threads --count N                   one process of N threads
+//! procwatch-testprog bulky --bytes N                     becomes `hold` with N bytes of arguments
+//!                                                        and N bytes of environment
+//! procwatch-testprog hold [ARG...]                       does nothing until stopped
 //! ```
 //!
 //! - `trainer` re-executes its own binary once per worker as `procwatch-testprog worker --rank I`,
@@ -16,6 +20,10 @@
 //! - `broker` makes a fresh directory `/tmp/flux-XXXXXX` (mode 0700, like a Flux broker's run
 //!   directory), listens on `local-0` … `local-<N-1>` in it and answers every connection with one
 //!   line: `flux-broker pid <PID> on <SOCKET PATH>`, then closes it.
+//! - `threads`, `bulky` and `hold` are the hostile workload of tests/tests/hostile.rs. `bulky`
+//!   re-executes its own binary as `hold` with arguments and variables of 64 KiB each (one
+//!   argument may be at most 128 KiB); arguments and environment together may take a quarter of
+//!   the stack limit, so raise it first (`ulimit -s 16384` for a MiB of each).
 //! - Each role names itself (`/proc/self/comm`): `trainer`, `worker`, `flux-broker`, so the
 //!   `command` procwatch reports is the role, not the binary name cut to 15 bytes.
 //!
@@ -43,7 +51,10 @@ const USAGE: &str = "usage:
   procwatch-testprog trainer --workers N [--seconds S]
   procwatch-testprog worker --rank I [--seconds S]
   procwatch-testprog broker [--sockets N] [--dir-prefix PREFIX]
-  procwatch-testprog connect PATH";
+  procwatch-testprog connect PATH
+  procwatch-testprog threads --count N
+  procwatch-testprog bulky --bytes N
+  procwatch-testprog hold [ARG...]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -52,6 +63,9 @@ fn main() -> ExitCode {
         Some("worker") => Options::parse(&args[1..]).and_then(worker),
         Some("broker") => Options::parse(&args[1..]).and_then(broker),
         Some("connect") if args.len() == 2 => connect(Path::new(&args[1])),
+        Some("threads") => Options::parse(&args[1..]).and_then(threads),
+        Some("bulky") => Options::parse(&args[1..]).and_then(bulky),
+        Some("hold") => hold(),
         Some("-h" | "--help") => {
             say!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -89,6 +103,8 @@ struct Options {
     seconds: Option<u64>,
     sockets: Option<u32>,
     dir_prefix: Option<String>,
+    count: Option<u32>,
+    bytes: Option<u64>,
 }
 
 impl Options {
@@ -111,6 +127,8 @@ impl Options {
                 "--seconds" => options.seconds = Some(number(value()?)?),
                 "--sockets" => options.sockets = Some(number(value()?)? as u32),
                 "--dir-prefix" => options.dir_prefix = Some(value()?),
+                "--count" => options.count = Some(number(value()?)? as u32),
+                "--bytes" => options.bytes = Some(number(value()?)?),
                 other => return Err(Error::Usage(format!("unknown flag {other}"))),
             }
         }
@@ -304,6 +322,62 @@ fn serve(listener: UnixListener, pid: u32, path: &Path) {
             }
         }
     }
+}
+
+/// Parks the calling thread for good (spurious wake-ups park it again).
+fn park_forever() -> ! {
+    loop {
+        std::thread::park();
+    }
+}
+
+fn threads(options: Options) -> Result<ExitCode, Error> {
+    name_process("threads");
+    let count = options
+        .count
+        .ok_or_else(|| Error::Usage("threads needs --count N".into()))?;
+    // The main thread is one of them. Small stacks: thousands of threads, each touching a page.
+    for index in 1..count {
+        std::thread::Builder::new()
+            .stack_size(64 * 1024)
+            .spawn(|| park_forever())
+            .map_err(io(format!("starting thread {index}")))?;
+    }
+    say!("threads pid {} runs {count} threads", std::process::id());
+    park_forever()
+}
+
+fn bulky(options: Options) -> Result<ExitCode, Error> {
+    /// Below the kernel's limit of 128 KiB per argument or variable.
+    const PIECE: u64 = 64 * 1024;
+    let bytes = options
+        .bytes
+        .ok_or_else(|| Error::Usage("bulky needs --bytes N".into()))?;
+    let exe = std::env::current_exe().map_err(io("finding my own executable"))?;
+    let mut command = std::process::Command::new(exe);
+    command.arg0(PROGRAM).arg("hold");
+    let mut left = bytes;
+    for index in 0.. {
+        if left == 0 {
+            break;
+        }
+        let piece = left.min(PIECE) as usize;
+        command.arg("a".repeat(piece));
+        command.env(format!("BULK_{index}"), "e".repeat(piece));
+        left -= piece as u64;
+    }
+    // Returns only when the exec failed (E2BIG without a larger stack limit).
+    let error = command.exec();
+    Err(Error::Io(
+        format!("re-executing as hold with {bytes} bytes of arguments and environment"),
+        error,
+    ))
+}
+
+fn hold() -> Result<ExitCode, Error> {
+    name_process("hold");
+    say!("hold pid {}", std::process::id());
+    park_forever()
 }
 
 fn connect(path: &Path) -> Result<ExitCode, Error> {
