@@ -100,9 +100,11 @@ fn key(violation: &Violation) -> ViolationKey {
 pub struct Assessment {
     /// Every violation, sorted (the status lists the first [`MAX_VIOLATIONS`]).
     pub violations: Vec<Violation>,
+    /// None without `spec.expect`: nothing is declared, so nothing to comply with.
     pub compliant: Option<Judgement>,
     /// Per container name, per requested path.
     pub comparisons: Vec<Comparison>,
+    /// None without `collect.files`: nothing to compare.
     pub in_sync: Option<Judgement>,
 }
 
@@ -111,84 +113,29 @@ impl Assessment {
     /// `since` of lasting violations and the order of tied file contents.
     pub fn new(watch: &ProcessWatch, reporting: &[Reporting]) -> Assessment {
         let previous = watch.status.as_ref();
-        let (rules, compliant) = match Rules::compile(&watch.spec) {
-            Err(problems) => (
-                Rules::default(),
-                Judgement::new(
-                    "False",
-                    "InvalidExpectation",
-                    format!("{}; fix spec.expect", first_problems(&problems)),
-                ),
-            ),
-            Ok(rules) if rules.is_empty() => (
-                rules,
-                Judgement::new("True", "NoExpectations", "spec.expect declares no rule"),
-            ),
-            Ok(rules) if reporting.is_empty() => (
-                rules,
-                Judgement::new("Unknown", "NoReports", "no pod has reported yet"),
-            ),
-            Ok(rules) => (rules, Judgement::new("True", "ExpectationsMet", "")),
+        let rules = Rules::compile(&watch.spec);
+        let violations = match &rules {
+            Ok(rules) => violations(rules, reporting, previous),
+            Err(_) => Vec::new(),
         };
-        let since_before: HashMap<ViolationKey, Time> = previous
-            .into_iter()
-            .flat_map(|status| &status.violations)
-            .filter_map(|v| Some((key(v), v.since.clone()?)))
-            .collect();
-        let mut violations: Vec<Violation> = reporting
-            .iter()
-            .flat_map(|pod| {
-                let received = crate::controller::status::whole_seconds(pod.findings.received_at);
-                rules
-                    .judge(pod.containers)
-                    .into_iter()
-                    .map(move |breach| violation(&pod.pod, breach, &received))
-            })
-            .collect();
-        for violation in &mut violations {
-            if let Some(since) = since_before.get(&key(violation)) {
-                violation.since = Some(since.clone());
-            }
-        }
-        let compliant = match violations.first() {
-            Some(first) => Judgement::new(
+        let compliant = match &rules {
+            _ if watch.spec.expect.is_empty() => None,
+            Err(problems) => Some(Judgement::new(
                 "False",
-                "ExpectationViolated",
-                format!(
-                    "{} {}; first: pod {} container {}: {} (rule {})",
-                    violations.len(),
-                    if violations.len() == 1 {
-                        "violation"
-                    } else {
-                        "violations"
-                    },
-                    first.pod,
-                    first.container,
-                    first.message,
-                    first.rule
-                ),
-            ),
-            None if compliant.reason == "ExpectationsMet" => Judgement {
-                message: format!(
-                    "{} reporting {} every expectation",
-                    reporting.len(),
-                    if reporting.len() == 1 {
-                        "pod meets"
-                    } else {
-                        "pods meet"
-                    }
-                ),
-                ..compliant
-            },
-            None => compliant,
+                "InvalidExpectation",
+                format!("{}; fix spec.expect", first_problems(problems)),
+            )),
+            Ok(_) => Some(compliance(&violations, reporting.len())),
         };
-        let comparisons = compare_files(&rules, reporting, previous);
-        let in_sync = in_sync(watch, reporting, &comparisons);
+        let declared = rules.unwrap_or_default();
+        let comparisons = compare_files(&declared, reporting, previous);
+        let in_sync =
+            (!watch.spec.collect.files.is_empty()).then(|| in_sync(reporting.len(), &comparisons));
         Assessment {
             violations,
-            compliant: Some(compliant),
+            compliant,
             comparisons,
-            in_sync: Some(in_sync),
+            in_sync,
         }
     }
 
@@ -222,6 +169,71 @@ fn cut(text: String, max: usize) -> String {
     match text.char_indices().nth(max) {
         Some((end, _)) => format!("{}…", &text[..end]),
         None => text,
+    }
+}
+
+/// Every breach of `rules` in `reporting`, each with the time it was first shown (`previous`)
+/// or else the time of the report that shows it.
+fn violations(
+    rules: &Rules,
+    reporting: &[Reporting],
+    previous: Option<&ProcessWatchStatus>,
+) -> Vec<Violation> {
+    let since_before: HashMap<ViolationKey, Time> = previous
+        .into_iter()
+        .flat_map(|status| &status.violations)
+        .filter_map(|v| Some((key(v), v.since.clone()?)))
+        .collect();
+    let mut violations: Vec<Violation> = reporting
+        .iter()
+        .flat_map(|pod| {
+            let received = crate::controller::status::whole_seconds(pod.findings.received_at);
+            rules
+                .judge(pod.containers)
+                .into_iter()
+                .map(move |breach| violation(&pod.pod, breach, &received))
+        })
+        .collect();
+    for violation in &mut violations {
+        if let Some(since) = since_before.get(&key(violation)) {
+            violation.since = Some(since.clone());
+        }
+    }
+    violations
+}
+
+fn compliance(violations: &[Violation], reporting: usize) -> Judgement {
+    match violations.first() {
+        Some(first) => Judgement::new(
+            "False",
+            "ExpectationViolated",
+            format!(
+                "{} {}; first: pod {} container {}: {} (rule {})",
+                violations.len(),
+                if violations.len() == 1 {
+                    "violation"
+                } else {
+                    "violations"
+                },
+                first.pod,
+                first.container,
+                first.message,
+                first.rule
+            ),
+        ),
+        None if reporting == 0 => Judgement::new("Unknown", "NoReports", "no pod has reported yet"),
+        None => Judgement::new(
+            "True",
+            "ExpectationsMet",
+            format!(
+                "{reporting} reporting {} every expectation",
+                if reporting == 1 {
+                    "pod meets"
+                } else {
+                    "pods meet"
+                }
+            ),
+        ),
     }
 }
 
@@ -284,15 +296,8 @@ fn compare_files(
         .collect()
 }
 
-fn in_sync(watch: &ProcessWatch, reporting: &[Reporting], comparisons: &[Comparison]) -> Judgement {
-    if watch.spec.collect.files.is_empty() {
-        return Judgement::new(
-            "True",
-            "NoFilesRequested",
-            "collect.files is empty: nothing to compare",
-        );
-    }
-    if reporting.is_empty() {
+fn in_sync(reporting: usize, comparisons: &[Comparison]) -> Judgement {
+    if reporting == 0 {
         return Judgement::new("Unknown", "NoReports", "no pod has reported yet");
     }
     let drifting: Vec<&Comparison> = comparisons
@@ -312,9 +317,8 @@ fn in_sync(watch: &ProcessWatch, reporting: &[Reporting], comparisons: &[Compari
             "True",
             "InSync",
             format!(
-                "each requested file has one content across {} reporting {}",
-                reporting.len(),
-                if reporting.len() == 1 { "pod" } else { "pods" }
+                "each requested file has one content across {reporting} reporting {}",
+                if reporting == 1 { "pod" } else { "pods" }
             ),
         ),
     }
@@ -669,8 +673,7 @@ mod tests {
     fn conditions_without_rules_files_or_reports() {
         let mut watch = watch("web");
         let (none, _) = assess(&watch, 0, &[]);
-        assert_eq!(none.compliant.unwrap().reason, "NoExpectations");
-        assert_eq!(none.in_sync.unwrap().reason, "NoFilesRequested");
+        assert_eq!((none.compliant, none.in_sync), (None, None));
         watch.spec = only_nginx().spec;
         let (waiting, _) = assess(&watch, 0, &[]);
         assert_eq!(waiting.compliant.unwrap().status, "Unknown");
