@@ -302,6 +302,43 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn compliant_and_in_sync_appear_only_when_judged_and_keep_their_transition_time() {
+        let kinds = |facts: &Facts| -> Vec<String> {
+            conditions(facts, Some(1), &[], &time(10))
+                .into_iter()
+                .map(|c| c.type_)
+                .collect()
+        };
+        assert_eq!(kinds(&facts()), [ATTACHED, READY, REPORTING]);
+        let judged = Facts {
+            compliant: Some(Judgement {
+                status: "False",
+                reason: "ExpectationViolated",
+                message: "1 violation".into(),
+            }),
+            in_sync: Some(Judgement {
+                status: "Unknown",
+                reason: "NoReports",
+                message: "no pod has reported yet".into(),
+            }),
+            ..facts()
+        };
+        assert_eq!(
+            kinds(&judged),
+            [ATTACHED, COMPLIANT, IN_SYNC, READY, REPORTING]
+        );
+        let first = conditions(&judged, Some(1), &[], &time(10));
+        let again = conditions(&judged, Some(1), &first, &time(20));
+        let compliant = find(&again, COMPLIANT);
+        assert_eq!(
+            (compliant.status.as_str(), compliant.reason.as_str()),
+            ("False", "ExpectationViolated")
+        );
+        assert_eq!(compliant.last_transition_time, time(10));
+        assert_eq!(find(&again, IN_SYNC).status, "Unknown");
+    }
+
+    #[test]
     fn an_invalid_spec_is_stalled_for_kstatus_and_only_then() {
         let invalid = Facts {
             invalid_spec: Some("spec.selector: bad".into()),
