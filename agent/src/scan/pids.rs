@@ -53,4 +53,20 @@ mod tests {
         assert_eq!(parse(b"0.00 0.01 0.05 1/80\n", None), None);
         assert_eq!(parse(b"", None), None);
     }
+
+    /// On this machine's /proc: a process started in between moves the cursor past its pid.
+    #[test]
+    fn a_new_process_moves_the_cursor_of_the_real_proc() {
+        let root = ProcRoot::open("/proc").unwrap();
+        let before = cursor(&root).expect("/proc/loadavg is readable");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let after = cursor(&root).unwrap();
+        child.wait().unwrap();
+        assert!(after.pid_max.is_some_and(|max| max > pid));
+        // Unless the pids wrapped around meanwhile, the cursor is at or past the child's pid.
+        if after.last_pid >= before.last_pid {
+            assert!(after.last_pid >= pid, "{before:?} {after:?} child {pid}");
+        }
+    }
 }
