@@ -579,6 +579,7 @@ fn agent_report(config: &RunConfig, scan: Scan) -> AgentReport {
             unreadable: scan.unreadable,
             out_of_time: scan.not_read,
         },
+        pids: scan.pids,
     }
 }
 

@@ -7,11 +7,13 @@
 
 pub mod constants;
 pub mod duration;
+pub mod expect;
 pub mod report;
 pub mod spec;
 pub mod status;
 
 pub use duration::Interval;
+pub use expect::*;
 pub use spec::*;
 pub use status::*;
 

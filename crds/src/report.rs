@@ -64,6 +64,22 @@ pub struct AgentReport {
     /// Processes in no container's count, by why (absent from older agents: none known).
     #[serde(default, skip_serializing_if = "SkippedProcesses::is_empty")]
     pub skipped: SkippedProcesses,
+    /// Where the pod's PID namespace stood at the scan (absent from older agents, and when
+    /// `/proc/loadavg` could not be read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<PidCursor>,
+}
+
+/// The last pid allocated in the pod's PID namespace: the operator counts the pids allocated
+/// between two reports from it, including those of processes no scan saw.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PidCursor {
+    /// The fifth field of `/proc/loadavg`, read inside the pod.
+    pub last_pid: u32,
+    /// `/proc/sys/kernel/pid_max`: allocation wraps around after it (absent when unreadable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_max: Option<u32>,
 }
 
 /// Processes a scan counted in no container, by why.
@@ -99,6 +115,7 @@ impl Default for AgentReport {
             vanished_processes: 0,
             agent_version: String::new(),
             skipped: SkippedProcesses::default(),
+            pids: None,
         }
     }
 }

@@ -9,7 +9,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{Interval, status::ProcessWatchStatus};
+use crate::{Expectation, Interval, ProcessEvents, status::ProcessWatchStatus};
 
 /// Selects pods of its namespace, attaches the procwatch agent to them and reports, per
 /// container, what runs there.
@@ -31,6 +31,8 @@ use crate::{Interval, status::ProcessWatchStatus};
         printcolumn = r#"{"name":"Reporting","type":"integer","jsonPath":".status.reportingPods"}"#,
         printcolumn = r#"{"name":"Processes","type":"integer","jsonPath":".status.processes"}"#,
         printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+        printcolumn = r#"{"name":"Compliant","type":"string","jsonPath":".status.conditions[?(@.type==\"Compliant\")].status"}"#,
+        printcolumn = r#"{"name":"InSync","type":"string","jsonPath":".status.conditions[?(@.type==\"InSync\")].status"}"#,
         printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
     )
 )]
@@ -55,6 +57,10 @@ pub struct ProcessWatchSpec {
     pub report: ReportLimits,
     #[serde(default)]
     pub agent: AgentSettings,
+    /// What should run: rules per container, judged by the operator on every report.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "crd", schemars(length(max = 16)))]
+    pub expect: Vec<Expectation>,
 }
 
 /// Items of a list of the spec, unless the field says otherwise.
@@ -212,6 +218,9 @@ pub struct ReportLimits {
     #[serde(default = "default_max_pods")]
     #[cfg_attr(feature = "crd", schemars(range(min = 1, max = 100)))]
     pub max_pods: u32,
+    /// `New`: an Event for each process that starts in a container that had already reported.
+    #[serde(default, skip_serializing_if = "ProcessEvents::is_none")]
+    pub process_events: ProcessEvents,
 }
 
 fn default_max_processes() -> u32 {
@@ -227,6 +236,7 @@ impl Default for ReportLimits {
         ReportLimits {
             max_processes: default_max_processes(),
             max_pods: default_max_pods(),
+            process_events: ProcessEvents::None,
         }
     }
 }

@@ -32,6 +32,17 @@ fn as_int64<S: serde::Serializer>(value: &u64, serializer: S) -> Result<S::Ok, S
     serializer.serialize_u64((*value).min(i64::MAX.unsigned_abs()))
 }
 
+/// [`as_int64`] for an optional figure, left out when absent.
+fn option_as_int64<S: serde::Serializer>(
+    value: &Option<u64>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(value) => as_int64(value, serializer),
+        None => serializer.serialize_none(),
+    }
+}
+
 /// For `skip_serializing_if` on a list of strings written with [`without_empty_items`]: a list
 /// of nothing but empty strings is left out whole, as an empty list.
 fn all_empty(items: &[String]) -> bool {
@@ -95,6 +106,10 @@ pub struct ProcessWatchStatus {
     #[serde(default)]
     #[cfg_attr(feature = "crd", schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["container"])))]
     pub summary: Vec<ContainerSummary>,
+    /// What breaks `spec.expect`, at most [`MAX_VIOLATIONS`] (the Compliant condition counts
+    /// them all); each stays until a report no longer shows it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub violations: Vec<Violation>,
     /// Full detail of at most `report.maxPods` pods.
     #[serde(default)]
     #[cfg_attr(feature = "crd", schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"])))]
@@ -129,6 +144,61 @@ pub struct FileVariants {
     pub path: String,
     #[serde(default)]
     pub variants: u32,
+    /// Each distinct fingerprint: the declared one (`spec.expect[].files`) first when there is
+    /// one, else the majority, at most [`MAX_FINGERPRINTS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fingerprints: Vec<FileVariant>,
+}
+
+/// Fingerprints listed per file of a container summary.
+pub const MAX_FINGERPRINTS: usize = 5;
+/// Pod names listed per fingerprint.
+pub const MAX_VARIANT_PODS: usize = 5;
+/// Violations listed in the status.
+pub const MAX_VIOLATIONS: usize = 20;
+
+/// One content of a file across the pods of a container name.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct FileVariant {
+    /// Absent when the file was too large to hash.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[cfg_attr(feature = "crd", schemars(transform = without_default))]
+    pub sha256: String,
+    /// Pods whose file has this content.
+    #[serde(default)]
+    pub pods: u32,
+    /// The first few of them, by name.
+    #[serde(
+        default,
+        skip_serializing_if = "all_empty",
+        serialize_with = "without_empty_items"
+    )]
+    pub pod_names: Vec<String>,
+    /// This is the content `spec.expect` declares.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub expected: bool,
+}
+
+/// One process or container that breaks a rule of `spec.expect`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct Violation {
+    pub pod: String,
+    pub container: String,
+    /// Absent for a rule about the container as a whole (`maxProcesses`, `listening`, `files`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    #[serde(default, skip_serializing_if = "is_none_or_empty")]
+    pub command: Option<String>,
+    /// The rule's field name: `commands`, `users`, `nonRootExcept`, `maxProcesses`, …
+    pub rule: String,
+    pub message: String,
+    /// When the operator received the first report that showed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Time>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
@@ -148,6 +218,21 @@ pub struct PodReport {
     /// Processes of the pod that its agent counted in no container, by why; absent when none.
     #[serde(default, skip_serializing_if = "SkippedProcesses::is_empty")]
     pub skipped: SkippedProcesses,
+    /// Pids allocated in the pod's PID namespace since the operator first heard from its
+    /// agent, threads included, whether or not a scan saw those processes.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "option_as_int64"
+    )]
+    pub pids_allocated: Option<u64>,
+    /// Pids allocated per minute between the last two reports.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "option_as_int64"
+    )]
+    pub pids_per_minute: Option<u64>,
 }
 
 /// Processes an agent counted in no container, by why.

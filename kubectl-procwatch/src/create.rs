@@ -91,6 +91,7 @@ pub fn watch(
         },
         report: Default::default(),
         agent: Default::default(),
+        expect: Vec::new(),
     };
     spec.agent.ptrace = settings.ptrace;
     ProcessWatch {

@@ -64,6 +64,7 @@ fn main() -> Result<(), Box<dyn Error>> {
                 received_at: Timestamp::now(),
                 containers: convert::containers(report.containers),
                 skipped: convert::skipped(report.skipped),
+                pids: report.pids,
             },
         );
     }

@@ -237,7 +237,7 @@ mod tests {
             node_name: Some("node".into()),
             reported_at: None,
             containers,
-            skipped: Default::default(),
+            ..PodReport::default()
         }
     }
 

@@ -25,6 +25,7 @@ pub fn watch(name: &str) -> ProcessWatch {
             collect: Default::default(),
             report: Default::default(),
             agent: Default::default(),
+            expect: vec![],
         },
     );
     watch.metadata.namespace = Some("shop".into());
@@ -83,6 +84,7 @@ pub fn findings(
         received_at: at,
         containers,
         skipped: Default::default(),
+        pids: None,
     };
     (pod.to_string(), findings)
 }

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod controller;
 pub mod errors;
 pub mod eviction;
+pub mod expectations;
 #[cfg(test)]
 pub mod fixtures;
 pub mod health;

@@ -1,6 +1,7 @@
 //! Prometheus metrics of the controller and the report endpoint, served as text on `/metrics`
 //! (see [`crate::health`]). The webhook registers its own `AdmissionMetrics` in the same registry.
 
+pub mod expectations;
 pub mod process;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -137,6 +138,7 @@ pub struct Metrics {
     container_memory: Family<ContainerLabels, Gauge>,
     /// Label sets set per watch (namespace, name), so series of gone pods can be removed.
     container_series: Mutex<HashMap<(String, String), BTreeSet<ContainerLabels>>>,
+    pub expectations: expectations::ExpectationMetrics,
 }
 
 impl Metrics {
@@ -152,7 +154,9 @@ impl Metrics {
             container_cpu: Family::default(),
             container_memory: Family::default(),
             container_series: Mutex::default(),
+            expectations: expectations::ExpectationMetrics::default(),
         };
+        metrics.expectations.register(registry);
         registry.register(
             "procwatch_reconciles",
             "ProcessWatch reconciles by outcome",
@@ -257,15 +261,19 @@ impl Metrics {
     /// Removes every per-container series of a deleted watch.
     pub fn forget_watch(&self, namespace: &str, watch: &str) {
         self.set_containers(namespace, watch, &[]);
+        self.expectations.forget_watch(namespace, watch);
     }
 
     /// Keeps only the series of these watches (namespace, name).
     pub fn retain_watches(&self, watches: &HashSet<(String, String)>) {
-        let gone: Vec<(String, String)> = lock(&self.container_series)
+        let mut gone: Vec<(String, String)> = lock(&self.container_series)
             .keys()
-            .filter(|key| !watches.contains(*key))
             .cloned()
+            .chain(self.expectations.watches())
+            .filter(|key| !watches.contains(key))
             .collect();
+        gone.sort();
+        gone.dedup();
         for (namespace, watch) in gone {
             self.forget_watch(&namespace, &watch);
         }
@@ -296,7 +304,8 @@ mod tests {
         }
     }
 
-    fn render(registry: &Registry) -> String {
+    /// The exposition text, for the metrics' tests.
+    pub(super) fn render(registry: &Registry) -> String {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
         text

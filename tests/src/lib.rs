@@ -26,6 +26,7 @@ mod diagnostics;
 mod operator;
 pub mod plugin;
 pub mod processwatch;
+pub mod samples;
 mod wait;
 
 pub use apply::apply_yaml;

@@ -14,13 +14,15 @@ use crate::cluster::TestNamespace;
 use crate::wait::{Wait, wait_for};
 
 /// The columns `kubectl get pw` prints, in order: NAME, the CRD's printer columns, AGE.
-pub const PW_COLUMNS: [&str; 7] = [
+pub const PW_COLUMNS: [&str; 9] = [
     "NAME",
     "SELECTED",
     "ATTACHED",
     "REPORTING",
     "PROCESSES",
     "READY",
+    "COMPLIANT",
+    "INSYNC",
     "AGE",
 ];
 
@@ -262,13 +264,16 @@ mod tests {
     #[test]
     fn tables_and_metrics_parse() {
         let rows = parse_table(
-            "NAME   SELECTED   ATTACHED   REPORTING   PROCESSES   READY   AGE\n\
-             web    2          2          2           6           True    3m\n",
+            "NAME   SELECTED   ATTACHED   REPORTING   PROCESSES   READY   COMPLIANT   INSYNC   AGE\n\
+             web    2          2          2           6           True    False       <none>   3m\n",
         )
         .unwrap();
         assert_eq!(rows[0]["PROCESSES"], "6");
         assert_eq!(rows[0]["READY"], "True");
-        assert_eq!(pw_cells(&rows[0]), ["web", "2", "2", "2", "6", "True"]);
+        assert_eq!(
+            pw_cells(&rows[0]),
+            ["web", "2", "2", "2", "6", "True", "False", "<none>"]
+        );
         let text = "# TYPE x counter\nprocwatch_reports_total{result=\"accepted\"} 7\n\
                     procwatch_container_processes{namespace=\"a\",watch=\"w\",pod=\"p\",container=\"app\"} 3\n";
         assert_eq!(

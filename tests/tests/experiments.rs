@@ -26,28 +26,24 @@
 //! tests/images/testprog). The tests run one after the other (one operator per cluster).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
-use k8s_openapi::api::core::v1::{Event, Node, Pod};
-use kube::api::{Api, ListParams};
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::api::ListParams;
 use procwatch_crds::{
     ContainerReport, ListeningSocket, PodReport, ProcessInfo, ProcessWatch, ProcessWatchStatus,
     SocketProtocol,
 };
 use procwatch_e2e::processwatch::{
     PW_COLUMNS, broker_answers_through, container_id, has_agent, parse_table, pw_cells,
-    wait_for_watch,
 };
-use procwatch_e2e::{Cluster, Operator, TestNamespace, Wait, repo_root, wait_for};
+use procwatch_e2e::samples::{REPORT_TIMEOUT, Sample};
+use procwatch_e2e::{TestNamespace, Wait, wait_for};
 use sha2::{Digest, Sha256};
 
-/// The local overlay of the samples, relative to the repository root.
-const OVERLAY: &str = "config/overlays/loopback-samples";
 /// The watches' interval in that overlay.
 const INTERVAL: Duration = Duration::from_secs(5);
-/// Pods start, get their agent and report within this.
-const REPORT_TIMEOUT: Duration = Duration::from_secs(180);
 /// The file tests/images/nginx installs as /etc/nginx/nginx.conf.
 const NGINX_CONF: &[u8] = include_bytes!("../images/nginx.conf");
 /// The image of the training job and the Flux-style broker (tests/images/testprog).
@@ -125,7 +121,7 @@ async fn nginx_master_workers_listener_and_config_fingerprint() -> anyhow::Resul
         "GET http://{listen}/: {page}"
     );
 
-    expect_columns(&ns, "web", 1, 1 + workers as u64).await?;
+    expect_columns(&ns, "web", 1, 1 + workers as u64, ["True", "True"]).await?;
     delete_watch_and_check_undisturbed(&ns, "web", "app=nginx").await?;
     ns.finish();
     operator.finish();
@@ -353,7 +349,7 @@ async fn jobset_training_job_process_trees() -> anyhow::Result<()> {
         );
     }
 
-    expect_columns(&ns, "train", 2, 2 * per_pod).await?;
+    expect_columns(&ns, "train", 2, 2 * per_pod, NOT_JUDGED).await?;
     delete_watch_and_check_undisturbed(&ns, "train", SELECTOR).await?;
     ns.finish();
     operator.finish();
@@ -507,7 +503,7 @@ async fn flux_broker_sockets_reachable_from_the_other_container() -> anyhow::Res
         bail!("{direct} answered in flux2 ({out:?}): it should exist only in flux1");
     }
 
-    expect_columns(&ns, "flux", 1, 2).await?;
+    expect_columns(&ns, "flux", 1, 2, NOT_JUDGED).await?;
     delete_watch_and_check_undisturbed(&ns, "flux", "app=flux").await?;
     ns.finish();
     operator.finish();
@@ -601,81 +597,6 @@ fn flux_problems(
 
 // ---------------------------------------------------------------------------------------------
 // Shared steps
-
-/// One sample of the local overlay and what applying it must create.
-struct Sample {
-    /// Its `procwatch.dev/sample` label.
-    label: &'static str,
-    /// Prefix of the test's namespace.
-    namespace: &'static str,
-    /// The ProcessWatch it holds.
-    watch: &'static str,
-    /// The image of its workload, and the script that makes it.
-    image: &'static str,
-    make: &'static str,
-    /// What `kubectl apply` must print, exactly.
-    created: &'static [&'static str],
-}
-
-impl Sample {
-    /// The common start of the experiments: the workload's image present, the operator
-    /// deployed, a fresh namespace, the sample applied there, its watch's first report. Returns
-    /// the operator and namespace guards (the namespace drops first), the moment of the apply
-    /// and the seconds from it to the first report.
-    async fn start(&self) -> anyhow::Result<(Operator, TestNamespace, Instant, f64)> {
-        let cluster = Cluster::connect().await?;
-        require_images(&cluster, &[self.image], self.make).await?;
-        let operator = Operator::deploy(&cluster).await?;
-        let ns = cluster.namespace(self.namespace).await?;
-
-        let t0 = Instant::now();
-        let applied = apply_sample(&ns, self.label).await?;
-        expect_applied(&applied, self.created)?;
-        let first = first_report(&ns, self.watch, t0).await?;
-        Ok((operator, ns, t0, first))
-    }
-}
-
-/// `kubectl apply -k config/overlays/loopback-samples -l procwatch.dev/sample=<sample>` into the
-/// test's namespace; kubectl's output.
-async fn apply_sample(ns: &TestNamespace, sample: &str) -> anyhow::Result<String> {
-    let overlay = repo_root().join(OVERLAY);
-    let selector = format!("procwatch.dev/sample={sample}");
-    let out = ns
-        .kubectl(&["apply", "-k", &overlay.to_string_lossy(), "-l", &selector])
-        .await
-        .with_context(|| format!("kubectl apply -k {OVERLAY} -l {selector}"))?;
-    println!("$ kubectl apply -k {OVERLAY} -l {selector}\n{out}");
-    Ok(out)
-}
-
-/// kubectl applied exactly these objects.
-fn expect_applied(out: &str, want: &[&str]) -> anyhow::Result<()> {
-    let got: BTreeSet<&str> = out
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    let want: BTreeSet<&str> = want.iter().copied().collect();
-    ensure!(got == want, "kubectl apply printed {got:?}, want {want:?}");
-    Ok(())
-}
-
-/// Waits for the first report of any pod; seconds since `t0`.
-async fn first_report(ns: &TestNamespace, watch: &str, t0: Instant) -> anyhow::Result<f64> {
-    wait_for_watch(
-        ns,
-        watch,
-        &format!("a first report in ProcessWatch {watch}"),
-        REPORT_TIMEOUT,
-        |pw| {
-            let status = pw.status.as_ref()?;
-            (status.reporting_pods > 0 && !status.pods.is_empty()).then_some(())
-        },
-    )
-    .await?;
-    Ok(t0.elapsed().as_secs_f64())
-}
 
 async fn watch_status(ns: &TestNamespace, watch: &str) -> anyhow::Result<ProcessWatchStatus> {
     let pw: ProcessWatch = ns.api::<ProcessWatch>().get(watch).await?;
@@ -846,17 +767,24 @@ fn print_container(c: &ContainerReport) {
     }
 }
 
+/// COMPLIANT and INSYNC of a watch without `expect` and without `collect.files`: kubectl's
+/// mark for a condition that is not there.
+const NOT_JUDGED: [&str; 2] = ["<none>", "<none>"];
+
 /// `kubectl get pw <watch>` (the real kubectl, the CRD's printer columns) shows the contract's
-/// columns with these counts and READY True.
+/// columns with these counts, READY True, and COMPLIANT and INSYNC as `judged`.
 async fn expect_columns(
     ns: &TestNamespace,
     watch: &str,
     pods: u32,
     processes: u64,
+    judged: [&str; 2],
 ) -> anyhow::Result<()> {
     let pods = pods.to_string();
     let processes = processes.to_string();
-    let want = [watch, &pods, &pods, &pods, &processes, "True"];
+    let want = [
+        watch, &pods, &pods, &pods, &processes, "True", judged[0], judged[1],
+    ];
     let out = wait_for(
         &format!("kubectl get pw {watch} to show the counts"),
         Duration::from_secs(30),
@@ -959,27 +887,6 @@ async fn print_evictions(ns: &TestNamespace) -> anyhow::Result<()> {
         .filter_map(|e| e.message.clone())
         .collect();
     println!("{} pod(s) evicted by the watch: {evicted:?}", evicted.len());
-    Ok(())
-}
-
-/// Fails at once, with the command that makes them, when a node lacks one of the images.
-async fn require_images(cluster: &Cluster, images: &[&str], make: &str) -> anyhow::Result<()> {
-    let nodes: Api<Node> = Api::all(cluster.client());
-    let mut present = BTreeSet::new();
-    for node in nodes.list(&ListParams::default()).await?.items {
-        for image in node.status.and_then(|s| s.images).unwrap_or_default() {
-            present.extend(image.names.unwrap_or_default());
-        }
-    }
-    for image in images {
-        // containerd reports local images as docker.io-less names, and sometimes only digests.
-        if !present.iter().any(|n| n == image) {
-            bail!(
-                "image {image} is not on the cluster's nodes; make and import it with {make} \
-                 (tests/run does it for you)"
-            );
-        }
-    }
     Ok(())
 }
 

@@ -16,8 +16,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use procwatch_crds::{
-    ContainerReport, ContainerSummary, FileFingerprint, FileVariants, ListeningSocket, PodReport,
-    ProcessInfo, ProcessState, ProcessWatch, ProcessWatchStatus, SocketProtocol,
+    ContainerReport, ContainerSummary, FileFingerprint, FileVariant, FileVariants, ListeningSocket,
+    PodReport, ProcessInfo, ProcessState, ProcessWatch, ProcessWatchStatus, SocketProtocol,
+    Violation,
 };
 use procwatch_e2e::processwatch::{
     apply_watch, busybox_pod, describe_status, metric_value, wait_for_watch,
@@ -208,6 +209,12 @@ fn edge_statuses() -> Vec<(&'static str, ProcessWatchStatus)> {
             file_variants: vec![FileVariants {
                 path: "/etc/x".into(),
                 variants: 0,
+                fingerprints: vec![FileVariant {
+                    sha256: String::new(),
+                    pods: u32::MAX,
+                    pod_names: vec![String::new()],
+                    expected: false,
+                }],
             }],
             ..ContainerSummary::default()
         }],
@@ -218,6 +225,17 @@ fn edge_statuses() -> Vec<(&'static str, ProcessWatchStatus)> {
             reported_at: None,
             containers: vec![container(processes)],
             skipped: Default::default(),
+            pids_allocated: Some(u64::MAX),
+            pids_per_minute: Some(0),
+        }],
+        violations: vec![Violation {
+            pod: "edge-1".into(),
+            container: "app".into(),
+            pid: Some(i32::MIN),
+            command: Some(String::new()),
+            rule: "commands".into(),
+            message: "pid 1 is not one of the expected commands []".into(),
+            since: None,
         }],
         ..ProcessWatchStatus::default()
     };
@@ -257,7 +275,9 @@ async fn edge_case_statuses_are_accepted_by_the_api_server() -> anyhow::Result<(
         let sent = serde_json::to_value(&status)?;
         let back = serde_json::to_value(&stored)?;
         ensure!(
-            sent["pods"] == back["pods"] && sent["summary"] == back["summary"],
+            sent["pods"] == back["pods"]
+                && sent["summary"] == back["summary"]
+                && sent["violations"] == back["violations"],
             "{what}: stored differently:\nsent {sent}\nback {back}"
         );
         println!("accepted and stored as sent: {what}");

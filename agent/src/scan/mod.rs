@@ -14,7 +14,8 @@
 //! - `group`: one container's report, its processes ranked and listed;
 //! - `users`, `libraries`, `files`: facts read per container;
 //! - `sockets`: listening sockets, attributed to the container holding them;
-//! - `notes`: the `unreadable` lines.
+//! - `notes`: the `unreadable` lines;
+//! - `pids`: the last pid allocated in the PID namespace.
 
 mod candidates;
 mod cpu;
@@ -23,6 +24,7 @@ mod files;
 mod group;
 mod libraries;
 mod notes;
+mod pids;
 mod sockets;
 mod users;
 
@@ -31,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use procwatch_crds::report::{CollectRequest, ContainerIdentity};
+use procwatch_crds::report::{CollectRequest, ContainerIdentity, PidCursor};
 use procwatch_crds::{ContainerReport, EnvironmentPolicy};
 
 use crate::attribution;
@@ -95,6 +97,8 @@ pub struct Scan {
     pub not_read: u32,
     /// Processes whose `stat` could not be read or parsed: in no container.
     pub unreadable: u32,
+    /// The last pid allocated in the proc root's PID namespace, when readable.
+    pub pids: Option<PidCursor>,
 }
 
 /// When a scan stops reading: checked between reads, so one slow file or process costs at
@@ -209,6 +213,7 @@ impl Scanner {
         deadline: Option<Deadline>,
     ) -> Result<Scan, ProcRootError> {
         let scanned_at = Time(Timestamp::now());
+        let pid_cursor = pids::cursor(&self.root);
         let mut vanished = 0u32;
         let first_pass = self.read_candidates(options, &mut vanished, deadline)?;
         let (mut candidates, not_read, unreadable) = (
@@ -248,6 +253,7 @@ impl Scanner {
             cut_short,
             not_read,
             unreadable,
+            pids: pid_cursor,
         })
     }
 

@@ -1,11 +1,12 @@
 //! The `Attached`, `Reporting` and `Ready` conditions, with reasons and messages that tell a
-//! user what to do. `lastTransitionTime` changes only when a condition's status does.
+//! user what to do, next to `Compliant` and `InSync` as [`crate::expectations`] judges them. `lastTransitionTime` changes only when a condition's status does.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use procwatch_crds::constants::AGENT_CONTAINER_NAME;
 use procwatch_crds::{AttachMode, ExistingPods};
 
 use super::status::Facts;
+use crate::expectations::{COMPLIANT, IN_SYNC, Judgement};
 use crate::pod_security::{ENFORCE_LABEL, PTRACE_FORBIDDEN};
 
 pub const READY: &str = "Ready";
@@ -24,7 +25,8 @@ struct Verdict {
     message: String,
 }
 
-/// The three conditions (and `Stalled` for an invalid spec), sorted by type, carrying over
+/// The three conditions (and `Stalled` for an invalid spec), `Compliant` and `InSync`, sorted
+/// by type, carrying over
 /// transition times from `previous`.
 pub fn conditions(
     facts: &Facts,
@@ -71,25 +73,42 @@ pub fn conditions(
         ok: true,
         ..ready.clone()
     });
-    [(ATTACHED, attached), (READY, ready), (REPORTING, reporting)]
-        .into_iter()
-        .chain(stalled.map(|verdict| (STALLED, verdict)))
-        .map(|(kind, verdict)| {
-            let status = if verdict.ok { "True" } else { "False" };
-            let last_transition_time = previous
-                .iter()
-                .find(|c| c.type_ == kind && c.status == status)
-                .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
-            Condition {
-                type_: kind.to_string(),
-                status: status.to_string(),
-                reason: verdict.reason.to_string(),
-                message: verdict.message,
-                observed_generation: generation,
-                last_transition_time,
-            }
-        })
-        .collect()
+    let judged = [
+        (COMPLIANT, facts.compliant.clone()),
+        (IN_SYNC, facts.in_sync.clone()),
+    ]
+    .into_iter()
+    .filter_map(|(kind, judgement)| Some((kind, judgement?)));
+    let mut conditions: Vec<Condition> =
+        [(ATTACHED, attached), (READY, ready), (REPORTING, reporting)]
+            .into_iter()
+            .chain(stalled.map(|verdict| (STALLED, verdict)))
+            .map(|(kind, verdict)| {
+                let judgement = Judgement {
+                    status: if verdict.ok { "True" } else { "False" },
+                    reason: verdict.reason,
+                    message: verdict.message,
+                };
+                (kind, judgement)
+            })
+            .chain(judged)
+            .map(|(kind, judgement)| {
+                let last_transition_time = previous
+                    .iter()
+                    .find(|c| c.type_ == kind && c.status == judgement.status)
+                    .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+                Condition {
+                    type_: kind.to_string(),
+                    status: judgement.status.to_string(),
+                    reason: judgement.reason.to_string(),
+                    message: judgement.message,
+                    observed_generation: generation,
+                    last_transition_time,
+                }
+            })
+            .collect();
+    conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+    conditions
 }
 
 fn plural(n: u64, one: &'static str, many: &'static str) -> &'static str {
@@ -280,6 +299,43 @@ pub(crate) mod tests {
 
     pub fn find<'a>(conditions: &'a [Condition], kind: &str) -> &'a Condition {
         conditions.iter().find(|c| c.type_ == kind).unwrap()
+    }
+
+    #[test]
+    fn compliant_and_in_sync_appear_only_when_judged_and_keep_their_transition_time() {
+        let kinds = |facts: &Facts| -> Vec<String> {
+            conditions(facts, Some(1), &[], &time(10))
+                .into_iter()
+                .map(|c| c.type_)
+                .collect()
+        };
+        assert_eq!(kinds(&facts()), [ATTACHED, READY, REPORTING]);
+        let judged = Facts {
+            compliant: Some(Judgement {
+                status: "False",
+                reason: "ExpectationViolated",
+                message: "1 violation".into(),
+            }),
+            in_sync: Some(Judgement {
+                status: "Unknown",
+                reason: "NoReports",
+                message: "no pod has reported yet".into(),
+            }),
+            ..facts()
+        };
+        assert_eq!(
+            kinds(&judged),
+            [ATTACHED, COMPLIANT, IN_SYNC, READY, REPORTING]
+        );
+        let first = conditions(&judged, Some(1), &[], &time(10));
+        let again = conditions(&judged, Some(1), &first, &time(20));
+        let compliant = find(&again, COMPLIANT);
+        assert_eq!(
+            (compliant.status.as_str(), compliant.reason.as_str()),
+            ("False", "ExpectationViolated")
+        );
+        assert_eq!(compliant.last_transition_time, time(10));
+        assert_eq!(find(&again, IN_SYNC).status, "Unknown");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Kubernetes Events for what changed on a watch: a pod attached, a pod that needs a restart,
-//! an eviction, the watch becoming ready or no longer ready, a status the API server refused.
+//! an eviction, the watch becoming ready or no longer ready, a status the API server refused,
+//! and what [`crate::expectations`] finds new: violations, drift, started processes.
 //! Pod changes are found by comparing with what this
 //! process saw last; after a restart the first look only remembers, so a new leader does not
 //! repeat old news.
@@ -10,6 +11,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType};
 
 use super::conditions::{ATTACHED, READY, STATUS_REJECTED};
+use crate::expectations::News;
 use crate::pod_security::PTRACE_FORBIDDEN;
 use procwatch_crds::ProcessWatchStatus;
 
@@ -42,6 +44,40 @@ pub enum Change {
     StatusRejected(String),
     /// The namespace's Pod Security level forbids the ptrace agent: the Attached message.
     PtraceForbidden(String),
+    /// What runs in a pod newly breaks `spec.expect`.
+    ExpectationViolated {
+        pod: String,
+        message: String,
+    },
+    /// The last violation cleared.
+    ExpectationMet,
+    /// A requested file of a pod newly differs from the reference content.
+    ConfigDrift {
+        pod: String,
+        message: String,
+    },
+    /// A process appeared in a container that had already reported.
+    ProcessStarted {
+        pod: String,
+        message: String,
+    },
+    /// More processes started in a pod in the last minute than were announced.
+    ProcessStartsHeld {
+        pod: String,
+        count: u32,
+    },
+}
+
+impl From<News> for Change {
+    fn from(news: News) -> Self {
+        match news {
+            News::Violated { pod, message } => Change::ExpectationViolated { pod, message },
+            News::Met => Change::ExpectationMet,
+            News::Drifted { pod, message } => Change::ConfigDrift { pod, message },
+            News::Started { pod, message } => Change::ProcessStarted { pod, message },
+            News::StartsHeld { pod, count } => Change::ProcessStartsHeld { pod, count },
+        }
+    }
 }
 
 /// Pods that newly have the agent, newly need a restart or newly opted out.
@@ -110,8 +146,13 @@ impl Change {
             | Change::PodNeedsRestart(pod)
             | Change::PodOptedOut(pod)
             | Change::PodEvicted(pod)
-            | Change::EvictionBlocked { pod, .. } => Some(pod),
-            Change::Ready(_)
+            | Change::EvictionBlocked { pod, .. }
+            | Change::ExpectationViolated { pod, .. }
+            | Change::ConfigDrift { pod, .. }
+            | Change::ProcessStarted { pod, .. }
+            | Change::ProcessStartsHeld { pod, .. } => Some(pod),
+            Change::ExpectationMet
+            | Change::Ready(_)
             | Change::NotReady { .. }
             | Change::StatusRejected(_)
             | Change::PtraceForbidden(_) => None,
@@ -172,6 +213,41 @@ impl Change {
                 reason.as_str(),
                 "Reconcile",
                 format!("no longer ready: {message}"),
+            ),
+            Change::ExpectationViolated { message, .. } => (
+                EventType::Warning,
+                "ExpectationViolated",
+                "Judge",
+                message.clone(),
+            ),
+            Change::ExpectationMet => (
+                EventType::Normal,
+                "ExpectationMet",
+                "Judge",
+                "every reporting pod meets spec.expect again".to_string(),
+            ),
+            Change::ConfigDrift { message, .. } => (
+                EventType::Warning,
+                "ConfigDrift",
+                "Compare",
+                message.clone(),
+            ),
+            Change::ProcessStarted { message, .. } => (
+                EventType::Normal,
+                "ProcessStarted",
+                "Observe",
+                message.clone(),
+            ),
+            Change::ProcessStartsHeld { pod, count } => (
+                EventType::Normal,
+                "ProcessStartsHeld",
+                "Observe",
+                format!(
+                    "{count} more {} started in pod {pod} in the last minute without an event \
+                     of its own (at most {} a minute per pod)",
+                    if *count == 1 { "process" } else { "processes" },
+                    crate::expectations::churn::EVENTS_PER_WINDOW
+                ),
             ),
             Change::StatusRejected(message) => (
                 EventType::Warning,

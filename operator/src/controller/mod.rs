@@ -30,8 +30,9 @@ use procwatch_crds::{AttachMode, ExistingPods, ProcessWatch, ProcessWatchStatus}
 
 use crate::errors::Chain;
 use crate::eviction::{self, Decision};
+use crate::expectations;
 use crate::lock;
-use crate::metrics::{EvictionResult, Metrics, Outcome, StatusWrite};
+use crate::metrics::{self, EvictionResult, Metrics, Outcome, StatusWrite};
 use crate::pod_security::{Enforced, Namespaces};
 use crate::report::store::FindingsStore;
 use events::{Change, Membership};
@@ -115,6 +116,8 @@ struct WatchMemory {
     failures: u32,
     /// The API server refused the full status, until it accepts one again.
     refusal: Option<Refusal>,
+    /// What `spec.expect`, drift and churn saw last.
+    expectations: expectations::Memory,
 }
 
 /// The API server refused the full status: its message, when, and how many times in a row.
@@ -357,10 +360,11 @@ async fn apply(watch: &ProcessWatch, ctx: &Context) -> Result<Action, Error> {
         failure = step.failure;
     }
 
-    let full = built.status;
+    let mut full = built.status;
     let mut facts = built.facts;
     ctx.metrics
         .set_containers(&namespace, &name, &built.figures);
+    changes.extend(judge(ctx, watch, &selected, &built.assessment, &mut full));
 
     let members = Membership {
         attached: selected
@@ -463,6 +467,52 @@ async fn apply(watch: &ProcessWatch, ctx: &Context) -> Result<Action, Error> {
         Some(error) => Err(error),
         None => Ok(Action::requeue(requeue)),
     }
+}
+
+/// What is new since the last reconcile in violations, drift and processes, as Events; the
+/// churn figures go into `status` (the listed pods' `pidsAllocated`) and the metrics.
+fn judge(
+    ctx: &Context,
+    watch: &ProcessWatch,
+    selected: &[status::SelectedPod],
+    assessment: &expectations::Assessment,
+    status: &mut ProcessWatchStatus,
+) -> Vec<Change> {
+    let reporting: Vec<(String, &crate::report::store::PodFindings)> = selected
+        .iter()
+        .filter(|p| p.attached && !p.terminating)
+        .filter_map(|p| Some((p.name(), p.findings.as_deref()?)))
+        .collect();
+    let found = ctx.memory.with(watch, |m| {
+        m.expectations
+            .changes(assessment, &reporting, &watch.spec, Instant::now())
+    });
+    for pod in &mut status.pods {
+        if let Some(pids) = found.pids.get(&pod.name) {
+            pod.pids_allocated = Some(pids.total);
+            pod.pids_per_minute = pids.per_minute;
+        }
+    }
+    let figures = metrics::expectations::Figures {
+        violations: assessment.violation_counts().into_iter().collect(),
+        file_variants: assessment
+            .comparisons
+            .iter()
+            .map(|c| ((c.container.clone(), c.path.clone()), c.count()))
+            .collect(),
+        starts: found.starts.into_iter().collect(),
+        pids: found
+            .pids
+            .into_iter()
+            .map(|(pod, pids)| (pod, pids.since_last))
+            .collect(),
+    };
+    ctx.metrics.expectations.record(
+        &watch.namespace().unwrap_or_default(),
+        &watch.name_any(),
+        &figures,
+    );
+    found.news.into_iter().map(Change::from).collect()
 }
 
 /// `attach.existingPods: Evict`: evicts the next pod when the plan says so, and tells the

@@ -14,10 +14,12 @@ use kube::ResourceExt;
 use procwatch_crds::constants::AGENT_CONTAINER_NAME;
 use procwatch_crds::{
     AttachMode, Collect, ContainerReport, ContainerSummary, EnvironmentPolicy, ExistingPods,
-    FileVariants, PodReport, ProcessInfo, ProcessWatch, ProcessWatchStatus,
+    PodReport, ProcessInfo, ProcessWatch, ProcessWatchStatus,
 };
 
 use crate::budget::busiest_first;
+use crate::expectations::drift::Comparison;
+use crate::expectations::{Assessment, Judgement, Reporting};
 use crate::metrics::{ContainerFigures, ContainerLabels};
 use crate::report::store::{PodFindings, PodKey};
 use crate::{admission, selector};
@@ -143,6 +145,10 @@ pub struct Facts {
     /// Set by the reconciler: the watch asks for ptrace and its namespace's Pod Security
     /// level forbids it, for this reason; the agents run without ptrace.
     pub ptrace_forbidden: Option<String>,
+    /// `spec.expect` against the reports.
+    pub compliant: Option<Judgement>,
+    /// The requested files across the pods of each container name.
+    pub in_sync: Option<Judgement>,
 }
 
 /// The status without conditions, the facts for them, and the per-container metrics.
@@ -151,6 +157,8 @@ pub struct Built {
     pub status: ProcessWatchStatus,
     pub facts: Facts,
     pub figures: Vec<ContainerFigures>,
+    /// Every violation and file comparison, for Events and metrics.
+    pub assessment: Assessment,
 }
 
 /// Builds the status of `watch` from its selected pods.
@@ -202,6 +210,19 @@ pub fn build(watch: &ProcessWatch, selected: &[SelectedPod]) -> Built {
     let max_pods = usize::try_from(spec.report.max_pods).unwrap_or(usize::MAX);
     let listed: Vec<&SelectedPod> = reporting.iter().take(max_pods).map(|(p, _)| *p).collect();
     let restamp = restamps(watch, &listed);
+    let assessment = Assessment::new(
+        watch,
+        &reporting
+            .iter()
+            .filter_map(|(pod, containers)| {
+                Some(Reporting {
+                    pod: pod.name(),
+                    findings: pod.findings.as_deref()?,
+                    containers,
+                })
+            })
+            .collect::<Vec<_>>(),
+    );
     let status = ProcessWatchStatus {
         observed_generation: watch.metadata.generation,
         conditions: Vec::new(),
@@ -219,7 +240,8 @@ pub fn build(watch: &ProcessWatch, selected: &[SelectedPod]) -> Built {
             .cloned()
             .collect(),
         opted_out: opted_out.iter().take(NEEDS_RESTART_CAP).cloned().collect(),
-        summary: summary(&reporting),
+        summary: summary(&reporting, &assessment.comparisons),
+        violations: assessment.listed_violations(),
         // Last use of `reporting`: its containers move into the pod detail.
         pods: reporting
             .into_iter()
@@ -248,11 +270,14 @@ pub fn build(watch: &ProcessWatch, selected: &[SelectedPod]) -> Built {
         bare: Vec::new(),
         status_rejected: None,
         ptrace_forbidden: None,
+        compliant: assessment.compliant.clone(),
+        in_sync: assessment.in_sync.clone(),
     };
     Built {
         status,
         facts,
         figures,
+        assessment,
     }
 }
 
@@ -336,6 +361,8 @@ fn pod_report(
             }),
         containers,
         skipped: pod.findings.as_ref().map(|f| f.skipped).unwrap_or_default(),
+        pids_allocated: None,
+        pids_per_minute: None,
     }
 }
 
@@ -393,7 +420,6 @@ struct Totals {
     cpu_millicores: u64,
     memory_bytes: u64,
     commands: BTreeSet<String>,
-    files: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// CPU millicores and memory bytes of every process of a container, listed or not, as its
@@ -415,8 +441,11 @@ fn container_totals(container: &ContainerReport) -> (u64, u64) {
     )
 }
 
-/// One entry per container name over every reporting pod.
-fn summary(reporting: &[(&SelectedPod, Vec<ContainerReport>)]) -> Vec<ContainerSummary> {
+/// One entry per container name over every reporting pod, with its files compared.
+fn summary(
+    reporting: &[(&SelectedPod, Vec<ContainerReport>)],
+    comparisons: &[Comparison],
+) -> Vec<ContainerSummary> {
     let mut totals: BTreeMap<&str, Totals> = BTreeMap::new();
     for container in reporting.iter().flat_map(|(_, containers)| containers) {
         let entry = totals.entry(&container.name).or_default();
@@ -430,10 +459,6 @@ fn summary(reporting: &[(&SelectedPod, Vec<ContainerReport>)]) -> Vec<ContainerS
         for process in &container.processes {
             entry.commands.insert(process.command.clone());
         }
-        for file in &container.files {
-            let hashes = entry.files.entry(file.path.clone()).or_default();
-            hashes.insert(file.sha256.clone());
-        }
     }
     totals
         .into_iter()
@@ -444,13 +469,10 @@ fn summary(reporting: &[(&SelectedPod, Vec<ContainerReport>)]) -> Vec<ContainerS
             cpu_millicores: t.cpu_millicores,
             memory_bytes: t.memory_bytes,
             commands: t.commands.into_iter().take(SUMMARY_COMMANDS_CAP).collect(),
-            file_variants: t
-                .files
-                .into_iter()
-                .map(|(path, hashes)| FileVariants {
-                    path,
-                    variants: count(hashes.len()),
-                })
+            file_variants: comparisons
+                .iter()
+                .filter(|c| c.container == name)
+                .map(Comparison::to_status)
                 .collect(),
         })
         .collect()
@@ -461,7 +483,7 @@ mod tests {
     use super::*;
     use crate::fixtures::{findings, nginx, pod, process, watch};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
-    use procwatch_crds::ReportLimits;
+    use procwatch_crds::{FileVariant, FileVariants, ReportLimits};
 
     fn now() -> Timestamp {
         Timestamp::from_second(1_700_000_000).unwrap()
@@ -545,6 +567,7 @@ mod tests {
         watch.spec.report = ReportLimits {
             max_processes: 1,
             max_pods: 2,
+            ..ReportLimits::default()
         };
         watch.spec.collect.files = vec!["/etc/nginx/nginx.conf".into()];
         let pods = (0..3).map(|i| pod(&format!("p{i}"), "web", true)).collect();
@@ -571,7 +594,21 @@ mod tests {
                 commands: vec!["nginx".into(), "worker".into()],
                 file_variants: vec![FileVariants {
                     path: "/etc/nginx/nginx.conf".into(),
-                    variants: 2
+                    variants: 2,
+                    fingerprints: vec![
+                        FileVariant {
+                            sha256: "h2".into(),
+                            pods: 2,
+                            pod_names: vec!["p1".into(), "p2".into()],
+                            expected: false,
+                        },
+                        FileVariant {
+                            sha256: "h1".into(),
+                            pods: 1,
+                            pod_names: vec!["p0".into()],
+                            expected: false,
+                        },
+                    ],
                 }],
             }]
         );

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use k8s_openapi::jiff::Timestamp;
 use kube::CustomResourceExt;
 use procwatch_crds::{
-    ContainerReport, FileFingerprint, ListeningSocket, ProcessInfo, ProcessState, ProcessWatch,
-    SeccompMode, SocketProtocol,
+    ContainerReport, Expectation, ExpectedFile, FileFingerprint, ListeningSocket, ProcessInfo,
+    ProcessState, ProcessWatch, SeccompMode, SocketProtocol,
 };
 use proptest::prelude::*;
 use serde_json::Value;
@@ -166,11 +166,37 @@ fn reports() -> impl Strategy<Value = Vec<Vec<ContainerReport>>> {
     proptest::collection::vec(proptest::collection::vec(container(), 0..3), 0..4)
 }
 
-/// The status the controller would write for pods that reported `reports`.
-fn written_status(reports: Vec<Vec<ContainerReport>>, budget_bytes: usize) -> Value {
+/// Rules that whatever an agent reports may break: every violation and the declared file
+/// content end up in the status.
+fn strict_rules() -> Vec<Expectation> {
+    vec![Expectation {
+        container: "*".into(),
+        commands: Some(vec!["nginx".into()]),
+        users: Some(vec!["root".into()]),
+        non_root_except: Some(vec![]),
+        max_processes: Some(1),
+        listening: Some(vec!["TCP 127.0.0.1:*".into()]),
+        forbid_capabilities: Some(vec!["SYS_ADMIN".into()]),
+        no_new_privs: Some(true),
+        seccomp: Some(vec![SeccompMode::Filter]),
+        files: Some(vec![ExpectedFile {
+            path: "/etc/nginx/nginx.conf".into(),
+            sha256: "0".repeat(64),
+        }]),
+    }]
+}
+
+/// The status the controller would write for pods that reported `reports`, with pid figures
+/// `pids` on the listed pods.
+fn written_status(
+    reports: Vec<Vec<ContainerReport>>,
+    pids: (Option<u64>, Option<u64>),
+    budget_bytes: usize,
+) -> Value {
     let mut watch = watch("web");
     watch.spec.collect.files = vec!["/etc/nginx/nginx.conf".into()];
     watch.spec.collect.libraries = true;
+    watch.spec.expect = strict_rules();
     let now = Timestamp::now();
     let selected: Vec<SelectedPod> = reports
         .into_iter()
@@ -182,6 +208,7 @@ fn written_status(reports: Vec<Vec<ContainerReport>>, budget_bytes: usize) -> Va
                 received_at: now,
                 containers,
                 skipped: Default::default(),
+                pids: None,
             };
             SelectedPod {
                 pod: Arc::new(pod),
@@ -194,6 +221,9 @@ fn written_status(reports: Vec<Vec<ContainerReport>>, budget_bytes: usize) -> Va
         .collect();
     let built = status::build(&watch, &selected);
     let mut status = built.status;
+    for pod in &mut status.pods {
+        (pod.pids_allocated, pod.pids_per_minute) = pids;
+    }
     status.conditions = conditions::conditions(
         &built.facts,
         watch.metadata.generation,
@@ -210,10 +240,11 @@ proptest! {
     #[test]
     fn any_report_makes_a_status_the_api_server_accepts(
         reports in reports(),
+        pids in (proptest::option::of(number()), proptest::option::of(number())),
         budget_bytes in prop_oneof![Just(budget::DEFAULT_STATUS_BUDGET_BYTES), 2_000..40_000usize],
     ) {
         let validator = status_validator();
-        let mut status = written_status(reports, budget_bytes);
+        let mut status = written_status(reports, pids, budget_bytes);
         prop_assert_eq!(larger_than_int64(&status), None);
         as_applied(&mut status);
         let errors: Vec<String> = validator

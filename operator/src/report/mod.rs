@@ -347,6 +347,7 @@ async fn handle(
             received_at: Timestamp::now(),
             containers,
             skipped: convert::skipped(report.skipped),
+            pids: report.pids,
         },
     );
     state

@@ -293,8 +293,10 @@ mod tests {
                 report: ReportLimits {
                     max_processes,
                     max_pods: 10,
+                    ..ReportLimits::default()
                 },
                 agent: Default::default(),
+                expect: vec![],
             },
         )
     }

@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
+use procwatch_crds::report::PidCursor;
 use procwatch_crds::{ContainerReport, SkippedProcesses};
 
 use crate::{read, write};
@@ -44,6 +45,8 @@ pub struct PodFindings {
     pub received_at: Timestamp,
     pub containers: Vec<ContainerReport>,
     pub skipped: SkippedProcesses,
+    /// The last pid allocated in the pod's PID namespace at the scan, when the agent sent it.
+    pub pids: Option<PidCursor>,
 }
 
 #[derive(Clone, Default)]
@@ -88,6 +91,7 @@ mod tests {
             received_at: Timestamp::UNIX_EPOCH,
             containers: vec![],
             skipped: Default::default(),
+            pids: None,
         };
         store.insert(key.clone(), findings("a"));
         store.insert(key.clone(), findings("b"));
