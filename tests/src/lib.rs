@@ -23,6 +23,7 @@
 mod apply;
 mod cluster;
 mod diagnostics;
+pub mod load;
 mod operator;
 pub mod plugin;
 pub mod processwatch;
@@ -34,6 +35,6 @@ pub use diagnostics::{daemon_logs, namespace_report};
 pub use operator::{
     CRD_NAME, LOOPBACK_OVERLAY, METRICS_URL, OPERATOR_DEPLOYMENT, OPERATOR_NAMESPACE, Operator,
     PROJECT_IMAGE, REPORT_URL, SERVING_SECRET, WEBHOOK_CONFIGURATION, https_client_trusting,
-    repo_root,
+    operator_metrics, repo_root,
 };
 pub use wait::{Wait, wait_for};

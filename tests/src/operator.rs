@@ -321,20 +321,7 @@ impl Operator {
 
     /// The operator's `/metrics` (Prometheus text), from the test process (host network).
     pub async fn metrics(&self) -> anyhow::Result<String> {
-        let response = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .no_proxy()
-            .build()?
-            .get(METRICS_URL)
-            .send()
-            .await
-            .with_context(|| format!("GET {METRICS_URL}"))?;
-        let status = response.status();
-        let text = response.text().await?;
-        if !status.is_success() {
-            bail!("GET {METRICS_URL}: {status}: {text}");
-        }
-        Ok(text)
+        operator_metrics().await
     }
 
     /// An HTTPS client that trusts the operator's CA (for [`REPORT_URL`]).
@@ -471,6 +458,25 @@ impl Drop for Operator {
             }
         });
     }
+}
+
+/// The `/metrics` (Prometheus text) of the operator the loopback overlay deploys, from the
+/// test process (host network).
+pub async fn operator_metrics() -> anyhow::Result<String> {
+    let response = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .no_proxy()
+        .build()?
+        .get(METRICS_URL)
+        .send()
+        .await
+        .with_context(|| format!("GET {METRICS_URL}"))?;
+    let status = response.status();
+    let text = response.text().await?;
+    if !status.is_success() {
+        bail!("GET {METRICS_URL}: {status}: {text}");
+    }
+    Ok(text)
 }
 
 /// An HTTPS client (reqwest over rustls with ring) that trusts only `ca_pem`.
