@@ -83,6 +83,7 @@ pub fn findings(
         received_at: at,
         containers,
         skipped: Default::default(),
+        detailed: true,
     };
     (pod.to_string(), findings)
 }

@@ -33,7 +33,7 @@ use crate::eviction::{self, Decision};
 use crate::lock;
 use crate::metrics::{EvictionResult, Metrics, Outcome, StatusWrite};
 use crate::pod_security::{Enforced, Namespaces};
-use crate::report::store::FindingsStore;
+use crate::report::store::{FindingsStore, WatchKey};
 use events::{Change, Membership};
 use namespaces::PodNames;
 use triggers::Triggers;
@@ -333,6 +333,11 @@ async fn apply(watch: &ProcessWatch, ctx: &Context) -> Result<Action, Error> {
     let pods = ctx.pod_names.pods(&namespace, &ctx.pods);
     let selected = status::select(watch, &pods, |key| ctx.findings.get(key), now);
     let mut built = status::build(watch, &selected);
+    ctx.findings.list(
+        WatchKey::of(watch),
+        std::mem::take(&mut built.listing),
+        usize::try_from(watch.spec.report.max_pods).unwrap_or(usize::MAX),
+    );
     if watch.spec.agent.ptrace {
         built.facts.ptrace_forbidden = Enforced::of(&ctx.namespaces, &namespace).ptrace_refusal();
     }

@@ -182,6 +182,7 @@ fn written_status(reports: Vec<Vec<ContainerReport>>, budget_bytes: usize) -> Va
                 received_at: now,
                 containers,
                 skipped: Default::default(),
+                detailed: true,
             };
             SelectedPod {
                 pod: Arc::new(pod),

@@ -210,6 +210,7 @@ async fn status_is_applied_with_the_field_manager() {
                 "h",
             )],
             skipped: Default::default(),
+            detailed: true,
         },
     );
     let (client, server) = ApiServer::start(watch.clone(), StatusCode::CREATED);
@@ -267,6 +268,7 @@ async fn reports_of_the_same_findings_rewrite_nothing_until_reported_at_is_due()
         received_at: at,
         containers: vec![nginx(vec![process(7, "nginx", 3)], "h")],
         skipped: Default::default(),
+        detailed: true,
     };
     findings.insert(PodKey::new("shop", "web-1"), report(received));
     let pods = vec![ready(pod("web-1", "web", true))];
@@ -438,6 +440,7 @@ fn reporting_web_1() -> FindingsStore {
             received_at: Timestamp::now(),
             containers: vec![nginx(vec![process(7, "nginx", 3)], "h")],
             skipped: Default::default(),
+            detailed: true,
         },
     );
     findings

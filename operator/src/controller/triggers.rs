@@ -213,6 +213,7 @@ mod tests {
                 received_at: Timestamp::UNIX_EPOCH,
                 containers: vec![],
                 skipped: Default::default(),
+                detailed: true,
             },
         );
         events.handle(&watcher::Event::Delete(pod("p", "db", true)));
@@ -242,6 +243,7 @@ mod tests {
                 received_at: Timestamp::UNIX_EPOCH,
                 containers: vec![],
                 skipped: Default::default(),
+                detailed: true,
             },
         );
         events.handle(&watcher::Event::Init);

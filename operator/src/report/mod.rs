@@ -32,7 +32,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use http_body_util::BodyExt;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 use procwatch_crds::ProcessWatch;
@@ -45,7 +44,7 @@ use crate::leader::Leadership;
 use crate::metrics::{Metrics, ReportResult};
 use auth::{AuthError, Authenticator, Refusal};
 use capacity::{Capacity, Overload};
-use store::{FindingsStore, PodFindings, PodKey};
+use store::{FindingsStore, PodKey};
 use throttle::{LogBudget, Peer};
 
 /// Refusals logged: a flood of bad tokens must not become a flood of log lines.
@@ -340,14 +339,12 @@ async fn handle(
         watches = selecting.len(),
         "report accepted"
     );
-    state.findings.insert(
+    state.findings.keep(
         key,
-        PodFindings {
-            uid: report.pod_uid,
-            received_at: Timestamp::now(),
-            containers,
-            skipped: convert::skipped(report.skipped),
-        },
+        report.pod_uid,
+        containers,
+        convert::skipped(report.skipped),
+        selecting.iter().copied(),
     );
     state
         .triggers

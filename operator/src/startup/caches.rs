@@ -15,6 +15,7 @@ use super::Shared;
 use crate::controller::triggers::PodEvents;
 use crate::health::{Part, Readiness};
 use crate::pod_security::Namespaces;
+use crate::report::store::WatchKey;
 
 #[derive(Clone)]
 pub struct Caches {
@@ -83,6 +84,7 @@ pub async fn follow_watches(
                 let (namespace, name) = key(&watch);
                 shared.memory.forget(&namespace, &name);
                 shared.metrics.forget_watch(&namespace, &name);
+                shared.findings.forget_watch(&WatchKey::of(&watch));
             }
             Ok(watcher::Event::Init) => relisted.clear(),
             Ok(watcher::Event::InitApply(watch)) => {
