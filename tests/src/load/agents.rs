@@ -18,6 +18,7 @@ use procwatch_agent::reporter::{
 use procwatch_crds::duration::{MAX_INTERVAL, MIN_INTERVAL};
 use procwatch_crds::report::{self, AgentReport, Container, ContainerIdentity};
 
+use super::lock;
 use super::pods::SimulatedPod;
 
 /// A real agent's report, recorded from `procwatch-agent snapshot` (the operator's golden
@@ -197,10 +198,6 @@ pub fn write_token(dir: &Path, pod: &str, token: &str) -> std::io::Result<std::p
     let path = dir.join(pod);
     std::fs::write(&path, token)?;
     Ok(path)
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -201,19 +201,23 @@ async fn measure(
     }
     let ramp_started = Instant::now();
 
-    // Until every watch counts all its pods as reporting.
+    // Until every watch counts all its pods as reporting, as the statuses recorded show
+    // (listing the watches again and again would load the API server with their statuses).
     let watches: Api<ProcessWatch> = ns.api();
+    let expected: BTreeMap<String, u32> = group_sizes
+        .iter()
+        .enumerate()
+        .map(|(g, n)| (group_value(g), *n as u32))
+        .collect();
     let ramp_timeout = config.interval * 4 + Duration::from_millis(50 * config.pods as u64);
     wait_for(
         "every watch to count all its pods as reporting",
         ramp_timeout.max(Duration::from_secs(120)),
         || async {
-            let reporting = reporting_by_watch(&watches).await?;
-            let expected: BTreeMap<String, u32> = group_sizes
-                .iter()
-                .enumerate()
-                .map(|(g, n)| (group_value(g), *n as u32))
-                .collect();
+            let mut reporting = BTreeMap::new();
+            for event in lock(&statuses).iter() {
+                reporting.insert(event.watch.clone(), event.reporting);
+            }
             Ok(if reporting == expected {
                 Wait::Done(())
             } else {
@@ -243,17 +247,13 @@ async fn measure(
     status_watch.abort();
     sampler.abort();
     let peak_rss_bytes = {
-        let sampled = *peak_rss.lock().unwrap_or_else(|e| e.into_inner());
+        let sampled = *lock(&peak_rss);
         sampled.max(counter(&operator_end, "process_resident_memory_bytes", &[]))
     };
 
     let steady_seconds = (steady_to - steady_from).as_secs_f64();
     let in_steady = |at: Instant| at >= steady_from && at <= steady_to;
-    let exchanges = records
-        .exchanges
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    let exchanges = lock(&records.exchanges).clone();
     let steady_latencies: Vec<Duration> = exchanges
         .iter()
         .filter(|e| e.outcome == "200" && in_steady(e.sent_at))
@@ -265,16 +265,13 @@ async fn measure(
             .entry(exchange.outcome.clone())
             .or_insert(0) += 1;
     }
-    let statuses = statuses.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let statuses = lock(&statuses).clone();
     let writes = status_writes(&statuses, steady_from, steady_to, config.watches);
     let probe_group = group_value(0);
     let probe_base = group_sizes[0] as u64
         * pods::CONTAINERS.len() as u64
         * u64::from(agents::PROCESSES_PER_CONTAINER);
-    let probe_latencies: Vec<Duration> = records
-        .probe
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
+    let probe_latencies: Vec<Duration> = lock(&records.probe)
         .iter()
         .filter(|p| in_steady(p.sent_at))
         .filter_map(|p| {
@@ -445,15 +442,13 @@ async fn record_statuses(api: Api<ProcessWatch>, into: Arc<Mutex<Vec<StatusEvent
             continue;
         }
         let bytes = serde_json::to_vec(status).map_or(0, |b| b.len());
-        into.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(StatusEvent {
-                at: Instant::now(),
-                watch: name,
-                bytes,
-                processes: status.processes,
-                reporting: status.reporting_pods,
-            });
+        lock(&into).push(StatusEvent {
+            at: Instant::now(),
+            watch: name,
+            bytes,
+            processes: status.processes,
+            reporting: status.reporting_pods,
+        });
     }
 }
 
@@ -462,7 +457,7 @@ async fn sample_rss(peak: Arc<Mutex<f64>>) {
     loop {
         if let Ok(text) = operator_metrics().await {
             let rss = counter(&text, "process_resident_memory_bytes", &[]);
-            let mut peak = peak.lock().unwrap_or_else(|e| e.into_inner());
+            let mut peak = lock(&peak);
             *peak = peak.max(rss);
         }
         tokio::time::sleep(SAMPLE_EVERY).await;
@@ -496,4 +491,8 @@ async fn remove_pods(ns: &TestNamespace) -> anyhow::Result<()> {
 /// Where the agents' tokens are written for their clients to read.
 fn token_dir(namespace: &str) -> PathBuf {
     std::env::temp_dir().join(format!("procwatch-loadgen-{namespace}"))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
