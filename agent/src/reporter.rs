@@ -10,7 +10,7 @@
 //! so once and tries again every interval (the operator may be rolled forward).
 
 mod findings;
-mod fit;
+pub mod fit;
 
 use std::future::Future;
 use std::io;

@@ -1,10 +1,13 @@
 //! Memory the operator keeps per reporting pod: parses a realistic report (the golden report
 //! fixture shaped to 3 containers of 20 processes) per pod, as the report endpoint does, keeps
-//! it in a findings store, replaces it with the next report `ROUNDS` times (reports replace
-//! the previous one, and the allocator may not reuse every freed block), and prints the growth
-//! of this process's resident memory.
+//! it in a findings store (whole for the `LISTED` pods a status lists, compact for the others),
+//! replaces it with the next report `ROUNDS` times (reports replace the previous one, and the
+//! allocator may not reuse every freed block), and prints the growth of this process's
+//! resident memory for each kind of pod.
 //!
-//!     cargo run -p procwatch-operator --example findings-memory [PODS] [ROUNDS]
+//!     cargo run --release -p procwatch-operator --example findings-memory [PODS] [ROUNDS] [LISTED]
+//!
+//! `LISTED` defaults to 100: 10 watches listing their default 10 pods each.
 
 use std::error::Error;
 
@@ -12,7 +15,7 @@ use k8s_openapi::jiff::Timestamp;
 use procwatch_crds::report::AgentReport;
 use procwatch_operator::metrics::process::ProcessFigures;
 use procwatch_operator::report::convert;
-use procwatch_operator::report::store::{FindingsStore, PodFindings, PodKey};
+use procwatch_operator::report::store::{self, FindingsStore, PodFindings, PodKey};
 
 const GOLDEN_REPORT: &str = include_str!("../tests/fixtures/report-v1.json");
 const CONTAINERS: usize = 3;
@@ -41,42 +44,67 @@ fn shaped_report() -> Result<AgentReport, serde_json::Error> {
     Ok(report)
 }
 
-fn main() -> Result<(), Box<dyn Error>> {
-    let pods: usize = std::env::args()
-        .nth(1)
-        .map(|n| n.parse())
-        .transpose()?
-        .unwrap_or(1_000);
-    let rounds: usize = std::env::args()
-        .nth(2)
-        .map(|n| n.parse())
-        .transpose()?
-        .unwrap_or(5);
-    let body = serde_json::to_vec(&shaped_report()?)?;
-    let store = FindingsStore::default();
-    let before = ProcessFigures::of_self()?.resident_bytes;
-    for pod in (0..rounds.max(1)).flat_map(|_| 0..pods) {
-        let report: AgentReport = serde_json::from_slice(&body)?;
+/// Keeps `rounds` reports of each pod in `pods` (the second replacing the first...), whole or
+/// compact as the report endpoint keeps them for a listed or an unlisted pod.
+fn keep(
+    store: &FindingsStore,
+    body: &[u8],
+    pods: std::ops::Range<usize>,
+    rounds: usize,
+    detailed: bool,
+) -> Result<(), Box<dyn Error>> {
+    for pod in (0..rounds.max(1)).flat_map(|_| pods.clone()) {
+        let report: AgentReport = serde_json::from_slice(body)?;
+        let containers = convert::containers(report.containers);
         store.insert(
             PodKey::new("load", &format!("pod-{pod}")),
             PodFindings {
                 uid: report.pod_uid,
                 received_at: Timestamp::now(),
-                containers: convert::containers(report.containers),
+                containers: if detailed {
+                    containers
+                } else {
+                    store::compact(containers)
+                },
                 skipped: convert::skipped(report.skipped),
                 pids: report.pids,
+                detailed,
             },
         );
     }
-    let after = ProcessFigures::of_self()?.resident_bytes;
-    let per_pod = after.saturating_sub(before) / pods.max(1) as u64;
+    Ok(())
+}
+
+fn main() -> Result<(), Box<dyn Error>> {
+    let arg = |n: usize, default: usize| -> Result<usize, Box<dyn Error>> {
+        Ok(std::env::args()
+            .nth(n)
+            .map(|n| n.parse())
+            .transpose()?
+            .unwrap_or(default))
+    };
+    let pods = arg(1, 1_000)?;
+    let rounds = arg(2, 5)?;
+    let listed = arg(3, 100)?.min(pods);
+    let body = serde_json::to_vec(&shaped_report()?)?;
+    let store = FindingsStore::default();
+    let resident = || ProcessFigures::of_self().map(|f| f.resident_bytes);
+    let before = resident()?;
+    keep(&store, &body, 0..listed, rounds, true)?;
+    let after_listed = resident()?;
+    keep(&store, &body, listed..pods, rounds, false)?;
+    let after = resident()?;
+    let per_pod = |grown: u64, n: usize| grown / n.max(1) as u64;
     println!(
-        "{pods} pods, {rounds} reports each of {} bytes ({CONTAINERS} containers of {PROCESSES} \
-         processes): resident memory {} -> {} KiB, {} KiB per reporting pod",
+        "{pods} pods, {listed} of them listed in a status, {rounds} reports each of {} bytes \
+         ({CONTAINERS} containers of {PROCESSES} processes): resident memory {} -> {} -> {} KiB; \
+         {} KiB per listed pod (whole report), {:.1} KiB per other pod (compact)",
         body.len(),
         before / 1024,
+        after_listed / 1024,
         after / 1024,
-        per_pod / 1024
+        per_pod(after_listed.saturating_sub(before), listed) / 1024,
+        after.saturating_sub(after_listed) as f64 / (pods - listed).max(1) as f64 / 1024.0,
     );
     assert_eq!(store.len(), pods);
     Ok(())

@@ -85,6 +85,7 @@ pub fn findings(
         containers,
         skipped: Default::default(),
         pids: None,
+        detailed: true,
     };
     (pod.to_string(), findings)
 }

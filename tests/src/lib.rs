@@ -23,6 +23,7 @@
 mod apply;
 mod cluster;
 mod diagnostics;
+pub mod load;
 mod operator;
 pub mod plugin;
 pub mod processwatch;
@@ -37,6 +38,6 @@ pub use diagnostics::{daemon_logs, namespace_report};
 pub use operator::{
     ADMISSION_URL, CRD_NAME, LOOPBACK_OVERLAY, METRICS_URL, OPERATOR_DEPLOYMENT,
     OPERATOR_NAMESPACE, Operator, PROJECT_IMAGE, READYZ_URL, REPORT_URL, SERVING_SECRET,
-    WEBHOOK_CONFIGURATION, https_client_trusting, repo_root, webhook_injects,
+    WEBHOOK_CONFIGURATION, https_client_trusting, operator_metrics, repo_root, webhook_injects,
 };
 pub use wait::{Wait, wait_for};

@@ -325,11 +325,7 @@ impl Operator {
 
     /// The operator's `/metrics` (Prometheus text), from the test process (host network).
     pub async fn metrics(&self) -> anyhow::Result<String> {
-        let (status, text) = plain_get(METRICS_URL).await?;
-        if !status.is_success() {
-            bail!("GET {METRICS_URL}: {status}: {text}");
-        }
-        Ok(text)
+        operator_metrics().await
     }
 
     /// The operator's `/readyz`: its status code and text (`ready (leader)`, `ready
@@ -472,6 +468,16 @@ impl Drop for Operator {
             }
         });
     }
+}
+
+/// The `/metrics` (Prometheus text) of the operator the loopback overlay deploys, from the
+/// test process (host network).
+pub async fn operator_metrics() -> anyhow::Result<String> {
+    let (status, text) = plain_get(METRICS_URL).await?;
+    if !status.is_success() {
+        bail!("GET {METRICS_URL}: {status}: {text}");
+    }
+    Ok(text)
 }
 
 /// An HTTPS client (reqwest over rustls with ring) that trusts only `ca_pem`.

@@ -34,7 +34,7 @@ use crate::expectations;
 use crate::lock;
 use crate::metrics::{self, EvictionResult, Metrics, Outcome, StatusWrite};
 use crate::pod_security::{Enforced, Namespaces};
-use crate::report::store::FindingsStore;
+use crate::report::store::{FindingsStore, WatchKey};
 use events::{Change, Membership};
 use namespaces::PodNames;
 use triggers::Triggers;
@@ -341,6 +341,11 @@ async fn apply(watch: &ProcessWatch, ctx: &Context) -> Result<Action, Error> {
     let pods = ctx.pod_names.pods(&namespace, &ctx.pods);
     let selected = status::select(watch, &pods, |key| ctx.findings.get(key), now);
     let mut built = status::build(watch, &selected);
+    ctx.findings.list(
+        WatchKey::of(watch),
+        std::mem::take(&mut built.listing),
+        usize::try_from(watch.spec.report.max_pods).unwrap_or(usize::MAX),
+    );
     if watch.spec.agent.ptrace {
         built.facts.ptrace_forbidden = Enforced::of(&ctx.namespaces, &namespace).ptrace_refusal();
     }
@@ -482,6 +487,8 @@ fn judge(
         .iter()
         .filter(|p| p.attached && !p.terminating)
         .filter_map(|p| Some((p.name(), p.findings.as_deref()?)))
+        // Churn compares whole reports; a compact one waits for the pod's next report.
+        .filter(|(_, findings)| findings.detailed)
         .collect();
     let found = ctx.memory.with(watch, |m| {
         m.expectations

@@ -159,6 +159,8 @@ pub struct Built {
     pub figures: Vec<ContainerFigures>,
     /// Every violation and file comparison, for Events and metrics.
     pub assessment: Assessment,
+    /// The pods the status lists in detail, or will once their next report keeps it.
+    pub listing: BTreeSet<String>,
 }
 
 /// Builds the status of `watch` from its selected pods.
@@ -208,7 +210,20 @@ pub fn build(watch: &ProcessWatch, selected: &[SelectedPod]) -> Built {
         })
         .collect();
     let max_pods = usize::try_from(spec.report.max_pods).unwrap_or(usize::MAX);
-    let listed: Vec<&SelectedPod> = reporting.iter().take(max_pods).map(|(p, _)| *p).collect();
+    // The pods to list; those whose findings were kept compact (they were not listed when
+    // they last reported) are listed from their next report on.
+    let listing: BTreeSet<String> = reporting
+        .iter()
+        .take(max_pods)
+        .map(|(p, _)| p.name())
+        .collect();
+    let detailed = |p: &SelectedPod| p.findings.as_ref().is_some_and(|f| f.detailed);
+    let listed: Vec<&SelectedPod> = reporting
+        .iter()
+        .map(|(p, _)| *p)
+        .filter(|p| detailed(p))
+        .take(max_pods)
+        .collect();
     let restamp = restamps(watch, &listed);
     let assessment = Assessment::new(
         watch,
@@ -245,6 +260,7 @@ pub fn build(watch: &ProcessWatch, selected: &[SelectedPod]) -> Built {
         // Last use of `reporting`: its containers move into the pod detail.
         pods: reporting
             .into_iter()
+            .filter(|(pod, _)| detailed(pod))
             .take(max_pods)
             .map(|(pod, containers)| pod_report(watch, pod, containers, restamp))
             .collect(),
@@ -278,6 +294,7 @@ pub fn build(watch: &ProcessWatch, selected: &[SelectedPod]) -> Built {
         facts,
         figures,
         assessment,
+        listing,
     }
 }
 
@@ -425,7 +442,7 @@ struct Totals {
 /// CPU millicores and memory bytes of every process of a container, listed or not, as its
 /// agent added them up. An agent older than these totals reports 0: then the listed processes'
 /// sum, which the totals never fall below. Sums saturate: the figures come from the agent.
-fn container_totals(container: &ContainerReport) -> (u64, u64) {
+pub fn container_totals(container: &ContainerReport) -> (u64, u64) {
     let listed = |figure: fn(&ProcessInfo) -> u64| {
         container
             .processes
@@ -559,6 +576,39 @@ mod tests {
         );
         assert_eq!(built.status.reporting_pods, 0);
         assert_eq!(built.facts.silent, ["a", "b"]);
+    }
+
+    #[test]
+    fn compact_findings_count_everywhere_but_are_listed_from_their_next_report() {
+        let mut watch = watch("w");
+        watch.spec.report.max_pods = 2;
+        let pods = (0..3).map(|i| pod(&format!("p{i}"), "web", true)).collect();
+        let full = |i: usize| {
+            let processes = vec![process(1, "nginx", 1), process(2, "worker", 10)];
+            findings(&format!("p{i}"), now(), vec![nginx(processes, "h")])
+        };
+        // p0 reported before it was to be listed: kept compact.
+        let (name, mut p0) = full(0);
+        p0.containers = crate::report::store::compact(p0.containers);
+        p0.detailed = false;
+        let built = build(
+            &watch,
+            &selected(&watch, pods, vec![(name, p0), full(1), full(2)]),
+        );
+        let listed: Vec<&str> = built.status.pods.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(listed, ["p1", "p2"], "only pods with their whole report");
+        assert_eq!(
+            built.listing,
+            ["p0".to_string(), "p1".to_string()].into(),
+            "p0's next report is kept whole"
+        );
+        let summary = &built.status.summary[0];
+        assert_eq!(
+            (summary.pods, summary.processes, summary.cpu_millicores),
+            (3, 6, 33)
+        );
+        assert_eq!(summary.commands, ["nginx", "worker"]);
+        assert_eq!(built.figures.len(), 3);
     }
 
     #[test]

@@ -209,6 +209,7 @@ fn written_status(
                 containers,
                 skipped: Default::default(),
                 pids: None,
+                detailed: true,
             };
             SelectedPod {
                 pod: Arc::new(pod),

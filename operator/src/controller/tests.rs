@@ -211,6 +211,7 @@ async fn status_is_applied_with_the_field_manager() {
             )],
             skipped: Default::default(),
             pids: None,
+            detailed: true,
         },
     );
     let (client, server) = ApiServer::start(watch.clone(), StatusCode::CREATED);
@@ -269,6 +270,7 @@ async fn reports_of_the_same_findings_rewrite_nothing_until_reported_at_is_due()
         containers: vec![nginx(vec![process(7, "nginx", 3)], "h")],
         skipped: Default::default(),
         pids: None,
+        detailed: true,
     };
     findings.insert(PodKey::new("shop", "web-1"), report(received));
     let pods = vec![ready(pod("web-1", "web", true))];
@@ -441,6 +443,7 @@ fn reporting_web_1() -> FindingsStore {
             containers: vec![nginx(vec![process(7, "nginx", 3)], "h")],
             skipped: Default::default(),
             pids: None,
+            detailed: true,
         },
     );
     findings

@@ -214,6 +214,7 @@ mod tests {
                 containers: vec![],
                 skipped: Default::default(),
                 pids: None,
+                detailed: true,
             },
         );
         events.handle(&watcher::Event::Delete(pod("p", "db", true)));
@@ -244,6 +245,7 @@ mod tests {
                 containers: vec![],
                 skipped: Default::default(),
                 pids: None,
+                detailed: true,
             },
         );
         events.handle(&watcher::Event::Init);

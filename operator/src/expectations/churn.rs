@@ -264,6 +264,7 @@ mod tests {
             }],
             skipped: Default::default(),
             pids: None,
+            detailed: true,
         }
     }
 

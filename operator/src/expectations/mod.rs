@@ -184,8 +184,11 @@ fn violations(
         .flat_map(|status| &status.violations)
         .filter_map(|v| Some((key(v), v.since.clone()?)))
         .collect();
+    // A compact report (kept before the watch judged processes) has no process detail to
+    // judge: that pod is judged from its next report on.
     let mut violations: Vec<Violation> = reporting
         .iter()
+        .filter(|pod| pod.findings.detailed)
         .flat_map(|pod| {
             let received = crate::controller::status::whole_seconds(pod.findings.received_at);
             rules

@@ -11,8 +11,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// (about 67 reports a second, each handled in milliseconds), and at most 16 bodies of the
 /// largest size accepted in memory at once.
 pub const DEFAULT_MAX_REPORTS_IN_FLIGHT: usize = 16;
-/// Pods whose findings are kept by default, about 263 KiB each for reports of 3 containers of
-/// 20 processes; the memory limit in `config/` is sized for it.
+/// Pods whose findings are kept by default: about 264 KiB each for reports of 3 containers of
+/// 20 processes when a status lists the pod, 4.7 KiB when none does; the memory limit in
+/// `config/` is sized for all of them listed.
 pub const DEFAULT_MAX_REPORTING_PODS: usize = 1_000;
 
 #[derive(Clone, Debug)]

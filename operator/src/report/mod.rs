@@ -340,7 +340,7 @@ async fn handle(
         watches = selecting.len(),
         "report accepted"
     );
-    state.findings.insert(
+    state.findings.keep(
         key,
         PodFindings {
             uid: report.pod_uid,
@@ -348,7 +348,9 @@ async fn handle(
             containers,
             skipped: convert::skipped(report.skipped),
             pids: report.pids,
+            detailed: true,
         },
+        selecting.iter().copied(),
     );
     state
         .triggers

@@ -1,15 +1,22 @@
 //! The latest findings of every reporting pod: one entry per pod, replaced by each report and
 //! dropped when the pod is deleted, so memory stays bounded by the pods that run an agent.
+//!
+//! Only the pods a status lists in detail keep their whole report; every other pod keeps what
+//! the summary, the counts and the metrics need ([`compact`]): a few hundred bytes per
+//! container instead of its processes' arguments, environments, capabilities, sockets and
+//! libraries. Which pods those are, each watch's last reconcile says ([`FindingsStore::list`]);
+//! a pod that would enter a watch's list keeps its detail from its first report on.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use procwatch_crds::report::PidCursor;
-use procwatch_crds::{ContainerReport, SkippedProcesses};
+use procwatch_crds::{ContainerReport, ProcessInfo, ProcessWatch, SkippedProcesses};
 
+use crate::controller::status::container_totals;
 use crate::{read, write};
 
 /// A pod by namespace and name, as reports and the pod cache name it.
@@ -36,6 +43,39 @@ impl PodKey {
     }
 }
 
+/// A watch by namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WatchKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl WatchKey {
+    pub fn of(watch: &ProcessWatch) -> Self {
+        WatchKey {
+            namespace: watch.namespace().unwrap_or_default(),
+            name: watch.name_any(),
+        }
+    }
+}
+
+/// The pods one watch lists in detail: the first `max_pods` reporting pods by name.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Listing {
+    pods: BTreeSet<String>,
+    max_pods: usize,
+}
+
+impl Listing {
+    /// Whether `pod` is listed or would be, were it reporting: the list has room, or the pod
+    /// sorts before its last entry.
+    fn would_list(&self, pod: &str) -> bool {
+        self.pods.len() < self.max_pods
+            || self.pods.contains(pod)
+            || self.pods.last().is_some_and(|last| pod < last.as_str())
+    }
+}
+
 /// One pod's last report, its containers already named from the pod's statuses.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PodFindings {
@@ -47,30 +87,77 @@ pub struct PodFindings {
     pub skipped: SkippedProcesses,
     /// The last pid allocated in the pod's PID namespace at the scan, when the agent sent it.
     pub pids: Option<PidCursor>,
+    /// The containers are as reported; otherwise [`compact`]: not for a status's pod detail.
+    pub detailed: bool,
 }
 
 #[derive(Clone, Default)]
-pub struct FindingsStore(Arc<RwLock<HashMap<PodKey, Arc<PodFindings>>>>);
+pub struct FindingsStore {
+    pods: Arc<RwLock<HashMap<PodKey, Arc<PodFindings>>>>,
+    listings: Arc<RwLock<HashMap<WatchKey, Listing>>>,
+}
 
 impl FindingsStore {
+    /// Keeps `findings` as the pod's latest: whole when one of `watches` (those selecting the
+    /// pod) lists it, would, or judges every process; else [`compact`].
+    pub fn keep<'a>(
+        &self,
+        pod: PodKey,
+        mut findings: PodFindings,
+        watches: impl IntoIterator<Item = &'a ProcessWatch>,
+    ) {
+        findings.detailed = self.wants_detail(&pod, watches);
+        if !findings.detailed {
+            findings.containers = compact(findings.containers);
+        }
+        self.insert(pod, findings);
+    }
+
+    /// Whether one of `watches` lists the pod or would (a watch not reconciled yet would), or
+    /// judges every process of every pod it selects.
+    pub fn wants_detail<'a>(
+        &self,
+        pod: &PodKey,
+        watches: impl IntoIterator<Item = &'a ProcessWatch>,
+    ) -> bool {
+        let listings = read(&self.listings);
+        watches.into_iter().any(|watch| {
+            judges_every_process(watch)
+                || listings
+                    .get(&WatchKey::of(watch))
+                    .is_none_or(|listing| listing.would_list(&pod.name))
+        })
+    }
+
+    /// What `watch` lists in detail now (its first `max_pods` reporting pods by name), for
+    /// the next reports to keep their detail or not.
+    pub fn list(&self, watch: WatchKey, pods: BTreeSet<String>, max_pods: usize) {
+        write(&self.listings).insert(watch, Listing { pods, max_pods });
+    }
+
+    /// Forgets what a deleted watch listed.
+    pub fn forget_watch(&self, watch: &WatchKey) {
+        write(&self.listings).remove(watch);
+    }
+
     pub fn insert(&self, pod: PodKey, findings: PodFindings) {
-        write(&self.0).insert(pod, Arc::new(findings));
+        write(&self.pods).insert(pod, Arc::new(findings));
     }
 
     pub fn get(&self, pod: &PodKey) -> Option<Arc<PodFindings>> {
-        read(&self.0).get(pod).cloned()
+        read(&self.pods).get(pod).cloned()
     }
 
     pub fn contains(&self, pod: &PodKey) -> bool {
-        read(&self.0).contains_key(pod)
+        read(&self.pods).contains_key(pod)
     }
 
     pub fn remove(&self, pod: &PodKey) {
-        write(&self.0).remove(pod);
+        write(&self.pods).remove(pod);
     }
 
     pub fn len(&self) -> usize {
-        read(&self.0).len()
+        read(&self.pods).len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -78,9 +165,70 @@ impl FindingsStore {
     }
 }
 
+/// Whether `watch` needs every selected pod's processes whole, listed or not: its expectations
+/// and its process events judge each report's processes, users, sockets and capabilities.
+fn judges_every_process(watch: &ProcessWatch) -> bool {
+    !watch.spec.expect.is_empty() || !watch.spec.report.process_events.is_none()
+}
+
+/// What the summary, the counts and the metrics read of a container, and no more: its name,
+/// ID, counts and totals (the listed processes' figures added in), each distinct command once
+/// (as a process with only its command) and its file fingerprints; not the processes' detail,
+/// sockets, libraries or notes.
+pub fn compact(containers: Vec<ContainerReport>) -> Vec<ContainerReport> {
+    containers
+        .into_iter()
+        .map(|container| {
+            let (cpu_millicores, memory_bytes) = container_totals(&container);
+            let commands: BTreeSet<String> =
+                container.processes.into_iter().map(|p| p.command).collect();
+            ContainerReport {
+                name: container.name,
+                container_id: container.container_id,
+                process_count: container.process_count,
+                cpu_millicores,
+                memory_bytes,
+                processes: commands
+                    .into_iter()
+                    .map(|command| ProcessInfo {
+                        command,
+                        ..ProcessInfo::default()
+                    })
+                    .collect(),
+                listening: Vec::new(),
+                files: container.files,
+                libraries: Vec::new(),
+                truncated: container.truncated,
+                unreadable: Vec::new(),
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::{nginx, process, watch};
+
+    fn reported(containers: Vec<ContainerReport>) -> PodFindings {
+        PodFindings {
+            uid: "u".into(),
+            received_at: Timestamp::UNIX_EPOCH,
+            containers,
+            skipped: Default::default(),
+            pids: None,
+            detailed: true,
+        }
+    }
+
+    fn container() -> ContainerReport {
+        let processes = vec![
+            process(1, "nginx", 5),
+            process(2, "nginx", 3),
+            process(3, "sh", 1),
+        ];
+        nginx(processes, "sha")
+    }
 
     #[test]
     fn one_entry_per_pod_replaced_and_removed() {
@@ -92,6 +240,7 @@ mod tests {
             containers: vec![],
             skipped: Default::default(),
             pids: None,
+            detailed: true,
         };
         store.insert(key.clone(), findings("a"));
         store.insert(key.clone(), findings("b"));
@@ -99,5 +248,81 @@ mod tests {
         assert_eq!(store.get(&key).unwrap().uid, "b");
         store.remove(&key);
         assert!(store.is_empty());
+    }
+
+    #[test]
+    fn detail_only_for_pods_a_watch_lists_or_would() {
+        let store = FindingsStore::default();
+        let web = watch("web");
+        let pod = |name: &str| PodKey::new("shop", name);
+        // Not reconciled yet: every pod keeps its detail.
+        assert!(store.wants_detail(&pod("web-9"), [&web]));
+        store.list(
+            WatchKey::of(&web),
+            ["web-2".to_string(), "web-5".to_string()].into(),
+            2,
+        );
+        assert!(store.wants_detail(&pod("web-2"), [&web]));
+        assert!(
+            store.wants_detail(&pod("web-1"), [&web]),
+            "sorts before web-5"
+        );
+        assert!(!store.wants_detail(&pod("web-9"), [&web]));
+        store.keep(pod("web-9"), reported(vec![container()]), [&web]);
+        let kept = store.get(&pod("web-9")).unwrap();
+        assert!(!kept.detailed);
+        assert_eq!(kept.containers, compact(vec![container()]));
+        // Room in the list again: detail.
+        store.list(WatchKey::of(&web), ["web-2".to_string()].into(), 2);
+        assert!(store.wants_detail(&pod("web-9"), [&web]));
+    }
+
+    #[test]
+    fn watches_that_judge_processes_keep_every_pod_whole() {
+        let store = FindingsStore::default();
+        let full = ["web-1".to_string()].into();
+        let mut expecting = watch("expecting");
+        expecting.spec.expect = vec![Default::default()];
+        let mut announcing = watch("announcing");
+        announcing.spec.report.process_events = procwatch_crds::ProcessEvents::New;
+        for judging in [&expecting, &announcing] {
+            store.list(WatchKey::of(judging), BTreeSet::clone(&full), 1);
+            store.keep(
+                PodKey::new("shop", "web-9"),
+                reported(vec![container()]),
+                [judging],
+            );
+            let kept = store.get(&PodKey::new("shop", "web-9")).unwrap();
+            assert!(kept.detailed, "{}", judging.name_any());
+            assert_eq!(kept.containers, [container()]);
+        }
+    }
+
+    #[test]
+    fn compact_keeps_what_the_summary_and_metrics_read() {
+        let full = container();
+        let (cpu, memory) = container_totals(&full);
+        let small = compact(vec![full.clone()]).remove(0);
+        assert_eq!(
+            (
+                small.name.as_str(),
+                small.process_count,
+                small.cpu_millicores,
+                small.memory_bytes
+            ),
+            (full.name.as_str(), full.process_count, cpu, memory)
+        );
+        assert_eq!(container_totals(&small), (cpu, memory));
+        assert_eq!(small.files, full.files);
+        let commands: BTreeSet<&str> = full.processes.iter().map(|p| p.command.as_str()).collect();
+        let kept: Vec<&str> = small.processes.iter().map(|p| p.command.as_str()).collect();
+        assert_eq!(kept, commands.into_iter().collect::<Vec<_>>());
+        assert!(
+            small
+                .processes
+                .iter()
+                .all(|p| p.args.is_empty() && p.environment.is_empty())
+        );
+        assert!(small.listening.is_empty() && small.libraries.is_empty());
     }
 }

@@ -18,6 +18,7 @@ use crate::cached_pod;
 use crate::controller::triggers::PodEvents;
 use crate::health::{Part, Readiness};
 use crate::pod_security::Namespaces;
+use crate::report::store::WatchKey;
 
 /// The longest pause between two tries of a failed watch. kube's default waits up to 30 s,
 /// kind to a struggling API server; but the webhook admits pods from these caches, so after
@@ -105,6 +106,7 @@ pub async fn follow_watches(
                 let (namespace, name) = key(&watch);
                 shared.memory.forget(&namespace, &name);
                 shared.metrics.forget_watch(&namespace, &name);
+                shared.findings.forget_watch(&WatchKey::of(&watch));
             }
             Ok(watcher::Event::Init) => relisted.clear(),
             Ok(watcher::Event::InitApply(watch)) => {
