@@ -625,6 +625,22 @@ mod tests {
     }
 
     #[test]
+    fn a_compact_report_is_not_judged() {
+        let watch = only_nginx();
+        let (_, mut reports) = assess(&watch, 0, &[("web-a", &["nginx", "sleep"], "h")]);
+        let (pod, findings) = &mut reports[0];
+        findings.detailed = false;
+        let reporting = [Reporting {
+            pod: pod.clone(),
+            findings,
+            containers: &findings.containers,
+        }];
+        let assessment = Assessment::new(&watch, &reporting);
+        assert_eq!(assessment.violations, []);
+        assert_eq!(assessment.compliant.unwrap().status, "True");
+    }
+
+    #[test]
     fn drift_names_the_minority_pod_once() {
         let mut watch = only_nginx();
         watch.spec.expect.clear();
