@@ -296,9 +296,13 @@ impl Authenticator {
             .await
             .map_err(|_| AuthError::Busy)?
             .map_err(|_| AuthError::Busy)?;
-        // Another report with this token may have been reviewed while this one waited.
+        // Another report with this token may have been reviewed while this one waited, and
+        // the source may have run out of refusals meanwhile (a flood queues at once).
         if let Some(cached) = lock(&self.cache).get(&key, Instant::now()) {
             return Ok(cached?);
+        }
+        if source.is_some_and(|source| self.refusals.exhausted(source, Instant::now())) {
+            return Err(AuthError::Throttled);
         }
         let review = TokenReview {
             spec: TokenReviewSpec {

@@ -337,6 +337,39 @@ async fn a_flooding_address_is_throttled_but_accepted_tokens_go_on() {
     );
 }
 
+/// The bound holds when the flood arrives all at once: requests that queued for a review slot
+/// before the address ran out of refusals are not reviewed after it has.
+#[tokio::test]
+async fn a_flood_arriving_at_once_gets_no_more_reviews_than_the_bound() {
+    let fixture = fixture();
+    let flood = Some(throttle::Peer(std::net::Ipv4Addr::LOCALHOST.into()));
+    let posts: Vec<_> = (0..200)
+        .map(|i| {
+            let state = fixture.state.clone();
+            tokio::spawn(async move {
+                post_from(
+                    &state,
+                    flood,
+                    Some(&token(&format!("bad-{i}"))),
+                    json(&agent_report("web-1")),
+                )
+                .await
+                .0
+            })
+        })
+        .collect();
+    for post in posts {
+        let status = post.await.unwrap();
+        assert!(
+            [StatusCode::UNAUTHORIZED, StatusCode::TOO_MANY_REQUESTS].contains(&status),
+            "{status}"
+        );
+    }
+    let reviews = fixture.reviews.load(Ordering::SeqCst);
+    let bound = throttle::REFUSALS_PER_WINDOW as usize + auth::MAX_REVIEWS_IN_FLIGHT;
+    assert!(reviews <= bound, "{reviews} reviews (bound {bound})");
+}
+
 /// One review per token: an accepted token is not reviewed again while it lives.
 #[tokio::test]
 async fn an_accepted_token_is_reviewed_once() {

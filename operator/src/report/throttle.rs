@@ -12,7 +12,7 @@ use crate::lock;
 pub struct Peer(pub IpAddr);
 
 /// Refusals each source address may earn per window before it is turned away unheard.
-const REFUSALS_PER_WINDOW: u32 = 20;
+pub const REFUSALS_PER_WINDOW: u32 = 20;
 const WINDOW: Duration = Duration::from_secs(10);
 /// Sources tracked at once; beyond, the table starts over (a flood from many addresses is
 /// then bounded by the review slots instead).
