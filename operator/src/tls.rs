@@ -22,7 +22,7 @@ use crate::errors::Chain;
 
 pub use certs::{CaMaterial, Plan, Sans, Stored, issue_ca, issue_serving, plan, verify};
 pub use reload::{CertificateHandle, keep_fresh, reloadable_server_config};
-pub use server::{Limits, serve_listener, serve_with_limits};
+pub use server::{Limits, MAX_REQUESTS_IN_FLIGHT, serve_listener, serve_with_limits};
 
 /// A serving certificate chain and key, and the CA that clients should trust, all PEM.
 #[derive(Clone, PartialEq, Eq)]

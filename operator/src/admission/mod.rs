@@ -13,9 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Body;
-use axum::extract::State;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use k8s_openapi::api::core::v1::Pod;
@@ -32,11 +33,12 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use tower::limit::GlobalConcurrencyLimitLayer;
 
 use crate::health::{Part, Readiness};
 use crate::pod_security::{Enforced, Namespaces};
 use crate::selector;
-use crate::tls::CertificateHandle;
+use crate::tls::{CertificateHandle, MAX_REQUESTS_IN_FLIGHT};
 
 use injection::MIN_TOKEN_EXPIRATION_SECONDS;
 pub use patch::{Decision, InjectionError, Outcome, decide, declined, unsupported};
@@ -97,7 +99,37 @@ pub struct AdmissionState {
 pub fn router(state: AdmissionState) -> Router {
     Router::new()
         .route(MUTATE_PATH, post(mutate))
+        .layer(GlobalConcurrencyLimitLayer::new(MAX_REQUESTS_IN_FLIGHT))
+        // Outside the slots: a client trickling its body holds its connection, not a slot
+        // that a review from the API server needs.
+        .layer(middleware::from_fn(receive_review))
         .with_state(state)
+}
+
+/// Reads a review's whole body, at most [`MAX_REVIEW_BYTES`] within [`BODY_READ_TIMEOUT`],
+/// before the request goes on.
+async fn receive_review(request: Request, next: Next) -> Response {
+    let (parts, body) = request.into_parts();
+    match tokio::time::timeout(
+        BODY_READ_TIMEOUT,
+        axum::body::to_bytes(body, MAX_REVIEW_BYTES),
+    )
+    .await
+    {
+        Ok(Ok(body)) => next.run(Request::from_parts(parts, Body::from(body))).await,
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "admission review not read");
+            (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("an AdmissionReview takes at most {MAX_REVIEW_BYTES} bytes"),
+            )
+                .into_response()
+        }
+        Err(_) => {
+            tracing::warn!("admission review body not read in time");
+            (StatusCode::REQUEST_TIMEOUT, "body not sent in time").into_response()
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -233,28 +265,9 @@ enum ReviewError {
     Patch(#[from] kube::core::admission::SerializePatchError),
 }
 
-async fn mutate(State(state): State<AdmissionState>, body: Body) -> Response {
+/// Answers a review whose body [`receive_review`] has read.
+async fn mutate(State(state): State<AdmissionState>, body: Bytes) -> Response {
     let started = Instant::now();
-    let body = match tokio::time::timeout(
-        BODY_READ_TIMEOUT,
-        axum::body::to_bytes(body, MAX_REVIEW_BYTES),
-    )
-    .await
-    {
-        Ok(Ok(body)) => body,
-        Ok(Err(error)) => {
-            tracing::warn!(%error, "admission review not read");
-            return (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("an AdmissionReview takes at most {MAX_REVIEW_BYTES} bytes"),
-            )
-                .into_response();
-        }
-        Err(_) => {
-            tracing::warn!("admission review body not read in time");
-            return (StatusCode::REQUEST_TIMEOUT, "body not sent in time").into_response();
-        }
-    };
     // Typed: only a Pod's fields are read, nothing is copied as untyped JSON.
     let review: AdmissionReview<Pod> = match serde_json::from_slice(&body) {
         Ok(review) => review,
@@ -726,6 +739,40 @@ mod tests {
             json!({"big": "x".repeat(MAX_REVIEW_BYTES)});
         let (status, _) = post(&state, big.to_string()).await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    /// More trickling clients than request slots: a review from the API server is still
+    /// answered at once, long before the trickled bodies time out.
+    #[tokio::test(start_paused = true)]
+    async fn trickled_bodies_take_no_request_slot() {
+        let state = state(vec![watch("web", &[])], true);
+        let webhook = router(state);
+        let trickles: Vec<_> = (0..MAX_REQUESTS_IN_FLIGHT + 10)
+            .map(|_| {
+                let never = futures::stream::pending::<Result<axum::body::Bytes, std::io::Error>>();
+                let request = Request::post(MUTATE_PATH)
+                    .header("content-type", "application/json")
+                    .body(Body::from_stream(never))
+                    .unwrap();
+                tokio::spawn(webhook.clone().oneshot(request))
+            })
+            .collect();
+        // Every trickle is waiting for its body by the time the clock moves.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let request = Request::post(MUTATE_PATH)
+            .header("content-type", "application/json")
+            .body(Body::from(review(json!({}), "CREATE").to_string()))
+            .unwrap();
+        let response = webhook.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(
+            trickles.iter().all(|trickle| !trickle.is_finished()),
+            "answered while every trickled body was still awaited"
+        );
+        for trickle in trickles {
+            let response = trickle.await.unwrap().unwrap();
+            assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -38,11 +38,13 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use procwatch_crds::ProcessWatch;
 use procwatch_crds::constants::REPORT_PATH;
 use procwatch_crds::report::{AgentReport, ReportResponse, ReportVersion, UnsupportedVersion};
+use tower::limit::GlobalConcurrencyLimitLayer;
 
 use crate::admission;
 use crate::controller::triggers::Triggers;
 use crate::leader::Leadership;
 use crate::metrics::{Metrics, ReportResult};
+use crate::tls::MAX_REQUESTS_IN_FLIGHT;
 use auth::{AuthError, Authenticator, Refusal};
 use capacity::{Capacity, Overload};
 use store::{FindingsStore, PodFindings, PodKey};
@@ -82,6 +84,7 @@ pub fn router(state: ReportState) -> Router {
         .route(REPORT_PATH, post(report))
         // The handler enforces its own limit, after authentication.
         .layer(DefaultBodyLimit::disable())
+        .layer(GlobalConcurrencyLimitLayer::new(MAX_REQUESTS_IN_FLIGHT))
         .with_state(state)
 }
 

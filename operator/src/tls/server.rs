@@ -27,23 +27,23 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long requests in flight may take to finish after shutdown is asked for.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What one server holds at most, whoever connects.
+/// What one server holds at most, whoever connects. How many requests are handled at once is
+/// each router's own limit ([`MAX_REQUESTS_IN_FLIGHT`]), so that a router can read a body
+/// before a request takes its slot.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     /// Open connections; one more is closed as soon as it is accepted.
     pub connections: usize,
-    /// Requests handled at once over every connection; more wait their turn.
-    pub requests: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            connections: 1024,
-            requests: 256,
-        }
+        Limits { connections: 1024 }
     }
 }
+
+/// Requests a router handles at once over every connection; more wait their turn.
+pub const MAX_REQUESTS_IN_FLIGHT: usize = 256;
 
 /// Serves `app` over HTTPS on `listener` until `shutdown` completes, then drains. The caller
 /// binds, so a bind error is reported before anything runs (and tests can bind port 0).
@@ -64,9 +64,6 @@ pub async fn serve_with_limits(
     shutdown: impl Future<Output = ()> + Send + 'static,
     limits: Limits,
 ) -> io::Result<()> {
-    let app = app.layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-        limits.requests,
-    ));
     let connection_slots = Arc::new(tokio::sync::Semaphore::new(limits.connections));
     let local = listener.local_addr()?;
     tracing::info!(address = %local, "serving HTTPS");

@@ -330,10 +330,7 @@ async fn connections_beyond_the_cap_are_closed() {
     let addr = listener.local_addr().unwrap();
     let (config, _) = reloadable_server_config(&material).unwrap();
     let app = Router::new().route("/hello", get(|| async { "hello" }));
-    let limits = crate::tls::Limits {
-        connections: 2,
-        requests: 1,
-    };
+    let limits = crate::tls::Limits { connections: 2 };
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(crate::tls::serve_with_limits(
         listener,
