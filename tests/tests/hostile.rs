@@ -375,6 +375,16 @@ async fn a_hostile_workload_neither_stops_nor_robs_the_agent() -> anyhow::Result
     ensure!(print.sha256.is_empty(), "a terabyte hashed: {print:?}");
 
     // Three intervals more: Reporting=True throughout, each report a new scan in time.
+    let accepted = |metrics: &str| {
+        metric_value(
+            metrics,
+            "procwatch_reports_total",
+            &[("result", "accepted")],
+        )
+        .unwrap_or(0.0)
+    };
+    let accepted_before = accepted(&operator.metrics().await?);
+    let started = std::time::Instant::now();
     let api: Api<ProcessWatch> = ns.api();
     let seen = std::sync::Mutex::new(Vec::new());
     wait_for(
@@ -406,6 +416,13 @@ async fn a_hostile_workload_neither_stops_nor_robs_the_agent() -> anyhow::Result
     .await?;
     let seen = seen.into_inner().unwrap_or_else(|e| e.into_inner());
     println!("reports of the hostile pod at {seen:?}");
+    // The status is rewritten less often than the agent reports; the operator counts each one.
+    let reports = accepted(&operator.metrics().await?) - accepted_before;
+    println!(
+        "reports accepted in {:.1}s: {reports}",
+        started.elapsed().as_secs_f64()
+    );
+    ensure!(reports >= 3.0, "{reports} reports accepted");
 
     // A process of the agent's own uid and gid cannot read its token or its environment; the
     // same reads of another process of that user succeed, so only the agent's non-dumpable
