@@ -236,7 +236,8 @@ pub struct PodReport {
 }
 
 /// Processes an agent counted in no container, by why.
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "crd", derive(JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct SkippedProcesses {
     /// Exited while being read.
