@@ -1,7 +1,9 @@
 //! `spec.interval`: a duration written as Kubernetes writes them (`15s`, `2m`, `1m30s`, `1h`),
 //! bounded to 1s..1h by the schema so the API server refuses anything else.
 
-use std::{borrow::Cow, fmt, str::FromStr, time::Duration};
+#[cfg(feature = "crd")]
+use std::borrow::Cow;
+use std::{fmt, str::FromStr, time::Duration};
 
 #[cfg(feature = "crd")]
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};

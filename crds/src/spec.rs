@@ -9,7 +9,9 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{Expectation, Interval, ProcessEvents, status::ProcessWatchStatus};
+#[cfg(feature = "crd")]
+use crate::status::ProcessWatchStatus;
+use crate::{Expectation, Interval, ProcessEvents};
 
 /// Selects pods of its namespace, attaches the procwatch agent to them and reports, per
 /// container, what runs there.

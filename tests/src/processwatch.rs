@@ -43,24 +43,35 @@ pub async fn pw_table(ns: &TestNamespace) -> anyhow::Result<Vec<BTreeMap<String,
     parse_table(&out)
 }
 
-/// Parses kubectl's default table output (cells separated by whitespace, none empty).
+/// Parses kubectl's default table output. Its columns are aligned, so each cell is the text
+/// under its header; a cell may be empty (a printer column whose JSONPath finds nothing, such
+/// as a condition a watch does not have, prints as nothing in kubectl 1.20).
 pub fn parse_table(out: &str) -> anyhow::Result<Vec<BTreeMap<String, String>>> {
     let mut lines = out.lines().filter(|l| !l.trim().is_empty());
     let Some(header) = lines.next() else {
         bail!("no table in {out:?}");
     };
+    let starts: Vec<usize> = header
+        .char_indices()
+        .filter(|&(i, c)| c != ' ' && (i == 0 || header.as_bytes()[i - 1] == b' '))
+        .map(|(i, _)| i)
+        .collect();
     let columns: Vec<&str> = header.split_whitespace().collect();
     lines
         .map(|line| {
-            let cells: Vec<&str> = line.split_whitespace().collect();
-            if cells.len() != columns.len() {
-                bail!("row {line:?} does not fit header {header:?}");
-            }
-            Ok(columns
+            let cell = |i: usize| -> anyhow::Result<String> {
+                let start = starts[i].min(line.len());
+                let end = starts.get(i + 1).map_or(line.len(), |&e| e.min(line.len()));
+                let text = line
+                    .get(start..end)
+                    .with_context(|| format!("row {line:?} does not fit header {header:?}"))?;
+                Ok(text.trim().to_string())
+            };
+            columns
                 .iter()
-                .zip(cells)
-                .map(|(c, v)| (c.to_string(), v.to_string()))
-                .collect())
+                .enumerate()
+                .map(|(i, column)| Ok((column.to_string(), cell(i)?)))
+                .collect()
         })
         .collect()
 }
@@ -265,14 +276,19 @@ mod tests {
     fn tables_and_metrics_parse() {
         let rows = parse_table(
             "NAME   SELECTED   ATTACHED   REPORTING   PROCESSES   READY   COMPLIANT   INSYNC   AGE\n\
-             web    2          2          2           6           True    False       <none>   3m\n",
+             web    2          2          2           6           True    False                3m\n\
+             db     1          1          1           12          True                False    9s\n",
         )
         .unwrap();
         assert_eq!(rows[0]["PROCESSES"], "6");
         assert_eq!(rows[0]["READY"], "True");
         assert_eq!(
             pw_cells(&rows[0]),
-            ["web", "2", "2", "2", "6", "True", "False", "<none>"]
+            ["web", "2", "2", "2", "6", "True", "False", ""]
+        );
+        assert_eq!(
+            pw_cells(&rows[1]),
+            ["db", "1", "1", "1", "12", "True", "", "False"]
         );
         let text = "# TYPE x counter\nprocwatch_reports_total{result=\"accepted\"} 7\n\
                     procwatch_container_processes{namespace=\"a\",watch=\"w\",pod=\"p\",container=\"app\"} 3\n";

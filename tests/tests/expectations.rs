@@ -104,7 +104,7 @@ async fn nginx_meets_its_expectations_until_a_shell_command_runs() -> anyhow::Re
         .then_some(())
     };
     wait_for_watch(&ns, "web", "Compliant and InSync", NOTICED_WITHIN, healthy).await?;
-    print_kubectl(&ns, &["get", "pw", "web"]).await?;
+    print_kubectl(&ns, &["get", "processwatches", "web"]).await?;
     let pod = ns
         .live_pods("app=nginx")
         .await?
@@ -157,7 +157,7 @@ async fn nginx_meets_its_expectations_until_a_shell_command_runs() -> anyhow::Re
         "status.violations:\n{}",
         serde_yaml::to_string(&pw.status.as_ref().map(|s| &s.violations))?
     );
-    print_kubectl(&ns, &["get", "pw", "web"]).await?;
+    print_kubectl(&ns, &["get", "processwatches", "web"]).await?;
 
     let (note, related) =
         wait_for_event(&ns, "ExpectationViolated", |note, _| note.contains("sleep")).await?;
@@ -195,7 +195,7 @@ async fn nginx_meets_its_expectations_until_a_shell_command_runs() -> anyhow::Re
     println!("ExpectationMet: {note}");
     let cleared = metric(&operator, "procwatch_violations", &labels).await?;
     ensure!(cleared == 0.0, "procwatch_violations still {cleared}");
-    print_kubectl(&ns, &["describe", "pw", "web"]).await?;
+    print_kubectl(&ns, &["describe", "processwatches", "web"]).await?;
     ns.finish();
     operator.finish();
     Ok(())
@@ -255,7 +255,7 @@ async fn a_replica_with_another_config_is_named() -> anyhow::Result<()> {
         },
     )
     .await?;
-    print_kubectl(&ns, &["get", "pw", "conf"]).await?;
+    print_kubectl(&ns, &["get", "processwatches", "conf"]).await?;
     let pods: Vec<String> = ns
         .live_pods("app=conf")
         .await?
@@ -303,7 +303,7 @@ async fn a_replica_with_another_config_is_named() -> anyhow::Result<()> {
     let count = metric(&operator, "procwatch_file_variants", &labels).await?;
     ensure!(count == 2.0, "procwatch_file_variants {count}");
     println!("procwatch_file_variants{{path=\"/etc/app.conf\"}} {count}");
-    print_kubectl(&ns, &["get", "pw", "conf"]).await?;
+    print_kubectl(&ns, &["get", "processwatches", "conf"]).await?;
     ns.finish();
     operator.finish();
     Ok(())
@@ -378,7 +378,7 @@ spec:
         &ns,
         &[
             "get",
-            "pw",
+            "processwatches",
             "storm",
             "-o",
             "jsonpath={.status.pods[0].name} pidsAllocated={.status.pods[0].pidsAllocated} pidsPerMinute={.status.pods[0].pidsPerMinute}",

@@ -767,9 +767,9 @@ fn print_container(c: &ContainerReport) {
     }
 }
 
-/// COMPLIANT and INSYNC of a watch without `expect` and without `collect.files`: kubectl's
-/// mark for a condition that is not there.
-const NOT_JUDGED: [&str; 2] = ["<none>", "<none>"];
+/// COMPLIANT and INSYNC of a watch without `expect` and without `collect.files`: kubectl 1.20
+/// prints nothing for a condition that is not there.
+const NOT_JUDGED: [&str; 2] = ["", ""];
 
 /// `kubectl get pw <watch>` (the real kubectl, the CRD's printer columns) shows the contract's
 /// columns with these counts, READY True, and COMPLIANT and INSYNC as `judged`.

@@ -447,7 +447,7 @@ async fn selected_deployment_reports_its_processes() -> anyhow::Result<()> {
     ensure!(rows.len() == 1, "{rows:?}");
     let row = &rows[0];
     ensure!(
-        pw_cells(row) == ["sleepers", "2", "2", "2", "6", "True", "<none>", "<none>"],
+        pw_cells(row) == ["sleepers", "2", "2", "2", "6", "True", "", ""],
         "kubectl get pw: {row:?}"
     );
     ensure!(row.contains_key("AGE"), "{row:?}");
