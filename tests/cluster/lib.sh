@@ -79,10 +79,16 @@ pid_alive() {
 
 # start NAME CMD...: run a daemon detached (own session, so it outlives this script and the
 # caller's process group), output to logs/NAME.log, "PID STARTTIME" to pids/NAME.pid.
+# The daemon does not inherit run-e2e's cluster lock: a run killed before its down must not
+# leave the lock held by the daemons it started.
 start() {
-  local name=$1
+  local name=$1 lock_fd=${PROCWATCH_CLUSTER_LOCK_FD:-}
   shift
-  setsid "$@" >>"$LOG_DIR/$name.log" 2>&1 </dev/null &
+  if [ -n "$lock_fd" ]; then
+    setsid "$@" >>"$LOG_DIR/$name.log" 2>&1 </dev/null {lock_fd}>&- &
+  else
+    setsid "$@" >>"$LOG_DIR/$name.log" 2>&1 </dev/null &
+  fi
   local pid=$!
   sleep 0.1
   echo "$pid $(proc_start "$pid")" >"$PID_DIR/$name.pid"
