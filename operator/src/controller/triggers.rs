@@ -1,13 +1,16 @@
 //! Reconcile requests from outside the controller's own watch of ProcessWatches: pod changes
 //! and report arrivals. Requests for one watch collapse into one until the controller takes
 //! them, so producers never block (a standby replica takes none) and memory is bounded by the
-//! number of watches.
+//! number of watches. The controller takes them at most once per [`BATCH_EVERY`]: a watch of
+//! N pods on an interval T gets N/T reports a second, and each would otherwise cost a rebuild
+//! of its status; the first request after a quiet spell is taken at once.
 //!
 //! Pod changes come from the operator's one pod reflector, after its store is updated, so a
 //! reconcile never sees an older pod than the event that woke it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::{Stream, StreamExt, stream};
 use k8s_openapi::api::core::v1::Pod;
@@ -20,6 +23,9 @@ use super::namespaces::PodNames;
 use super::status::selects;
 use crate::lock;
 use crate::report::store::{FindingsStore, PodKey};
+
+/// How often the controller takes the requests gathered meanwhile.
+pub const BATCH_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Default)]
 pub struct Triggers {
@@ -45,13 +51,17 @@ impl Triggers {
         pending
     }
 
-    /// The requests, for `Controller::reconcile_on`.
+    /// The requests, for `Controller::reconcile_on`: each watch at most once per
+    /// [`BATCH_EVERY`].
     pub fn stream(&self) -> impl Stream<Item = ObjectRef<ProcessWatch>> + Send + 'static {
-        stream::unfold(self.clone(), |triggers| async move {
+        stream::unfold((self.clone(), false), |(triggers, taken)| async move {
+            if taken {
+                tokio::time::sleep(BATCH_EVERY).await;
+            }
             loop {
                 let batch: Vec<_> = lock(&triggers.pending).drain().collect();
                 if !batch.is_empty() {
-                    return Some((stream::iter(batch), triggers));
+                    return Some((stream::iter(batch), (triggers, true)));
                 }
                 triggers.notify.notified().await;
             }
@@ -169,8 +179,8 @@ mod tests {
         triggers.take().into_iter().map(|r| r.name).collect()
     }
 
-    #[test]
-    fn requests_for_one_watch_collapse() {
+    #[tokio::test]
+    async fn requests_for_one_watch_collapse() {
         let triggers = Triggers::default();
         let web = ObjectRef::<ProcessWatch>::new("web").within("shop");
         triggers.fire([web.clone(), web.clone()]);
@@ -182,6 +192,22 @@ mod tests {
             None,
             "nothing else is pending"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_are_taken_at_most_once_per_batch_interval() {
+        let triggers = Triggers::default();
+        let web = ObjectRef::<ProcessWatch>::new("web").within("shop");
+        let mut stream = Box::pin(triggers.stream());
+        triggers.fire([web.clone()]);
+        assert_eq!(stream.next().await, Some(web.clone()), "the first at once");
+        let taken = tokio::time::Instant::now();
+        for _ in 0..10 {
+            triggers.fire([web.clone()]);
+        }
+        assert_eq!(stream.next().await, Some(web.clone()), "ten become one");
+        assert!(taken.elapsed() >= BATCH_EVERY);
+        assert_eq!(stream.next().now_or_never(), None);
     }
 
     #[test]
