@@ -330,7 +330,7 @@ mod tests {
             assert_eq!(field.field_path, path);
         }
         let plain = |name| env_value(&c, name).unwrap().value.clone().unwrap();
-        assert_eq!(plain(env::REPORT_URL), "https://127.0.0.1:9443/report/v1");
+        assert_eq!(plain(env::REPORT_URL), "https://127.0.0.1:9444/report/v1");
         assert!(plain(env::CA_PEM).starts_with("-----BEGIN CERTIFICATE-----"));
         assert_eq!(plain(env::TOKEN_FILE), TOKEN_FILE);
         assert_eq!(plain(env::INTERVAL), "15s");

@@ -60,7 +60,7 @@ pub struct InjectionSettings {
     pub agent_image: String,
     /// `IfNotPresent` normally; tests with locally imported images use `Never`.
     pub image_pull_policy: String,
-    /// Full URL of the report endpoint, e.g. `https://127.0.0.1:9443/report/v1`.
+    /// Full URL of the report endpoint, e.g. `https://127.0.0.1:9444/report/v1`.
     pub report_url: String,
     /// The API server runs native sidecars (1.29+): the agent is an init container with
     /// `restartPolicy: Always`, else a plain container.
@@ -418,7 +418,7 @@ pub(crate) mod test_support {
         InjectionSettings {
             agent_image: "procwatch-agent:test".to_string(),
             image_pull_policy: "Never".to_string(),
-            report_url: "https://127.0.0.1:9443/report/v1".to_string(),
+            report_url: "https://127.0.0.1:9444/report/v1".to_string(),
             native_sidecars,
             token_expiration_seconds: 3600,
         }
