@@ -120,6 +120,31 @@ spec:
     )
 }
 
+/// A Deployment of `replicas` busybox pods labelled `app=<app>` on the host network, whose
+/// container `app` runs `sh -c <script>`.
+pub fn busybox_deployment(name: &str, app: &str, replicas: u32, script: &str) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {app}}}}}
+  template:
+    metadata: {{labels: {{app: {app}}}}}
+    spec:
+      hostNetwork: true
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: app
+        image: localhost/busybox:local
+        imagePullPolicy: Never
+        command: [sh, -c, "{script}"]
+"#
+    )
+}
+
 /// Applies a watch and waits until the operator has seen it (status.observedGeneration), so
 /// pods created afterwards meet a webhook that knows it.
 pub async fn apply_watch(ns: &TestNamespace, yaml: &str, name: &str) -> anyhow::Result<()> {

@@ -15,7 +15,9 @@ use anyhow::{Context, ensure};
 use k8s_openapi::api::core::v1::Event;
 use kube::api::ListParams;
 use procwatch_crds::{ProcessWatch, ProcessWatchStatus};
-use procwatch_e2e::processwatch::{apply_watch, describe_status, metric_value, wait_for_watch};
+use procwatch_e2e::processwatch::{
+    apply_watch, busybox_deployment, describe_status, metric_value, wait_for_watch,
+};
 use procwatch_e2e::samples::Sample;
 use procwatch_e2e::{Cluster, Operator, TestNamespace, Wait, wait_for};
 
@@ -203,7 +205,7 @@ async fn nginx_meets_its_expectations_until_a_shell_command_runs() -> anyhow::Re
 
 /// Two replicas that write the same /etc/app.conf, then sleep.
 fn replicas_yaml() -> String {
-    r#"
+    let watch = r#"
 apiVersion: procwatch.dev/v1alpha1
 kind: ProcessWatch
 metadata: {name: conf}
@@ -213,25 +215,14 @@ spec:
   collect:
     files: [/etc/app.conf]
   agent: {ptrace: true}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: conf}
-spec:
-  replicas: 2
-  selector: {matchLabels: {app: conf}}
-  template:
-    metadata: {labels: {app: conf}}
-    spec:
-      hostNetwork: true
-      terminationGracePeriodSeconds: 1
-      containers:
-      - name: app
-        image: localhost/busybox:local
-        imagePullPolicy: Never
-        command: [sh, -c, "echo workers=2 > /etc/app.conf; exec sleep 3600"]
-"#
-    .to_string()
+---"#;
+    let replicas = busybox_deployment(
+        "conf",
+        "conf",
+        2,
+        "echo workers=2 > /etc/app.conf; exec sleep 3600",
+    );
+    format!("{watch}{replicas}")
 }
 
 #[tokio::test]

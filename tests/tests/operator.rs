@@ -20,8 +20,8 @@ use procwatch_crds::ProcessWatch;
 use procwatch_crds::constants::{AGENT_CONTAINER_NAME, TOKEN_AUDIENCE, WATCHES_ANNOTATION, env};
 use procwatch_crds::report::{self, AgentReport, CollectRequest, ReportResponse};
 use procwatch_e2e::processwatch::{
-    self, agent_token_volume, apply_watch, busybox_pod, container_id, describe_status, has_agent,
-    metric_value, pw_cells, pw_table, pw_yaml, wait_for_watch,
+    self, agent_token_volume, apply_watch, busybox_deployment, busybox_pod, container_id,
+    describe_status, has_agent, metric_value, pw_cells, pw_table, pw_yaml, wait_for_watch,
 };
 use procwatch_e2e::{Cluster, Operator, REPORT_URL, TestNamespace, Wait, wait_for};
 
@@ -41,26 +41,7 @@ fn watch_yaml(name: &str, app: &str, existing_pods: &str) -> String {
 /// A Deployment of busybox pods on the host network whose container `app` runs a known process
 /// tree: `sh -c 'sleep 3600 & sleep 3601 & wait'`.
 fn sleeper_deployment(name: &str, app: &str, replicas: u32) -> String {
-    format!(
-        r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: {name}}}
-spec:
-  replicas: {replicas}
-  selector: {{matchLabels: {{app: {app}}}}}
-  template:
-    metadata: {{labels: {{app: {app}}}}}
-    spec:
-      hostNetwork: true
-      terminationGracePeriodSeconds: 1
-      containers:
-      - name: app
-        image: localhost/busybox:local
-        imagePullPolicy: Never
-        command: [sh, -c, "sleep 3600 & sleep 3601 & wait"]
-"#
-    )
+    busybox_deployment(name, app, replicas, "sleep 3600 & sleep 3601 & wait")
 }
 
 /// A bare busybox pod labelled `app=<app>`.
