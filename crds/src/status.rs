@@ -210,6 +210,9 @@ pub struct PodReport {
     pub uid: Option<String>,
     #[serde(default, skip_serializing_if = "is_none_or_empty")]
     pub node_name: Option<String>,
+    /// When the agent reported what is shown, to within two intervals or five minutes,
+    /// whichever is longer: the time alone does not rewrite the status. Whether the agent still
+    /// reports is the Reporting condition's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reported_at: Option<Time>,
     #[serde(default)]
@@ -219,7 +222,8 @@ pub struct PodReport {
     #[serde(default, skip_serializing_if = "SkippedProcesses::is_empty")]
     pub skipped: SkippedProcesses,
     /// Pids allocated in the pod's PID namespace since the operator first heard from its
-    /// agent, threads included, whether or not a scan saw those processes.
+    /// agent, threads included, whether or not a scan saw those processes. Updated with
+    /// `reportedAt`, or at once when the rate per minute doubles or halves by 120 or more.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",

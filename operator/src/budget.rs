@@ -36,7 +36,25 @@ impl Cuts {
 
 /// Size of the status as JSON, as the API server stores it.
 pub fn size(status: &ProcessWatchStatus) -> usize {
-    serde_json::to_vec(status).map_or(usize::MAX, |bytes| bytes.len())
+    json_len(status).unwrap_or(usize::MAX)
+}
+
+/// Bytes of `value` as JSON, counted as written: a status is measured several times while it
+/// is fitted, and holding each rendering would cost its size in memory every time.
+fn json_len(value: &impl serde::Serialize) -> Option<usize> {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    serde_json::to_writer(&mut counter, value).ok()?;
+    Some(counter.0)
 }
 
 /// Busier processes sort first: CPU, then memory, then the lower pid for a stable order.
@@ -108,7 +126,7 @@ fn cut_processes(status: &mut ProcessWatchStatus, excess: usize, cuts: &mut Cuts
         let container = &mut status.pods[p].containers[c];
         if let Some(process) = container.processes.pop() {
             // The element and the comma that separated it.
-            removed_bytes += serde_json::to_vec(&process).map_or(0, |b| b.len()) + 1;
+            removed_bytes += json_len(&process).unwrap_or(0) + 1;
             container.truncated = true;
             cuts.processes += 1;
             removed_any = true;
@@ -145,7 +163,7 @@ fn drop_pods(
         let Some(pod) = status.pods.pop() else {
             break;
         };
-        current = current.saturating_sub(serde_json::to_vec(&pod).map_or(0, |b| b.len()) + 1);
+        current = current.saturating_sub(json_len(&pod).unwrap_or(0) + 1);
         cuts.pods += 1;
         if current <= budget {
             current = size(status);

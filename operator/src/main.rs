@@ -14,6 +14,10 @@ use procwatch_operator::startup::{
 };
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc, not glibc's malloc: see BENCHMARKS.md, "The operator under load".
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();

@@ -20,7 +20,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller, Error as ControllerError};
+use kube::runtime::controller::{self, Action, Controller, Error as ControllerError};
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
@@ -54,6 +54,10 @@ const REFUSED_RETRY: Duration = Duration::from_secs(30);
 /// The API server's message is cut to this many bytes in the condition and the event.
 const REFUSAL_MESSAGE_BYTES: usize = 1024;
 const RECONCILE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Watches reconciled at once. Building a status is CPU work that holds the watch's listed
+/// findings several times over in memory; more at once than the cores can build only raises the
+/// memory peak (a burst of new pods wakes every watch).
+const MAX_CONCURRENT_RECONCILES: u16 = 4;
 
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -248,10 +252,38 @@ pub enum Write {
     Now,
 }
 
-fn normalized(status: &ProcessWatchStatus) -> ProcessWatchStatus {
-    let mut status = status.clone();
-    status.conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
-    status
+/// Whether two statuses say the same, their conditions in any order (the API server may return
+/// them in another). Compared in place: a status is up to 256 KiB of JSON and several times
+/// that in memory, and this runs on every reconcile.
+fn same_status(a: &ProcessWatchStatus, b: &ProcessWatchStatus) -> bool {
+    // Every field named, so that a new one cannot be left out.
+    let ProcessWatchStatus {
+        observed_generation,
+        conditions,
+        selected_pods,
+        attached_pods,
+        reporting_pods,
+        processes,
+        needs_restart,
+        opted_out,
+        summary,
+        violations,
+        pods,
+    } = a;
+    *observed_generation == b.observed_generation
+        && *selected_pods == b.selected_pods
+        && *attached_pods == b.attached_pods
+        && *reporting_pods == b.reporting_pods
+        && *processes == b.processes
+        && *needs_restart == b.needs_restart
+        && *opted_out == b.opted_out
+        && *summary == b.summary
+        && *violations == b.violations
+        && conditions.len() == b.conditions.len()
+        && conditions.iter().all(|condition| {
+            b.conditions.iter().find(|c| c.type_ == condition.type_) == Some(condition)
+        })
+        && *pods == b.pods
 }
 
 /// Skips a write when the status is what the object has, or what we wrote a moment ago (the
@@ -269,10 +301,9 @@ pub fn write_decision(
     takeover_left: Option<Duration>,
     now: Instant,
 ) -> Write {
-    let new = normalized(new);
     let recent = written.filter(|(_, at)| now.duration_since(*at) < TRUST_OWN_WRITE);
-    if current.map(normalized).as_ref() == Some(&new)
-        || recent.is_some_and(|(status, _)| normalized(status) == new)
+    if current.is_some_and(|current| same_status(current, new))
+        || recent.is_some_and(|(status, _)| same_status(status, new))
     {
         return Write::Unchanged;
     }
@@ -494,10 +525,14 @@ fn judge(
         m.expectations
             .changes(assessment, &reporting, &watch.spec, Instant::now())
     });
+    let previous = watch.status.as_ref().map_or(&[][..], |s| &s.pods[..]);
     for pod in &mut status.pods {
         if let Some(pids) = found.pids.get(&pod.name) {
-            pod.pids_allocated = Some(pids.total);
-            pod.pids_per_minute = pids.per_minute;
+            let shown = previous
+                .iter()
+                .find(|shown| shown.name == pod.name && shown.uid == pod.uid);
+            (pod.pids_allocated, pod.pids_per_minute) =
+                status::shown_pid_figures(shown, pod.reported_at.as_ref(), pids);
         }
     }
     let figures = metrics::expectations::Figures {
@@ -685,6 +720,16 @@ fn refused(ctx: &Context, watch: &ProcessWatch, detail: Detail, message: &str) -
     })
 }
 
+/// The server-side apply body of a status, serialized straight from the status (a
+/// `serde_json::Value` of it would hold the whole status once more, as a tree).
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusApply<'a> {
+    api_version: &'a str,
+    kind: &'a str,
+    status: &'a ProcessWatchStatus,
+}
+
 async fn write_status(
     ctx: &Context,
     watch: &ProcessWatch,
@@ -693,11 +738,11 @@ async fn write_status(
     let namespace = watch.namespace().unwrap_or_default();
     let name = watch.name_any();
     let api = Api::<ProcessWatch>::namespaced(ctx.client.clone(), &namespace);
-    let patch = Patch::Apply(serde_json::json!({
-        "apiVersion": ProcessWatch::api_version(&()),
-        "kind": ProcessWatch::kind(&()),
-        "status": status,
-    }));
+    let patch = Patch::Apply(StatusApply {
+        api_version: &ProcessWatch::api_version(&()),
+        kind: &ProcessWatch::kind(&()),
+        status,
+    });
     let params = PatchParams::apply(FIELD_MANAGER).force();
     match api.patch_status(&name, &params, &patch).await {
         Ok(_) => {
@@ -745,6 +790,7 @@ pub async fn run(
 ) {
     let watches = Api::<ProcessWatch>::all(ctx.client.clone());
     Controller::new(watches, watcher::Config::default().any_semantic())
+        .with_config(controller::Config::default().concurrency(MAX_CONCURRENT_RECONCILES))
         .reconcile_on(triggers.stream())
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

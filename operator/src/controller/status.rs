@@ -19,7 +19,7 @@ use procwatch_crds::{
 
 use crate::budget::busiest_first;
 use crate::expectations::drift::Comparison;
-use crate::expectations::{Assessment, Judgement, Reporting};
+use crate::expectations::{Assessment, Judgement, PidFigures, Reporting};
 use crate::metrics::{ContainerFigures, ContainerLabels};
 use crate::report::store::{PodFindings, PodKey};
 use crate::{admission, selector};
@@ -31,6 +31,12 @@ pub const NEEDS_RESTART_CAP: usize = 50;
 pub const SUMMARY_COMMANDS_CAP: usize = 50;
 /// An agent counts as reporting when its last report is younger than three intervals, and
 /// never less than this, so one late report on a 1s interval does not flap the condition.
+/// A status of up to 256 KiB rewritten every few seconds per watch only to move times is most
+/// of what etcd would be written at rest; liveness is the Reporting condition's.
+pub const MIN_REPORTED_AT_REFRESH: Duration = Duration::from_secs(300);
+/// Pids a minute by which a pod's rate must move (and at least double or halve) to be shown
+/// before its `reportedAt` moves: a fork storm shows at once, a few threads more or less do not.
+const PID_RATE_STEP: u64 = 120;
 const MIN_STALE_AFTER: Duration = Duration::from_secs(10);
 
 /// A pod the watch selects, with what the controller knows about it.
@@ -388,9 +394,11 @@ pub fn whole_seconds(at: Timestamp) -> Time {
     Time(Timestamp::from_second(at.as_second()).unwrap_or(at))
 }
 
-/// How stale a pod's `reportedAt` in the status may get before reports move it.
+/// How stale a pod's `reportedAt` in the status may get before reports move it: two
+/// intervals, and never under [`MIN_REPORTED_AT_REFRESH`]. At rest a watch's status is then
+/// rewritten for times about once per refresh, not once per report.
 pub fn reported_at_refresh(watch: &ProcessWatch) -> Duration {
-    watch.spec.interval.as_duration() * 2
+    (watch.spec.interval.as_duration() * 2).max(MIN_REPORTED_AT_REFRESH)
 }
 
 /// The `reportedAt` the status shows for this very pod (same uid), if any.
@@ -428,6 +436,38 @@ fn restamps(watch: &ProcessWatch, listed: &[&SelectedPod]) -> bool {
             !keeps_reported_at(shown_reported_at(watch, pod), f.received_at, refresh)
         })
     })
+}
+
+/// The pid figures a listed pod shows: the latest whenever its `reportedAt` moves or its rate
+/// moved by [`PID_RATE_STEP`], else those already shown. Threads and the agent's own scans
+/// allocate a few pids between any two reports; showing each count would rewrite the status on
+/// every report of a pod at rest.
+pub fn shown_pid_figures(
+    shown: Option<&PodReport>,
+    reported_at: Option<&Time>,
+    latest: &PidFigures,
+) -> (Option<u64>, Option<u64>) {
+    match shown {
+        Some(shown)
+            if shown.pids_allocated.is_some()
+                && shown.reported_at.as_ref() == reported_at
+                && !rate_moved(shown.pids_per_minute, latest.per_minute) =>
+        {
+            (shown.pids_allocated, shown.pids_per_minute)
+        }
+        _ => (Some(latest.total), latest.per_minute),
+    }
+}
+
+fn rate_moved(shown: Option<u64>, latest: Option<u64>) -> bool {
+    match (shown, latest) {
+        (Some(shown), Some(latest)) => {
+            let (low, high) = (shown.min(latest), shown.max(latest));
+            high - low >= PID_RATE_STEP && high > low.saturating_mul(2)
+        }
+        (None, Some(_)) => true,
+        (_, None) => false,
+    }
 }
 
 #[derive(Default)]
@@ -688,6 +728,68 @@ mod tests {
             at(30),
             refresh
         ));
+    }
+
+    #[test]
+    fn the_refresh_is_two_intervals_and_at_least_five_minutes() {
+        let mut watch = watch("w");
+        assert_eq!(reported_at_refresh(&watch), MIN_REPORTED_AT_REFRESH);
+        watch.spec.interval = "10m".parse().unwrap();
+        assert_eq!(reported_at_refresh(&watch), Duration::from_secs(1200));
+    }
+
+    #[test]
+    fn pid_figures_follow_reported_at_or_a_moved_rate() {
+        let stamp = whole_seconds(now());
+        let shown = PodReport {
+            name: "a".into(),
+            reported_at: Some(stamp.clone()),
+            pids_allocated: Some(40),
+            pids_per_minute: Some(12),
+            ..PodReport::default()
+        };
+        let latest = |total, per_minute| PidFigures {
+            total,
+            per_minute,
+            since_last: 0,
+        };
+        // The agent's scans and a few threads: kept until reportedAt moves.
+        assert_eq!(
+            shown_pid_figures(Some(&shown), Some(&stamp), &latest(44, Some(16))),
+            (Some(40), Some(12))
+        );
+        let later = whole_seconds(now() + Duration::from_secs(300));
+        assert_eq!(
+            shown_pid_figures(Some(&shown), Some(&later), &latest(44, Some(16))),
+            (Some(44), Some(16))
+        );
+        // A fork storm shows at once; so does its end.
+        assert_eq!(
+            shown_pid_figures(Some(&shown), Some(&stamp), &latest(4052, Some(64_000))),
+            (Some(4052), Some(64_000))
+        );
+        let storm = PodReport {
+            pids_allocated: Some(4052),
+            pids_per_minute: Some(64_000),
+            ..shown.clone()
+        };
+        assert_eq!(
+            shown_pid_figures(Some(&storm), Some(&stamp), &latest(4056, Some(16))),
+            (Some(4056), Some(16))
+        );
+        // The first rate, and a pod not shown before.
+        let first = PodReport {
+            pids_per_minute: None,
+            ..shown.clone()
+        };
+        assert_eq!(
+            shown_pid_figures(Some(&first), Some(&stamp), &latest(44, Some(16))),
+            (Some(44), Some(16))
+        );
+        assert_eq!(
+            shown_pid_figures(None, Some(&stamp), &latest(0, None)),
+            (Some(0), None)
+        );
     }
 
     #[test]

@@ -262,8 +262,10 @@ async fn status_is_applied_with_the_field_manager() {
 #[tokio::test]
 async fn reports_of_the_same_findings_rewrite_nothing_until_reported_at_is_due() {
     let mut watch = watch("web");
+    // Long enough for the first report to be a refresh old now and still count as reporting.
+    watch.spec.interval = "5m".parse().unwrap();
     let findings = FindingsStore::default();
-    let received = Timestamp::now();
+    let received = Timestamp::now() - status::reported_at_refresh(&watch);
     let report = |at: Timestamp| PodFindings {
         uid: "uid-web-1".into(),
         received_at: at,

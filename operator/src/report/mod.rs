@@ -2,7 +2,8 @@
 //! token as bearer. The token is reviewed ([`auth`]), the report must be about the token's
 //! pod, its containers are named from the pod the operator watches ([`response`]), the
 //! findings are kept as the pod's latest ([`store`]) and every watch selecting the pod is
-//! reconciled. The answer tells the agent what to collect next.
+//! reconciled when the report changed what it shows ([`store::Kept`]). The answer tells the
+//! agent what to collect next.
 //!
 //! The report is in the protocol's own types ([`procwatch_crds::report`]), converted into status
 //! types here ([`convert`]); a report of a version outside
@@ -343,7 +344,7 @@ async fn handle(
         watches = selecting.len(),
         "report accepted"
     );
-    state.findings.keep(
+    let kept = state.findings.keep(
         key,
         PodFindings {
             uid: report.pod_uid,
@@ -355,9 +356,12 @@ async fn handle(
         },
         selecting.iter().copied(),
     );
-    state
-        .triggers
-        .fire(selecting.iter().map(|watch| ObjectRef::from_obj(*watch)));
+    state.triggers.fire(
+        selecting
+            .iter()
+            .filter(|watch| kept.concerns(watch))
+            .map(|watch| ObjectRef::from_obj(*watch)),
+    );
     Ok((ReportResult::Accepted, response::merge(&selecting, &pod)))
 }
 

@@ -16,7 +16,7 @@ use kube::ResourceExt;
 use procwatch_crds::report::PidCursor;
 use procwatch_crds::{ContainerReport, ProcessInfo, ProcessWatch, SkippedProcesses};
 
-use crate::controller::status::container_totals;
+use crate::controller::status::{container_totals, stale_after};
 use crate::{read, write};
 
 /// A pod by namespace and name, as reports and the pod cache name it.
@@ -91,6 +91,41 @@ pub struct PodFindings {
     pub detailed: bool,
 }
 
+impl PodFindings {
+    /// Whether a status built from `other` shows what one built from these shows, but for
+    /// times and pid counts (which move with every report and are refreshed on their own
+    /// schedule).
+    fn shows_the_same(&self, other: &PodFindings) -> bool {
+        self.uid == other.uid
+            && self.detailed == other.detailed
+            && self.skipped == other.skipped
+            && self.containers == other.containers
+    }
+}
+
+/// What keeping a report changed, for the watches selecting its pod to tell whether they have
+/// anything to look at.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Kept {
+    /// The findings differ from the pod's previous ones, or it had none.
+    pub changed: bool,
+    pub previous_at: Option<Timestamp>,
+    pub received_at: Timestamp,
+}
+
+impl Kept {
+    /// Whether `watch` should be reconciled for this report: it changed what the pod shows, or
+    /// it ends a silence long enough for the watch to have called the pod stale. Otherwise the
+    /// watch's periodic reconcile, once per interval, takes the new times and pid counts: at
+    /// rest every report would cost a status rebuild for nothing.
+    pub fn concerns(&self, watch: &ProcessWatch) -> bool {
+        self.changed
+            || self.previous_at.is_none_or(|previous| {
+                self.received_at.duration_since(previous).unsigned_abs() >= stale_after(watch)
+            })
+    }
+}
+
 #[derive(Clone, Default)]
 pub struct FindingsStore {
     pods: Arc<RwLock<HashMap<PodKey, Arc<PodFindings>>>>,
@@ -105,12 +140,20 @@ impl FindingsStore {
         pod: PodKey,
         mut findings: PodFindings,
         watches: impl IntoIterator<Item = &'a ProcessWatch>,
-    ) {
+    ) -> Kept {
         findings.detailed = self.wants_detail(&pod, watches);
         if !findings.detailed {
             findings.containers = compact(findings.containers);
         }
-        self.insert(pod, findings);
+        let findings = Arc::new(findings);
+        let previous = write(&self.pods).insert(pod, findings.clone());
+        Kept {
+            changed: previous
+                .as_deref()
+                .is_none_or(|previous| !previous.shows_the_same(&findings)),
+            previous_at: previous.map(|previous| previous.received_at),
+            received_at: findings.received_at,
+        }
     }
 
     /// Whether one of `watches` lists the pod or would (a watch not reconciled yet would), or
@@ -296,6 +339,50 @@ mod tests {
             assert!(kept.detailed, "{}", judging.name_any());
             assert_eq!(kept.containers, [container()]);
         }
+    }
+
+    #[test]
+    fn only_reports_that_change_what_a_status_shows_or_end_a_silence_concern_a_watch() {
+        let store = FindingsStore::default();
+        let web = watch("web");
+        let key = PodKey::new("shop", "web-1");
+        let at = |second: i64| Timestamp::from_second(1_700_000_000 + second).unwrap();
+        let report = |second: i64, last_pid: u32, container: ContainerReport| PodFindings {
+            received_at: at(second),
+            pids: Some(PidCursor {
+                last_pid,
+                pid_max: None,
+            }),
+            ..reported(vec![container])
+        };
+        let first = store.keep(key.clone(), report(0, 400, container()), [&web]);
+        assert_eq!(first.previous_at, None);
+        assert!(first.changed && first.concerns(&web));
+
+        // The same facts, a later time and a few pids more: nothing to rebuild a status for.
+        let again = store.keep(key.clone(), report(15, 403, container()), [&web]);
+        assert_eq!(again.previous_at, Some(at(0)));
+        assert!(!again.changed && !again.concerns(&web));
+
+        let mut busier = container();
+        busier.processes[0].cpu_millicores += 1;
+        assert!(
+            store
+                .keep(key.clone(), report(30, 404, busier.clone()), [&web])
+                .concerns(&web)
+        );
+
+        // Silent for the watch's stale time: the watch may show the pod stale.
+        let silence = i64::try_from(stale_after(&web).as_secs()).unwrap();
+        let late = store.keep(key.clone(), report(30 + silence, 405, busier), [&web]);
+        assert!(!late.changed && late.concerns(&web));
+
+        // Another pod under the same name.
+        let recreated = PodFindings {
+            uid: "v".into(),
+            ..report(31 + silence, 1, container())
+        };
+        assert!(store.keep(key, recreated, [&web]).changed);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use procwatch_agent::reporter::{
     BACKOFF_MAX, BACKOFF_MIN, Backoff, FOLLOW_UP, ReportClient, SendError, UNWATCHED_RECHECK,
 };
 use procwatch_crds::duration::{MAX_INTERVAL, MIN_INTERVAL};
-use procwatch_crds::report::{self, AgentReport, Container, ContainerIdentity};
+use procwatch_crds::report::{self, AgentReport, Container, ContainerIdentity, PidCursor};
 
 use super::lock;
 use super::pods::SimulatedPod;
@@ -26,6 +26,11 @@ use super::pods::SimulatedPod;
 const RECORDED_REPORT: &str = include_str!("../../../operator/tests/fixtures/report-v1.json");
 /// Processes listed per container, as the operator's default `maxProcesses` asks for.
 pub const PROCESSES_PER_CONTAINER: u32 = 20;
+/// Pids a pod at rest allocates between two scans, as a real agent's reports show them (its own
+/// scan thread and a few blocking-pool threads): nothing the status should be rewritten for.
+const PIDS_PER_SCAN: std::ops::RangeInclusive<u32> = 1..=4;
+const FIRST_PID: u32 = 1000;
+const PID_MAX: u32 = 4_194_304;
 
 /// One report exchange, as the client saw it.
 #[derive(Clone, Debug)]
@@ -93,6 +98,10 @@ pub fn pod_report(pod: &SimulatedPod, namespace: &str, recorded: &Container) -> 
         pod_uid: pod.uid.clone(),
         scanned_at: None,
         containers,
+        pids: Some(PidCursor {
+            last_pid: FIRST_PID,
+            pid_max: Some(PID_MAX),
+        }),
         agent_version: "procwatch-loadgen".into(),
         ..AgentReport::default()
     }
@@ -137,6 +146,9 @@ impl Agent {
                 }
             }
             self.report.scanned_at = Some(Time(Timestamp::now()));
+            if let Some(pids) = &mut self.report.pids {
+                pids.last_pid += fastrand::u32(PIDS_PER_SCAN);
+            }
             let sent_at = Instant::now();
             let answer = self.client.send(&self.report).await;
             let took = sent_at.elapsed();

@@ -6,8 +6,9 @@
 //! group label; the N pods created in a burst through the API server (the webhook injects the
 //! agent; its admission latency is measured from both sides' histograms); each pod marked
 //! running and given a bound token ([`pods`]); the agents started at random offsets within one
-//! interval ([`agents`]); once every watch's status counts all its pods, the steady state is
-//! measured for the given duration; then every pod, the node and the namespace are removed.
+//! interval ([`agents`]); once every watch's status counts all its pods and two more intervals
+//! have passed (each pod's pid rate and the listings settle), the steady state is measured for
+//! the given duration; then every pod, the node and the namespace are removed.
 //!
 //! The first pod of the first watch is the probe: its reports alternate one container's
 //! process count, so each of its reports changes that watch's status, and the time until the
@@ -60,7 +61,7 @@ pub struct LoadConfig {
     pub pods: usize,
     pub watches: usize,
     pub interval: Duration,
-    /// The steady state measured, after every pod reports.
+    /// The steady state measured, two intervals after every pod reports.
     pub duration: Duration,
 }
 
@@ -226,12 +227,17 @@ async fn measure(
         },
     )
     .await?;
+    // A pod's second report brings its first pid rate, and reports sent while the listings
+    // were filling come back whole: two intervals more, and nothing changes but times.
+    let settle = config.interval * 2;
     println!(
-        "procwatch-loadgen: all {} pods reporting {:.1}s after the agents started; steady state for {}s",
+        "procwatch-loadgen: all {} pods reporting {:.1}s after the agents started; settling for {}s, then steady state for {}s",
         config.pods,
         ramp_started.elapsed().as_secs_f64(),
+        settle.as_secs(),
         config.duration.as_secs()
     );
+    tokio::time::sleep(settle).await;
 
     let operator_start = operator_metrics().await?;
     let apiserver_start = apiserver_metrics(&client).await?;
