@@ -1,7 +1,7 @@
 //! The load harness in small (50 pods, 5 watches, 60 s of steady state): what must hold at any
 //! speed. Every simulated pod reaches its watch's status, no report is refused, no watch's
-//! status is written more than once a second, and the operator reviews each pod's token once,
-//! not once per report. Timings are the benchmark's (`tests/load/run`, BENCHMARKS.md), not this
+//! status is written more than once a second nor at all when its pods change nothing, and the
+//! operator reviews each pod's token once, not once per report. Timings are the benchmark's (`tests/load/run`, BENCHMARKS.md), not this
 //! test's.
 
 use std::time::Duration;
@@ -55,6 +55,13 @@ async fn fifty_simulated_agents_report_without_refusal_or_write_storm() -> anyho
         busiest_writes <= figures.steady_seconds.ceil() + 1.0,
         "{busiest_writes:.0} status writes of one watch in {:.0} s",
         figures.steady_seconds
+    );
+    // The pods of every watch but the probe's report the same facts each time: their
+    // statuses are not rewritten for times or pid counts alone.
+    ensure!(
+        figures.unchanged_status_writes_per_watch_per_second == 0.0,
+        "watches whose pods changed nothing were written {:.3} times a second",
+        figures.unchanged_status_writes_per_watch_per_second
     );
     ensure!(
         figures.token_reviews_total >= 1.0 && figures.token_reviews_total <= config.pods as f64,

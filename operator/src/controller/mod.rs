@@ -27,6 +27,7 @@ use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use procwatch_crds::constants::FIELD_MANAGER;
 use procwatch_crds::{AttachMode, ExistingPods, ProcessWatch, ProcessWatchStatus};
+use sha2::{Digest, Sha256};
 
 use crate::errors::Chain;
 use crate::eviction::{self, Decision};
@@ -110,7 +111,7 @@ pub struct Memory(Mutex<HashMap<(String, String), WatchMemory>>);
 #[derive(Default)]
 struct WatchMemory {
     uid: Option<String>,
-    written: Option<(ProcessWatchStatus, Instant)>,
+    written: Option<(StatusDigest, Instant)>,
     members: Option<Membership>,
     /// The pod evicted last (name, uid, when), until no pod is left to evict.
     evicted: Option<(String, String, Instant)>,
@@ -252,6 +253,31 @@ pub enum Write {
     Now,
 }
 
+/// What this replica remembers of a status it wrote: its digest, which is all that comparing
+/// needs, not a copy of up to 256 KiB of JSON (and several times that in memory) per watch.
+/// Both sides are statuses this replica built, so their conditions come in the same order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatusDigest([u8; 32]);
+
+impl StatusDigest {
+    pub fn of(status: &ProcessWatchStatus) -> Self {
+        struct Hashing(Sha256);
+        impl std::io::Write for Hashing {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.update(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut hashing = Hashing(Sha256::new());
+        // Writing into a hasher cannot fail, nor can serializing a status.
+        let _ = serde_json::to_writer(&mut hashing, status);
+        StatusDigest(hashing.0.finalize().into())
+    }
+}
+
 /// Whether two statuses say the same, their conditions in any order (the API server may return
 /// them in another). Compared in place: a status is up to 256 KiB of JSON and several times
 /// that in memory, and this runs on every reconcile.
@@ -296,14 +322,14 @@ fn same_status(a: &ProcessWatchStatus, b: &ProcessWatchStatus) -> bool {
 pub fn write_decision(
     new: &ProcessWatchStatus,
     current: Option<&ProcessWatchStatus>,
-    written: Option<&(ProcessWatchStatus, Instant)>,
+    written: Option<&(StatusDigest, Instant)>,
     min_interval: Duration,
     takeover_left: Option<Duration>,
     now: Instant,
 ) -> Write {
     let recent = written.filter(|(_, at)| now.duration_since(*at) < TRUST_OWN_WRITE);
     if current.is_some_and(|current| same_status(current, new))
-        || recent.is_some_and(|(status, _)| same_status(status, new))
+        || recent.is_some_and(|(digest, _)| *digest == StatusDigest::of(new))
     {
         return Write::Unchanged;
     }
@@ -454,7 +480,7 @@ async fn apply(watch: &ProcessWatch, ctx: &Context) -> Result<Action, Error> {
                     changes.extend(events::readiness_change(previous, &new_status));
                     changes.extend(events::ptrace_change(previous, &new_status));
                     ctx.memory.with(watch, |m| {
-                        m.written = Some((new_status, Instant::now()));
+                        m.written = Some((StatusDigest::of(&new_status), Instant::now()));
                         if detail == Detail::Full {
                             m.refusal = None;
                         }

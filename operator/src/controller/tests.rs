@@ -393,15 +393,43 @@ fn writes_are_skipped_when_unchanged_and_spaced_out() {
     assert_eq!(decide(&a, Some(&a), None), Write::Unchanged);
     assert_eq!(decide(&a, None, None), Write::Now);
     // Our own write, not yet in the cache.
-    let just_now = (a.clone(), now);
+    let just_now = (StatusDigest::of(&a), now);
     assert_eq!(decide(&a, Some(&b), Some(&just_now)), Write::Unchanged);
-    let ago = (b.clone(), now - Duration::from_millis(300));
+    let ago = (StatusDigest::of(&b), now - Duration::from_millis(300));
     assert_eq!(
         decide(&a, Some(&b), Some(&ago)),
         Write::Defer(Duration::from_millis(700))
     );
-    let long_ago = (b.clone(), now - Duration::from_secs(2));
+    let long_ago = (StatusDigest::of(&b), now - Duration::from_secs(2));
     assert_eq!(decide(&a, Some(&b), Some(&long_ago)), Write::Now);
+}
+
+#[test]
+fn statuses_are_the_same_whatever_the_order_of_their_conditions() {
+    let condition =
+        |type_: &str, status: &str| k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: "Checked".into(),
+            message: String::new(),
+            observed_generation: Some(1),
+            last_transition_time: Time(Timestamp::UNIX_EPOCH),
+        };
+    let ours = ProcessWatchStatus {
+        conditions: vec![condition("Attached", "True"), condition("Ready", "True")],
+        ..ProcessWatchStatus::default()
+    };
+    let mut returned = ours.clone();
+    returned.conditions.reverse();
+    assert!(same_status(&ours, &returned));
+    returned.conditions[0].status = "False".into();
+    assert!(!same_status(&ours, &returned));
+    let mut fewer = ours.clone();
+    fewer.conditions.pop();
+    assert!(!same_status(&ours, &fewer));
+    let mut more_pods = ours.clone();
+    more_pods.selected_pods = 1;
+    assert!(!same_status(&ours, &more_pods));
 }
 
 #[test]

@@ -5,7 +5,8 @@
 //! the summary, the counts and the metrics need ([`compact`]): a few hundred bytes per
 //! container instead of its processes' arguments, environments, capabilities, sockets and
 //! libraries. Which pods those are, each watch's last reconcile says ([`FindingsStore::list`]);
-//! a pod that would enter a watch's list keeps its detail from its first report on.
+//! a pod that would enter a watch's list keeps its detail from its first report on, and takes
+//! its place in the list at once.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
@@ -74,6 +75,20 @@ impl Listing {
             || self.pods.contains(pod)
             || self.pods.last().is_some_and(|last| pod < last.as_str())
     }
+
+    /// Takes `pod` into the list if it would be listed, ahead of the watch's next reconcile,
+    /// pushing out the last entry when full; whether it is listed. A burst of first reports
+    /// then keeps about `max_pods` of them whole per watch, not every one that came before
+    /// the reconcile.
+    fn claim(&mut self, pod: &str) -> bool {
+        if !self.would_list(pod) {
+            return false;
+        }
+        if self.pods.insert(pod.to_string()) && self.pods.len() > self.max_pods {
+            self.pods.pop_last();
+        }
+        true
+    }
 }
 
 /// One pod's last report, its containers already named from the pod's statuses.
@@ -141,7 +156,7 @@ impl FindingsStore {
         mut findings: PodFindings,
         watches: impl IntoIterator<Item = &'a ProcessWatch>,
     ) -> Kept {
-        findings.detailed = self.wants_detail(&pod, watches);
+        findings.detailed = self.claim_detail(&pod, watches);
         if !findings.detailed {
             findings.containers = compact(findings.containers);
         }
@@ -156,20 +171,25 @@ impl FindingsStore {
         }
     }
 
-    /// Whether one of `watches` lists the pod or would (a watch not reconciled yet would), or
-    /// judges every process of every pod it selects.
-    pub fn wants_detail<'a>(
+    /// Whether one of `watches` judges every process of every pod it selects, or lists the pod
+    /// or would; each watch that would list it takes it into its list ([`Listing::claim`]).
+    pub fn claim_detail<'a>(
         &self,
         pod: &PodKey,
         watches: impl IntoIterator<Item = &'a ProcessWatch>,
     ) -> bool {
-        let listings = read(&self.listings);
-        watches.into_iter().any(|watch| {
-            judges_every_process(watch)
-                || listings
-                    .get(&WatchKey::of(watch))
-                    .is_none_or(|listing| listing.would_list(&pod.name))
-        })
+        let mut listings = write(&self.listings);
+        let mut detailed = false;
+        for watch in watches {
+            let listing = listings
+                .entry(WatchKey::of(watch))
+                .or_insert_with(|| Listing {
+                    pods: BTreeSet::new(),
+                    max_pods: usize::try_from(watch.spec.report.max_pods).unwrap_or(usize::MAX),
+                });
+            detailed |= listing.claim(&pod.name) || judges_every_process(watch);
+        }
+        detailed
     }
 
     /// What `watch` lists in detail now (its first `max_pods` reporting pods by name), for
@@ -298,26 +318,64 @@ mod tests {
         let store = FindingsStore::default();
         let web = watch("web");
         let pod = |name: &str| PodKey::new("shop", name);
-        // Not reconciled yet: every pod keeps its detail.
-        assert!(store.wants_detail(&pod("web-9"), [&web]));
+        // Not reconciled yet: the first pods take the list's room.
+        assert!(store.claim_detail(&pod("web-9"), [&web]));
         store.list(
             WatchKey::of(&web),
             ["web-2".to_string(), "web-5".to_string()].into(),
             2,
         );
-        assert!(store.wants_detail(&pod("web-2"), [&web]));
+        assert!(store.claim_detail(&pod("web-2"), [&web]));
         assert!(
-            store.wants_detail(&pod("web-1"), [&web]),
-            "sorts before web-5"
+            store.claim_detail(&pod("web-1"), [&web]),
+            "sorts before web-5, which leaves the list"
         );
-        assert!(!store.wants_detail(&pod("web-9"), [&web]));
+        assert!(!store.claim_detail(&pod("web-5"), [&web]));
+        assert!(!store.claim_detail(&pod("web-9"), [&web]));
         store.keep(pod("web-9"), reported(vec![container()]), [&web]);
         let kept = store.get(&pod("web-9")).unwrap();
         assert!(!kept.detailed);
         assert_eq!(kept.containers, compact(vec![container()]));
         // Room in the list again: detail.
         store.list(WatchKey::of(&web), ["web-2".to_string()].into(), 2);
-        assert!(store.wants_detail(&pod("web-9"), [&web]));
+        assert!(store.claim_detail(&pod("web-9"), [&web]));
+    }
+
+    #[test]
+    fn a_burst_of_first_reports_keeps_max_pods_whole_per_watch() {
+        let store = FindingsStore::default();
+        let mut web = watch("web");
+        web.spec.report.max_pods = 10;
+        // 100 pods report before the watch's first reconcile, in no order of their names.
+        let names: Vec<String> = (0..100)
+            .map(|i| format!("web-{:03}", i * 37 % 100))
+            .collect();
+        let whole = names
+            .iter()
+            .filter(|name| {
+                store.keep(
+                    PodKey::new("shop", name),
+                    reported(vec![container()]),
+                    [&web],
+                );
+                store.get(&PodKey::new("shop", name)).unwrap().detailed
+            })
+            .count();
+        // Each pod that entered the list stays whole until its next report; past the first 10,
+        // entering takes sorting before the list's last entry.
+        assert!((10..=40).contains(&whole), "{whole} of 100 kept whole");
+        let listed: Vec<String> = read(&store.listings)[&WatchKey::of(&web)]
+            .pods
+            .iter()
+            .cloned()
+            .collect();
+        let mut first: Vec<String> = names.clone();
+        first.sort();
+        first.truncate(10);
+        assert_eq!(
+            listed, first,
+            "the first 10 by name, as a reconcile would list"
+        );
     }
 
     #[test]
