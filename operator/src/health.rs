@@ -7,7 +7,7 @@
 //! leader; `/readyz` says which role it has.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -102,10 +102,18 @@ pub fn router(state: HealthState) -> Router {
         .with_state(state)
 }
 
+/// The size of the last metrics text, to size the next one: with per-container series of a
+/// thousand pods it is megabytes, and growing it from empty copies it over and over (and leaves
+/// each smaller buffer behind).
+static LAST_METRICS_BYTES: AtomicUsize = AtomicUsize::new(0);
+
 async fn metrics(State(state): State<HealthState>) -> Response {
-    let mut text = String::new();
+    let mut text = String::with_capacity(LAST_METRICS_BYTES.load(Ordering::Relaxed) * 9 / 8);
     match prometheus_client::encoding::text::encode(&mut text, &state.registry) {
-        Ok(()) => ([(header::CONTENT_TYPE, OPENMETRICS)], text).into_response(),
+        Ok(()) => {
+            LAST_METRICS_BYTES.store(text.len(), Ordering::Relaxed);
+            ([(header::CONTENT_TYPE, OPENMETRICS)], text).into_response()
+        }
         Err(error) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("cannot encode metrics: {error}\n"),

@@ -165,9 +165,9 @@ impl Detail {
         }
     }
 
-    /// `full` with only this much detail.
-    pub fn of(self, full: &ProcessWatchStatus) -> ProcessWatchStatus {
-        let mut status = full.clone();
+    /// `status` with only this much detail. What a refused write held is the start of the next
+    /// try (the byte budget never cuts the summary), so the full status is never copied.
+    pub fn of(self, mut status: ProcessWatchStatus) -> ProcessWatchStatus {
         if self != Detail::Full {
             status.pods.clear();
         }
@@ -422,11 +422,11 @@ async fn apply(watch: &ProcessWatch, ctx: &Context) -> Result<Action, Error> {
         failure = step.failure;
     }
 
-    let mut full = built.status;
+    let mut status = built.status;
     let mut facts = built.facts;
     ctx.metrics
         .set_containers(&namespace, &name, &built.figures);
-    changes.extend(judge(ctx, watch, &selected, &built.assessment, &mut full));
+    changes.extend(judge(ctx, watch, &selected, &built.assessment, &mut status));
 
     let members = Membership {
         attached: selected
@@ -460,7 +460,7 @@ async fn apply(watch: &ProcessWatch, ctx: &Context) -> Result<Action, Error> {
     let previous = watch.status.as_ref();
     let takeover_left = status::stale_after(watch).checked_sub(ctx.leading_since.elapsed());
     loop {
-        let new_status = finish(ctx, watch, detail.of(&full), &facts, now);
+        let new_status = finish(ctx, watch, detail.of(status), &facts, now);
         let written = ctx.memory.with(watch, |m| m.written.clone());
         match write_decision(
             &new_status,
@@ -502,6 +502,7 @@ async fn apply(watch: &ProcessWatch, ctx: &Context) -> Result<Action, Error> {
                     match detail.less() {
                         Some(less) => {
                             detail = less;
+                            status = new_status;
                             continue;
                         }
                         None => {

@@ -178,11 +178,18 @@ pub fn build(watch: &ProcessWatch, selected: &[SelectedPod]) -> Built {
         .map(|e| format!("spec.selector: {e}"));
     let alive: Vec<&SelectedPod> = selected.iter().filter(|p| !p.terminating).collect();
     let attached: Vec<&SelectedPod> = alive.iter().copied().filter(|p| p.attached).collect();
+    let max_pods = usize::try_from(spec.report.max_pods).unwrap_or(usize::MAX);
+    // Whole containers for the pods the status lists, and for every pod when expectations judge
+    // processes; the others feed only counts, totals, commands and files.
+    let mut to_list = max_pods;
     let reporting: Vec<(&SelectedPod, Vec<ContainerReport>)> = attached
         .iter()
         .filter_map(|p| {
             let findings = p.findings.as_ref()?;
-            Some((*p, covered_containers(watch, &findings.containers)))
+            let listed = findings.detailed && to_list > 0;
+            to_list -= usize::from(listed);
+            let whole = listed || !spec.expect.is_empty();
+            Some((*p, covered_containers(watch, &findings.containers, whole)))
         })
         .collect();
     let opted_out: Vec<String> = alive
@@ -215,7 +222,6 @@ pub fn build(watch: &ProcessWatch, selected: &[SelectedPod]) -> Built {
             })
         })
         .collect();
-    let max_pods = usize::try_from(spec.report.max_pods).unwrap_or(usize::MAX);
     // The pods to list; those whose findings were kept compact (they were not listed when
     // they last reported) are listed from their next report on.
     let listing: BTreeSet<String> = reporting
@@ -310,10 +316,12 @@ fn count(n: usize) -> u32 {
 
 /// The containers this watch reports (`spec.containers`, never the agent), with only what it
 /// asked to collect: the agent collects the union of every watch selecting the pod, and one
-/// watch must not show another's environment values or files.
+/// watch must not show another's environment values or files. Not `whole`: only what the
+/// counts, totals, summary and file comparison read ([`summarized`]).
 fn covered_containers(
     watch: &ProcessWatch,
     containers: &[ContainerReport],
+    whole: bool,
 ) -> Vec<ContainerReport> {
     let wanted = &watch.spec.containers;
     containers
@@ -322,8 +330,50 @@ fn covered_containers(
         // key, which the API server refuses together with the whole status.
         .filter(|c| !c.name.is_empty() && c.name != AGENT_CONTAINER_NAME)
         .filter(|c| wanted.is_empty() || wanted.contains(&c.name))
-        .map(|c| project(c.clone(), &watch.spec.collect))
+        .map(|c| {
+            if whole {
+                project(c.clone(), &watch.spec.collect)
+            } else {
+                summarized(c, &watch.spec.collect)
+            }
+        })
         .collect()
+}
+
+/// A container as [`project`] would make it, with each process's pid, command and figures only:
+/// copying a whole report of every pod a watch selects, to read its totals, was most of what a
+/// reconcile allocated.
+fn summarized(container: &ContainerReport, collect: &Collect) -> ContainerReport {
+    let mut pids = HashSet::new();
+    ContainerReport {
+        name: container.name.clone(),
+        container_id: container.container_id.clone(),
+        process_count: container.process_count,
+        cpu_millicores: container.cpu_millicores,
+        memory_bytes: container.memory_bytes,
+        processes: container
+            .processes
+            .iter()
+            .filter(|p| pids.insert(p.pid))
+            .map(|p| ProcessInfo {
+                pid: p.pid,
+                command: p.command.clone(),
+                cpu_millicores: p.cpu_millicores,
+                memory_bytes: p.memory_bytes,
+                ..ProcessInfo::default()
+            })
+            .collect(),
+        listening: Vec::new(),
+        files: container
+            .files
+            .iter()
+            .filter(|f| collect.files.contains(&f.path))
+            .cloned()
+            .collect(),
+        libraries: Vec::new(),
+        truncated: container.truncated,
+        unreadable: Vec::new(),
+    }
 }
 
 fn project(mut container: ContainerReport, collect: &Collect) -> ContainerReport {
@@ -875,6 +925,43 @@ mod tests {
             .map(|f| (f.processes, f.cpu_millicores, f.memory_bytes))
             .collect();
         assert_eq!(figures, [(40, 25, 40_000), (2, 15, 2000)]);
+    }
+
+    #[test]
+    fn the_pods_not_listed_count_in_the_summary_as_if_they_were() {
+        let mut watch = watch("w");
+        watch.spec.collect.files = vec!["/etc/nginx/nginx.conf".into()];
+        let container = |pid: i32, command: &str, cpu: u64, sha: &str| {
+            let mut c = nginx(
+                vec![process(pid, command, cpu), process(pid + 1, "sh", 1)],
+                sha,
+            );
+            c.process_count = 5;
+            c
+        };
+        let pods = vec![
+            pod("a", "web", true),
+            pod("b", "web", true),
+            pod("c", "web", true),
+        ];
+        let reports = vec![
+            findings("a", now(), vec![container(1, "nginx", 10, "h1")]),
+            findings("b", now(), vec![container(1, "nginx", 20, "h2")]),
+            findings("c", now(), vec![container(1, "envoy", 30, "h1")]),
+        ];
+        let built_with = |max_pods: u32| {
+            let mut watch = watch.clone();
+            watch.spec.report.max_pods = max_pods;
+            build(&watch, &selected(&watch, pods.clone(), reports.clone()))
+        };
+        let (all, one) = (built_with(3), built_with(1));
+        assert_eq!((all.status.pods.len(), one.status.pods.len()), (3, 1));
+        assert_eq!(one.status.pods[0], all.status.pods[0]);
+        assert_eq!(one.status.summary, all.status.summary);
+        assert_eq!(one.status.processes, all.status.processes);
+        assert_eq!(one.figures, all.figures);
+        assert_eq!(one.assessment.comparisons, all.assessment.comparisons);
+        assert_eq!(one.facts.in_sync, all.facts.in_sync);
     }
 
     #[test]
