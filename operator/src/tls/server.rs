@@ -88,6 +88,11 @@ pub async fn serve_with_limits(
                     tracing::debug!(%peer, "too many open connections; closed");
                     continue;
                 };
+                // Answers go out as soon as they are written: with Nagle's algorithm a small
+                // last TLS record waits for the client's delayed ACK (40 ms on Linux).
+                if let Err(error) = stream.set_nodelay(true) {
+                    tracing::debug!(%peer, %error, "cannot disable Nagle's algorithm");
+                }
                 let serve = connection(acceptor.clone(), stream, peer, app.clone(), stopping.clone());
                 connections.spawn(async move {
                     serve.await;
