@@ -461,7 +461,7 @@ async fn apply(watch: &ProcessWatch, ctx: &Context) -> Result<Action, Error> {
     let takeover_left = status::stale_after(watch).checked_sub(ctx.leading_since.elapsed());
     loop {
         let new_status = finish(ctx, watch, detail.of(status), &facts, now);
-        let written = ctx.memory.with(watch, |m| m.written.clone());
+        let written = ctx.memory.with(watch, |m| m.written);
         match write_decision(
             &new_status,
             previous,
