@@ -386,8 +386,9 @@ async fn a_hostile_workload_neither_stops_nor_robs_the_agent() -> anyhow::Result
     let accepted_before = accepted(&operator.metrics().await?);
     let started = std::time::Instant::now();
     let api: Api<ProcessWatch> = ns.api();
-    let seen = std::sync::Mutex::new(Vec::new());
-    wait_for(
+    // The status does not move for each report (`reportedAt` is refreshed every few minutes);
+    // the operator counts each one it accepts.
+    let reports = wait_for(
         "three more reports of the hostile pod",
         Duration::from_secs(60),
         || async {
@@ -396,33 +397,24 @@ async fn a_hostile_workload_neither_stops_nor_robs_the_agent() -> anyhow::Result
             if reporting.as_deref() != Some("True") {
                 return Ok(Wait::Fail(anyhow::anyhow!("Reporting={reporting:?}")));
             }
-            let (pod, c) = hostile_report(&pw).context("hostile pod")?;
+            let (_, c) = hostile_report(&pw).context("hostile pod")?;
             let late = late_notes(c);
             if !late.is_empty() {
                 return Ok(Wait::Fail(anyhow::anyhow!("a late report: {late:?}")));
             }
-            let at = pod.reported_at.clone().context("reportedAt")?.0;
-            let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-            if seen.last() != Some(&at) {
-                seen.push(at);
-            }
-            Ok(if seen.len() > 3 {
-                Wait::Done(())
+            let reports = accepted(&operator.metrics().await?) - accepted_before;
+            Ok(if reports > 3.0 {
+                Wait::Done(reports)
             } else {
-                Wait::not_yet(format!("reports at {seen:?}"))
+                Wait::not_yet(format!("{reports} reports accepted"))
             })
         },
     )
     .await?;
-    let seen = seen.into_inner().unwrap_or_else(|e| e.into_inner());
-    println!("reports of the hostile pod at {seen:?}");
-    // The status is rewritten less often than the agent reports; the operator counts each one.
-    let reports = accepted(&operator.metrics().await?) - accepted_before;
     println!(
-        "reports accepted in {:.1}s: {reports}",
+        "reports accepted in {:.1}s: {reports}, Reporting=True and no late scan throughout",
         started.elapsed().as_secs_f64()
     );
-    ensure!(reports >= 3.0, "{reports} reports accepted");
 
     // A process of the agent's own uid and gid cannot read its token or its environment; the
     // same reads of another process of that user succeed, so only the agent's non-dumpable

@@ -753,16 +753,13 @@ async fn report_endpoint_refuses_forged_reports() -> anyhow::Result<()> {
         );
     }
 
-    // Three intervals on, and until reportedAt moves (every two intervals): the real agent's
-    // reports go on, the forged process never shows.
+    // Longer than the watch's stale time (10 s): the real agent's reports go on (Reporting
+    // stays True, the operator accepts more), the forged process never shows.
     let pws: Api<ProcessWatch> = ns.api();
-    let first = pws.get("sleepers").await?;
-    let reported_at = |pw: &ProcessWatch| {
-        pw.status
-            .as_ref()
-            .and_then(|s| s.pods.iter().find(|p| p.name == target_name))
-            .and_then(|p| p.reported_at.clone())
+    let accepted = |m: &str| {
+        metric_value(m, "procwatch_reports_total", &[("result", "accepted")]).unwrap_or(0.0)
     };
+    let accepted_before = accepted(&operator.metrics().await?);
     let t0 = Instant::now();
     let last = loop {
         let pw = pws.get("sleepers").await?;
@@ -771,18 +768,27 @@ async fn report_endpoint_refuses_forged_reports() -> anyhow::Result<()> {
             !text.contains(FORGED_COMMAND),
             "a forged process in the status: {text}"
         );
-        let moved = reported_at(&pw) > reported_at(&first);
-        if moved && t0.elapsed() >= INTERVAL * 3 {
+        let reporting = pw
+            .status
+            .iter()
+            .flat_map(|s| &s.conditions)
+            .any(|c| c.type_ == "Reporting" && c.status == "True");
+        ensure!(
+            reporting,
+            "the agent's reports stopped: {}",
+            describe_status(&pw)
+        );
+        if t0.elapsed() >= INTERVAL * 6 {
             break pw;
         }
-        ensure!(
-            t0.elapsed() < INTERVAL * 10,
-            "the agent's reports stopped: {:?} then {:?}",
-            reported_at(&first),
-            reported_at(&pw)
-        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
+    let reports = accepted(&operator.metrics().await?) - accepted_before;
+    ensure!(
+        reports >= 3.0,
+        "{reports} reports accepted in {:.0}s",
+        t0.elapsed().as_secs_f64()
+    );
     let status = last.status.clone().context("status")?;
     ensure!(
         status.pods.len() == 1 && status.processes == 3,
@@ -806,20 +812,6 @@ async fn report_endpoint_refuses_forged_reports() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The time a status entry was reported at, as a `SystemTime`.
-fn reported_at(pw: &ProcessWatch, pod: &str) -> Option<std::time::SystemTime> {
-    let at = pw
-        .status
-        .as_ref()?
-        .pods
-        .iter()
-        .find(|p| p.name == pod)?
-        .reported_at
-        .clone()?;
-    let nanos = at.0.as_nanosecond();
-    Some(std::time::UNIX_EPOCH + Duration::from_nanos(u64::try_from(nanos).ok()?))
-}
-
 /// 7. The operator pod is deleted while agents report: a new one becomes Ready, leads, and the
 ///    status catches up — every pod's `reportedAt` advances past the new operator's Ready — within
 ///    two intervals.
@@ -838,23 +830,25 @@ async fn new_operator_takes_over_and_status_catches_up() -> anyhow::Result<()> {
         |pw| (pw.status.as_ref()?.reporting_pods == 2).then_some(()),
     )
     .await?;
-    // Reports flow: reportedAt advances.
-    let pws: Api<ProcessWatch> = ns.api();
-    let before = pws.get("sleepers").await?;
-    wait_for_watch(
-        &ns,
-        "sleepers",
-        "reportedAt advancing",
-        // It moves every two intervals.
+    // Reports flow: the operator accepts them (the status does not move for each one).
+    let accepted = |m: &str| {
+        metric_value(m, "procwatch_reports_total", &[("result", "accepted")]).unwrap_or(0.0)
+    };
+    let accepted_before = accepted(&operator.metrics().await?);
+    wait_for(
+        "both agents' reports accepted twice more",
         INTERVAL * 6,
-        |pw| {
-            names
-                .iter()
-                .all(|n| reported_at(pw, n) > reported_at(&before, n))
-                .then_some(())
+        || async {
+            let reports = accepted(&operator.metrics().await?) - accepted_before;
+            Ok(if reports >= 4.0 {
+                Wait::Done(())
+            } else {
+                Wait::not_yet(format!("{reports} reports accepted"))
+            })
         },
     )
     .await?;
+    let pws: Api<ProcessWatch> = ns.api();
 
     let old = operator.pods().await?;
     let old_name = old
@@ -891,31 +885,38 @@ async fn new_operator_takes_over_and_status_catches_up() -> anyhow::Result<()> {
         tokio::time::sleep(poll).await;
     };
     let t_ready = Instant::now();
-    let wall_ready = std::time::SystemTime::now();
     println!(
         "operator pod {old_name} deleted; {new_name} Ready {:.1}s later",
         (t_ready - t_kill).as_secs_f64()
     );
-    // reportedAt has a resolution of a second: count a report from the second the new
-    // operator became Ready on (it may serve a little before the kubelet's probe says Ready).
-    let ready_second = wall_ready.duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    // The new operator has heard from both agents: its own gauges show both pods (it sets them
+    // from the reports it received), and the status counts them. `reportedAt` tells no more: a
+    // status that still holds is not rewritten for times alone.
     let caught_up = loop {
         let pw = pws.get("sleepers").await?;
-        let fresh = names.iter().all(|n| {
-            reported_at(&pw, n)
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .is_some_and(|t| t.as_secs() >= ready_second)
-        });
         let complete = pw
             .status
             .as_ref()
             .is_some_and(|s| s.reporting_pods == 2 && s.processes == 6);
-        if fresh && complete {
+        let heard = match operator.metrics().await {
+            Ok(metrics) => names.iter().all(|pod| {
+                let labels = [
+                    ("namespace", ns.name()),
+                    ("watch", "sleepers"),
+                    ("pod", pod.as_str()),
+                    ("container", "app"),
+                ];
+                metric_value(&metrics, "procwatch_container_processes", &labels) == Some(3.0)
+            }),
+            // Not serving yet.
+            Err(_) => false,
+        };
+        if heard && complete {
             break pw;
         }
         ensure!(
             t_ready.elapsed() < Duration::from_secs(60),
-            "the status did not catch up within 60s: {}",
+            "the new operator did not hear from both agents within 60s: {}",
             describe_status(&pw)
         );
         tokio::time::sleep(poll).await;
