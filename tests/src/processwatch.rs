@@ -109,14 +109,8 @@ apiVersion: v1
 kind: Pod
 metadata: {{name: {name}, labels: {{app: {app}}}}}
 spec:
-  hostNetwork: true
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: app
-    image: localhost/busybox:local
-    imagePullPolicy: Never
-    command: [sh, -c, "{script}"]
-"#
+{}"#,
+        busybox_spec("  ", script)
     )
 }
 
@@ -134,15 +128,25 @@ spec:
   template:
     metadata: {{labels: {{app: {app}}}}}
     spec:
-      hostNetwork: true
-      terminationGracePeriodSeconds: 1
-      containers:
-      - name: app
-        image: localhost/busybox:local
-        imagePullPolicy: Never
-        command: [sh, -c, "{script}"]
-"#
+{}"#,
+        busybox_spec("      ", script)
     )
+}
+
+/// The pod spec of [`busybox_pod`] and [`busybox_deployment`], each line indented by `indent`.
+fn busybox_spec(indent: &str, script: &str) -> String {
+    [
+        "hostNetwork: true".to_string(),
+        "terminationGracePeriodSeconds: 1".to_string(),
+        "containers:".to_string(),
+        "- name: app".to_string(),
+        "  image: localhost/busybox:local".to_string(),
+        "  imagePullPolicy: Never".to_string(),
+        format!("  command: [sh, -c, \"{script}\"]"),
+    ]
+    .iter()
+    .map(|line| format!("{indent}{line}\n"))
+    .collect()
 }
 
 /// Applies a watch and waits until the operator has seen it (status.observedGeneration), so
@@ -296,6 +300,22 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn busybox_pods_of_a_deployment_are_the_bare_pod() {
+        let script = "echo hi; exec sleep 3600";
+        let pod: serde_yaml::Value =
+            serde_yaml::from_str(&busybox_pod("p", "web", script)).unwrap();
+        let deployment: serde_yaml::Value =
+            serde_yaml::from_str(&busybox_deployment("d", "web", 2, script)).unwrap();
+        assert_eq!(pod["spec"], deployment["spec"]["template"]["spec"]);
+        assert_eq!(
+            pod["spec"]["containers"][0]["command"][2].as_str(),
+            Some(script)
+        );
+        assert_eq!(pod["spec"]["hostNetwork"].as_bool(), Some(true));
+        assert_eq!(deployment["spec"]["replicas"].as_u64(), Some(2));
+    }
 
     #[test]
     fn tables_and_metrics_parse() {
