@@ -965,6 +965,35 @@ mod tests {
     }
 
     #[test]
+    fn pods_kept_compact_show_every_command_in_the_summary() {
+        let watch = watch("w");
+        let container = nginx(
+            vec![
+                process(1, "nginx", 10),
+                process(2, "sh", 1),
+                process(3, "envoy", 2),
+            ],
+            "h1",
+        );
+        let (name, mut kept) = findings("a", now(), vec![container.clone()]);
+        kept.containers = crate::report::store::compact(kept.containers);
+        kept.detailed = false;
+        let compact = build(
+            &watch,
+            &selected(&watch, vec![pod("a", "web", true)], vec![(name, kept)]),
+        );
+        let whole = build(
+            &watch,
+            &selected(
+                &watch,
+                vec![pod("a", "web", true)],
+                vec![findings("a", now(), vec![container])],
+            ),
+        );
+        assert_eq!(compact.status.summary, whole.status.summary);
+    }
+
+    #[test]
     fn only_what_the_watch_asked_for_is_shown() {
         let mut watch = watch("w");
         watch.spec.containers = vec!["nginx".into()];

@@ -8,7 +8,7 @@
 //! a pod that would enter a watch's list keeps its detail from its first report on, and takes
 //! its place in the list at once.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
 use k8s_openapi::api::core::v1::Pod;
@@ -236,15 +236,18 @@ fn judges_every_process(watch: &ProcessWatch) -> bool {
 
 /// What the summary, the counts and the metrics read of a container, and no more: its name,
 /// ID, counts and totals (the listed processes' figures added in), each distinct command once
-/// (as a process with only its command) and its file fingerprints; not the processes' detail,
-/// sockets, libraries or notes.
+/// (as a process with only its command and the pid of its first process: a status keys
+/// processes by pid) and its file fingerprints; not the processes' detail, sockets, libraries
+/// or notes.
 pub fn compact(containers: Vec<ContainerReport>) -> Vec<ContainerReport> {
     containers
         .into_iter()
         .map(|container| {
             let (cpu_millicores, memory_bytes) = container_totals(&container);
-            let commands: BTreeSet<String> =
-                container.processes.into_iter().map(|p| p.command).collect();
+            let mut commands: BTreeMap<String, i32> = BTreeMap::new();
+            for process in container.processes {
+                commands.entry(process.command).or_insert(process.pid);
+            }
             ContainerReport {
                 name: container.name,
                 container_id: container.container_id,
@@ -253,7 +256,8 @@ pub fn compact(containers: Vec<ContainerReport>) -> Vec<ContainerReport> {
                 memory_bytes,
                 processes: commands
                     .into_iter()
-                    .map(|command| ProcessInfo {
+                    .map(|(command, pid)| ProcessInfo {
+                        pid,
                         command,
                         ..ProcessInfo::default()
                     })
