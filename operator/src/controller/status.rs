@@ -169,6 +169,14 @@ pub struct Built {
     pub listing: BTreeSet<String>,
 }
 
+/// A reporting pod's containers as one watch covers them, and whether its status lists the pod
+/// (the first `maxPods` reporting pods whose findings were kept whole).
+struct Covered<'a> {
+    pod: &'a SelectedPod,
+    containers: Vec<ContainerReport>,
+    listed: bool,
+}
+
 /// Builds the status of `watch` from its selected pods.
 pub fn build(watch: &ProcessWatch, selected: &[SelectedPod]) -> Built {
     let spec = &watch.spec;
@@ -182,14 +190,18 @@ pub fn build(watch: &ProcessWatch, selected: &[SelectedPod]) -> Built {
     // Whole containers for the pods the status lists, and for every pod when expectations judge
     // processes; the others feed only counts, totals, commands and files.
     let mut to_list = max_pods;
-    let reporting: Vec<(&SelectedPod, Vec<ContainerReport>)> = attached
+    let reporting: Vec<Covered> = attached
         .iter()
         .filter_map(|p| {
             let findings = p.findings.as_ref()?;
             let listed = findings.detailed && to_list > 0;
             to_list -= usize::from(listed);
             let whole = listed || !spec.expect.is_empty();
-            Some((*p, covered_containers(watch, &findings.containers, whole)))
+            Some(Covered {
+                pod: p,
+                containers: covered_containers(watch, &findings.containers, whole),
+                listed,
+            })
         })
         .collect();
     let opted_out: Vec<String> = alive
@@ -205,49 +217,55 @@ pub fn build(watch: &ProcessWatch, selected: &[SelectedPod]) -> Built {
 
     let figures = reporting
         .iter()
-        .flat_map(|(pod, containers)| {
-            containers.iter().map(|c| {
-                let (cpu_millicores, memory_bytes) = container_totals(c);
-                ContainerFigures {
-                    labels: ContainerLabels {
-                        namespace: namespace.clone(),
-                        watch: watch.name_any(),
-                        pod: pod.name(),
-                        container: c.name.clone(),
-                    },
-                    processes: u64::from(c.process_count),
-                    cpu_millicores,
-                    memory_bytes,
-                }
-            })
-        })
+        .flat_map(
+            |Covered {
+                 pod, containers, ..
+             }| {
+                containers.iter().map(|c| {
+                    let (cpu_millicores, memory_bytes) = container_totals(c);
+                    ContainerFigures {
+                        labels: ContainerLabels {
+                            namespace: namespace.clone(),
+                            watch: watch.name_any(),
+                            pod: pod.name(),
+                            container: c.name.clone(),
+                        },
+                        processes: u64::from(c.process_count),
+                        cpu_millicores,
+                        memory_bytes,
+                    }
+                })
+            },
+        )
         .collect();
     // The pods to list; those whose findings were kept compact (they were not listed when
     // they last reported) are listed from their next report on.
     let listing: BTreeSet<String> = reporting
         .iter()
         .take(max_pods)
-        .map(|(p, _)| p.name())
+        .map(|covered| covered.pod.name())
         .collect();
-    let detailed = |p: &SelectedPod| p.findings.as_ref().is_some_and(|f| f.detailed);
     let listed: Vec<&SelectedPod> = reporting
         .iter()
-        .map(|(p, _)| *p)
-        .filter(|p| detailed(p))
-        .take(max_pods)
+        .filter(|covered| covered.listed)
+        .map(|covered| covered.pod)
         .collect();
     let restamp = restamps(watch, &listed);
     let assessment = Assessment::new(
         watch,
         &reporting
             .iter()
-            .filter_map(|(pod, containers)| {
-                Some(Reporting {
-                    pod: pod.name(),
-                    findings: pod.findings.as_deref()?,
-                    containers,
-                })
-            })
+            .filter_map(
+                |Covered {
+                     pod, containers, ..
+                 }| {
+                    Some(Reporting {
+                        pod: pod.name(),
+                        findings: pod.findings.as_deref()?,
+                        containers,
+                    })
+                },
+            )
             .collect::<Vec<_>>(),
     );
     let status = ProcessWatchStatus {
@@ -258,7 +276,7 @@ pub fn build(watch: &ProcessWatch, selected: &[SelectedPod]) -> Built {
         reporting_pods: count(reporting.len()),
         processes: reporting
             .iter()
-            .flat_map(|(_, containers)| containers)
+            .flat_map(|covered| &covered.containers)
             .map(|c| u64::from(c.process_count))
             .fold(0, u64::saturating_add),
         needs_restart: without_agent
@@ -272,9 +290,8 @@ pub fn build(watch: &ProcessWatch, selected: &[SelectedPod]) -> Built {
         // Last use of `reporting`: its containers move into the pod detail.
         pods: reporting
             .into_iter()
-            .filter(|(pod, _)| detailed(pod))
-            .take(max_pods)
-            .map(|(pod, containers)| pod_report(watch, pod, containers, restamp))
+            .filter(|covered| covered.listed)
+            .map(|covered| pod_report(watch, covered.pod, covered.containers, restamp))
             .collect(),
     };
     let facts = Facts {
@@ -549,12 +566,9 @@ pub fn container_totals(container: &ContainerReport) -> (u64, u64) {
 }
 
 /// One entry per container name over every reporting pod, with its files compared.
-fn summary(
-    reporting: &[(&SelectedPod, Vec<ContainerReport>)],
-    comparisons: &[Comparison],
-) -> Vec<ContainerSummary> {
+fn summary(reporting: &[Covered], comparisons: &[Comparison]) -> Vec<ContainerSummary> {
     let mut totals: BTreeMap<&str, Totals> = BTreeMap::new();
-    for container in reporting.iter().flat_map(|(_, containers)| containers) {
+    for container in reporting.iter().flat_map(|covered| &covered.containers) {
         let entry = totals.entry(&container.name).or_default();
         entry.pods = entry.pods.saturating_add(1);
         entry.processes = entry
