@@ -60,8 +60,9 @@ async fn fifty_simulated_agents_report_without_refusal_or_write_storm() -> anyho
     // statuses are not rewritten for times or pid counts alone.
     ensure!(
         figures.unchanged_status_writes_per_watch_per_second == 0.0,
-        "watches whose pods changed nothing were written {:.3} times a second",
-        figures.unchanged_status_writes_per_watch_per_second
+        "watches whose pods changed nothing were written {:.3} times a second:\n{}",
+        figures.unchanged_status_writes_per_watch_per_second,
+        figures.unchanged_status_writes.join("\n")
     );
     ensure!(
         figures.token_reviews_total >= 1.0 && figures.token_reviews_total <= config.pods as f64,

@@ -22,6 +22,11 @@ use crate::report::store::PodFindings;
 /// After wrapping around, the kernel allocates pids from here.
 const RESERVED_PIDS: u32 = 300;
 
+/// The shortest time a pid rate is measured over. An agent follows its first report up within
+/// a second, and the few pids its own threads take in that second would read as hundreds a
+/// minute, to be corrected (and the status rewritten) at the next report.
+pub const MIN_RATE_SPAN: Duration = Duration::from_secs(10);
+
 /// What this watch saw of one pod at its last report.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PodTrack {
@@ -29,9 +34,11 @@ pub struct PodTrack {
     received_at: Option<Timestamp>,
     containers: BTreeMap<String, Listed>,
     cursor: Option<PidCursor>,
+    /// Where the rate is measured from: the report that set the last rate, or the first one.
+    rate_from: Option<(Timestamp, PidCursor)>,
     /// Pids allocated since the first report this watch saw.
     pub pids_allocated: u64,
-    /// Between the last two reports.
+    /// Since the report that set the previous rate, at least [`MIN_RATE_SPAN`] before.
     pub pids_per_minute: Option<u64>,
 }
 
@@ -148,21 +155,29 @@ impl PodTrack {
         self.uid = findings.uid.clone();
         self.received_at = Some(findings.received_at);
         self.cursor = findings.pids.or(if first { None } else { previous.cursor });
-        if first {
-            return Some(observed);
+        if !first {
+            self.pids_allocated = previous.pids_allocated;
+            if let (Some(before), Some(now)) = (previous.cursor, findings.pids) {
+                let allocated = allocated_between(before, now);
+                observed.pids_allocated = allocated;
+                self.pids_allocated = self.pids_allocated.saturating_add(allocated);
+            }
         }
-        self.pids_allocated = previous.pids_allocated;
-        if let (Some(before), Some(now)) = (previous.cursor, findings.pids) {
-            let allocated = allocated_between(before, now);
-            observed.pids_allocated = allocated;
-            self.pids_allocated = self.pids_allocated.saturating_add(allocated);
-            let seconds = previous
-                .received_at
-                .map(|at| findings.received_at.duration_since(at).as_secs_f64());
-            self.pids_per_minute = seconds
-                .filter(|s| *s > 0.0)
-                .map(|s| (allocated as f64 * 60.0 / s).round() as u64);
-        }
+        (self.rate_from, self.pids_per_minute) = match (previous.rate_from, findings.pids) {
+            (Some((since, from)), Some(now)) if !first => {
+                let seconds = findings.received_at.duration_since(since).as_secs_f64();
+                if seconds >= MIN_RATE_SPAN.as_secs_f64() {
+                    let per_minute = allocated_between(from, now) as f64 * 60.0 / seconds;
+                    (
+                        Some((findings.received_at, now)),
+                        Some(per_minute.round() as u64),
+                    )
+                } else {
+                    (previous.rate_from, previous.pids_per_minute)
+                }
+            }
+            (_, now) => (now.map(|now| (findings.received_at, now)), None),
+        };
         Some(observed)
     }
 }
@@ -366,19 +381,49 @@ mod tests {
     #[test]
     fn pids_are_counted_between_reports_with_their_rate() {
         let mut track = PodTrack::default();
-        let mut report = findings("u1", 0, vec![], 0);
-        report.pids = cursor(1000);
-        track.observe(&report);
+        track.observe(&pids_at("u1", 0, 1000));
         assert_eq!(track.pids_allocated, 0);
-        report.received_at = at(30);
-        report.pids = cursor(4000);
-        assert_eq!(track.observe(&report).unwrap().pids_allocated, 3000);
+        let observed = track.observe(&pids_at("u1", 30, 4000)).unwrap();
+        assert_eq!(observed.pids_allocated, 3000);
         assert_eq!(track.pids_per_minute, Some(6000));
-        report.received_at = at(60);
-        report.pids = cursor(4010);
-        track.observe(&report);
+        track.observe(&pids_at("u1", 60, 4010));
         assert_eq!(track.pids_allocated, 3010);
         assert_eq!(track.pids_per_minute, Some(20));
+    }
+
+    /// A report of pod `uid` at `second` whose last allocated pid is `last_pid`.
+    fn pids_at(uid: &str, second: i64, last_pid: u32) -> PodFindings {
+        PodFindings {
+            pids: cursor(last_pid),
+            ..findings(uid, second, vec![], 0)
+        }
+    }
+
+    #[test]
+    fn a_rate_is_measured_over_ten_seconds_at_least() {
+        let mut track = PodTrack::default();
+        let mut observe = |second, last_pid| {
+            track.observe(&pids_at("u1", second, last_pid));
+            (track.pids_allocated, track.pids_per_minute)
+        };
+        assert_eq!(observe(0, 1000), (0, None));
+        // The agent's follow-up a second later: counted, but no rate from 4 pids in 1 s.
+        assert_eq!(observe(1, 1004), (4, None));
+        // From the first report: 10 pids in 15 s.
+        assert_eq!(observe(15, 1010), (10, Some(40)));
+        // A report 5 s later keeps the rate; the next one measures from second 15.
+        assert_eq!(observe(20, 1100), (100, Some(40)));
+        assert_eq!(observe(30, 1110), (110, Some(400)));
+    }
+
+    #[test]
+    fn a_pod_recreated_under_the_same_name_starts_its_rate_again() {
+        let mut track = PodTrack::default();
+        track.observe(&pids_at("u1", 0, 1000));
+        track.observe(&pids_at("u1", 30, 1030));
+        assert_eq!(track.pids_per_minute, Some(60));
+        track.observe(&pids_at("u2", 40, 400));
+        assert_eq!((track.pids_allocated, track.pids_per_minute), (0, None));
     }
 
     #[test]

@@ -202,6 +202,8 @@ pub struct Figures {
     pub min_seconds_between_writes: Option<f64>,
     pub status_bytes_per_second: f64,
     pub unchanged_status_bytes_per_second: f64,
+    /// Each steady-state write of a watch whose pods changed nothing, with what it changed.
+    pub unchanged_status_writes: Vec<String>,
     pub largest_status_bytes: usize,
     /// `procwatch_status_writes_total` by result, steady state.
     pub operator_status_writes: BTreeMap<String, f64>,
@@ -359,6 +361,58 @@ impl Figures {
     }
 }
 
+/// The differences between two JSON values, as `path: old -> new` (values cut to a few dozen
+/// characters), at most `limit` of them: what a status write changed.
+pub fn json_changes(old: &serde_json::Value, new: &serde_json::Value, limit: usize) -> Vec<String> {
+    let mut changes = Vec::new();
+    collect_changes(old, new, "", limit, &mut changes);
+    changes
+}
+
+fn collect_changes(
+    old: &serde_json::Value,
+    new: &serde_json::Value,
+    path: &str,
+    limit: usize,
+    out: &mut Vec<String>,
+) {
+    use serde_json::Value;
+    if out.len() >= limit || old == new {
+        return;
+    }
+    match (old, new) {
+        (Value::Object(a), Value::Object(b)) => {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for key in keys {
+                let (x, y) = (
+                    a.get(key).unwrap_or(&Value::Null),
+                    b.get(key).unwrap_or(&Value::Null),
+                );
+                collect_changes(x, y, &format!("{path}.{key}"), limit, out);
+            }
+        }
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                collect_changes(x, y, &format!("{path}[{i}]"), limit, out);
+            }
+        }
+        _ => out.push(format!("{path}: {} -> {}", shown(old), shown(new))),
+    }
+}
+
+/// A JSON value cut to a length that reads on one line.
+fn shown(value: &serde_json::Value) -> String {
+    const MAX: usize = 60;
+    let text = match value {
+        serde_json::Value::Array(items) => format!("[{} items]", items.len()),
+        other => other.to_string(),
+    };
+    match text.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -375,6 +429,30 @@ apiserver_request_total{code="201",component="apiserver",resource="tokenreviews"
 apiserver_request_total{code="200",component="apiserver",resource="processwatches",subresource="status",verb="PATCH"} 3
 apiserver_request_total{code="409",component="apiserver",resource="processwatches",subresource="status",verb="PATCH"} 1
 "#;
+
+    #[test]
+    fn json_changes_name_the_paths_that_differ() {
+        let old = serde_json::json!({
+            "processes": 60,
+            "pods": [{"name": "a", "reportedAt": "2026-11-30T10:00:00Z"}, {"name": "b"}],
+            "conditions": [{"type": "Ready"}],
+        });
+        let new = serde_json::json!({
+            "processes": 60,
+            "pods": [{"name": "a", "reportedAt": "2026-11-30T10:05:00Z"}, {"name": "b", "pidsPerMinute": 0}],
+            "conditions": [{"type": "Ready"}, {"type": "Degraded"}],
+        });
+        assert_eq!(
+            json_changes(&old, &new, 8),
+            [
+                ".conditions: [1 items] -> [2 items]",
+                ".pods[0].reportedAt: \"2026-11-30T10:00:00Z\" -> \"2026-11-30T10:05:00Z\"",
+                ".pods[1].pidsPerMinute: null -> 0",
+            ]
+        );
+        assert_eq!(json_changes(&old, &new, 1).len(), 1);
+        assert!(json_changes(&old, &old, 8).is_empty());
+    }
 
     #[test]
     fn nearest_rank_percentiles() {

@@ -6,9 +6,9 @@
 //! group label; the N pods created in a burst through the API server (the webhook injects the
 //! agent; its admission latency is measured from both sides' histograms); each pod marked
 //! running and given a bound token ([`pods`]); the agents started at random offsets within one
-//! interval ([`agents`]); once every watch's status counts all its pods and two more intervals
-//! have passed (each pod's pid rate and the listings settle), the steady state is measured for
-//! the given duration; then every pod, the node and the namespace are removed.
+//! interval ([`agents`]); once every watch's status counts all its pods, shows each listed pod's
+//! pid rate, and one interval more has passed (the listings settle), the steady state is
+//! measured for the given duration; then every pod, the node and the namespace are removed.
 //!
 //! The first pod of the first watch is the probe: its reports alternate one container's
 //! process count, so each of its reports changes that watch's status, and the time until the
@@ -54,6 +54,8 @@ const OPERATOR_ADMISSION: &str = "procwatch_admission_duration_seconds";
 /// The API server's histogram of webhook calls, and the webhook's name in it.
 const APISERVER_ADMISSION: &str = "apiserver_admission_webhook_admission_duration_seconds";
 const WEBHOOK_NAME: &str = "pods.procwatch.dev";
+/// How many differences between two statuses a write at rest is described by.
+const MAX_CHANGES_SHOWN: usize = 8;
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -61,7 +63,7 @@ pub struct LoadConfig {
     pub pods: usize,
     pub watches: usize,
     pub interval: Duration,
-    /// The steady state measured, two intervals after every pod reports.
+    /// The steady state measured, once the statuses have settled.
     pub duration: Duration,
 }
 
@@ -84,6 +86,11 @@ struct StatusEvent {
     bytes: usize,
     processes: u64,
     reporting: u32,
+    /// Pods the status lists in detail, and of those the ones showing a pid rate.
+    listed: usize,
+    listed_with_rate: usize,
+    /// What differs from the watch's previous status, as JSON paths with their values.
+    changes: Vec<String>,
 }
 
 /// Runs the load against the operator deployed in `cluster` and returns the figures. The
@@ -227,12 +234,44 @@ async fn measure(
         },
     )
     .await?;
-    // A pod's second report brings its first pid rate, and reports sent while the listings
-    // were filling come back whole: two intervals more, and nothing changes but times.
-    let settle = config.interval * 2;
+    let all_reporting = ramp_started.elapsed();
+    // A listed pod's first pid rate comes with the first report its watch takes in 10 s or more
+    // after the pod's first (not the agent's follow-up a second later), and a watch takes in
+    // reports that change nothing only at its periodic reconcile, once per interval: up to two
+    // intervals after the pod's first report, later on a busy machine. Waited for as the
+    // statuses show it, not guessed from the interval.
+    let max_pods = procwatch_crds::ReportLimits::default().max_pods as usize;
+    let expected_listed: BTreeMap<String, usize> = group_sizes
+        .iter()
+        .enumerate()
+        .map(|(g, n)| (group_value(g), (*n).min(max_pods)))
+        .collect();
+    wait_for(
+        "every listed pod to show its pid rate",
+        config.interval * 4 + Duration::from_secs(30),
+        || async {
+            let mut latest = BTreeMap::new();
+            for event in lock(&statuses).iter() {
+                latest.insert(event.watch.clone(), (event.listed, event.listed_with_rate));
+            }
+            let settled = expected_listed
+                .iter()
+                .all(|(watch, listed)| latest.get(watch) == Some(&(*listed, *listed)));
+            Ok(if settled {
+                Wait::Done(())
+            } else {
+                Wait::not_yet(format!("(listed, with a rate) by watch: {latest:?}"))
+            })
+        },
+    )
+    .await?;
+    // One interval more: the reports sent meanwhile come back whole or compact as the final
+    // listings say, and change nothing a status shows.
+    let settle = config.interval;
     println!(
-        "procwatch-loadgen: all {} pods reporting {:.1}s after the agents started; settling for {}s, then steady state for {}s",
+        "procwatch-loadgen: all {} pods reporting {:.1}s after the agents started, every listed pod with its pid rate after {:.1}s; settling for {}s, then steady state for {}s",
         config.pods,
+        all_reporting.as_secs_f64(),
         ramp_started.elapsed().as_secs_f64(),
         settle.as_secs(),
         config.duration.as_secs()
@@ -342,6 +381,7 @@ async fn measure(
         min_seconds_between_writes: writes.min_gap.map(|d| d.as_secs_f64()),
         status_bytes_per_second: writes.bytes_per_second,
         unchanged_status_bytes_per_second: writes.unchanged_bytes_per_second,
+        unchanged_status_writes: writes.unchanged,
         largest_status_bytes: statuses.iter().map(|s| s.bytes).max().unwrap_or(0),
         operator_status_writes: delta(
             &counter_by(&operator_start, "procwatch_status_writes_total", "result"),
@@ -377,6 +417,8 @@ struct Writes {
     min_gap: Option<Duration>,
     bytes_per_second: f64,
     unchanged_bytes_per_second: f64,
+    /// Each write of a watch whose pods changed nothing: the watch and what changed.
+    unchanged: Vec<String>,
 }
 
 /// The writes between `from` and `to` of `watches` watches; the probe's watch (group 0) is
@@ -407,6 +449,17 @@ fn status_writes(events: &[StatusEvent], from: Instant, to: Instant, watches: us
         bytes_per_second: steady.iter().map(|e| e.bytes).sum::<usize>() as f64 / seconds,
         unchanged_bytes_per_second: unchanged.iter().map(|e| e.bytes).sum::<usize>() as f64
             / seconds,
+        unchanged: unchanged
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} at +{:.1}s: {}",
+                    e.watch,
+                    (e.at - from).as_secs_f64(),
+                    e.changes.join("; ")
+                )
+            })
+            .collect(),
     }
 }
 
@@ -427,6 +480,7 @@ async fn reporting_by_watch(watches: &Api<ProcessWatch>) -> anyhow::Result<BTree
 /// Records every change of a watch's status, with its size, until aborted.
 async fn record_statuses(api: Api<ProcessWatch>, into: Arc<Mutex<Vec<StatusEvent>>>) {
     let mut last_version: BTreeMap<String, String> = BTreeMap::new();
+    let mut last_status: BTreeMap<String, serde_json::Value> = BTreeMap::new();
     let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()));
     while let Some(event) = stream.next().await {
         let pw = match event {
@@ -448,12 +502,25 @@ async fn record_statuses(api: Api<ProcessWatch>, into: Arc<Mutex<Vec<StatusEvent
             continue;
         }
         let bytes = serde_json::to_vec(status).map_or(0, |b| b.len());
+        let json = serde_json::to_value(status).unwrap_or_default();
+        let changes = match last_status.get(&name) {
+            Some(previous) => figures::json_changes(previous, &json, MAX_CHANGES_SHOWN),
+            None => Vec::new(),
+        };
+        last_status.insert(name.clone(), json);
         lock(&into).push(StatusEvent {
             at: Instant::now(),
             watch: name,
             bytes,
             processes: status.processes,
             reporting: status.reporting_pods,
+            listed: status.pods.len(),
+            listed_with_rate: status
+                .pods
+                .iter()
+                .filter(|pod| pod.pids_per_minute.is_some())
+                .count(),
+            changes,
         });
     }
 }
