@@ -17,6 +17,7 @@ use k8s_openapi::jiff::Timestamp;
 use procwatch_crds::ProcessInfo;
 use procwatch_crds::report::PidCursor;
 
+use super::bootstrap::in_runtime_bootstrap;
 use crate::report::store::PodFindings;
 
 /// After wrapping around, the kernel allocates pids from here.
@@ -105,18 +106,16 @@ impl PodTrack {
         let previous = std::mem::take(self);
         let mut observed = Observed::default();
         for container in &findings.containers {
+            // Seen once it runs its command: then it is new.
+            let settled: Vec<&ProcessInfo> = container
+                .processes
+                .iter()
+                .filter(|p| !in_runtime_bootstrap(p, findings.received_at))
+                .collect();
             let listed = Listed {
                 complete: container.processes.len() as u64 >= u64::from(container.process_count),
-                processes: container
-                    .processes
-                    .iter()
-                    .map(|p| (p.pid, start_second(p)))
-                    .collect(),
-                names: container
-                    .processes
-                    .iter()
-                    .map(|p| (p.pid, p.command.clone()))
-                    .collect(),
+                processes: settled.iter().map(|p| (p.pid, start_second(p))).collect(),
+                names: settled.iter().map(|p| (p.pid, p.command.clone())).collect(),
             };
             if !first && let Some(before) = previous.containers.get(&container.name) {
                 let after_previous = |p: &ProcessInfo| {
@@ -125,7 +124,7 @@ impl PodTrack {
                     };
                     started >= at.as_second()
                 };
-                for process in &container.processes {
+                for process in settled {
                     let known = before
                         .processes
                         .contains(&(process.pid, start_second(process)));
@@ -320,6 +319,27 @@ mod tests {
             observed.started[0].describe("web-x"),
             "sleep (pid 42, uid 0) started in container nginx of pod web-x, parent nginx (pid 1)"
         );
+    }
+
+    #[test]
+    fn a_kubectl_exec_caught_in_runc_starts_with_its_command() {
+        let mut track = PodTrack::default();
+        track.observe(&findings("u1", 0, vec![process(1, "nginx", -100)], 1));
+        let exec = |command| {
+            findings(
+                "u1",
+                5,
+                vec![process(1, "nginx", -100), process(23, command, 4)],
+                2,
+            )
+        };
+        let caught = track.observe(&exec("runc:[2:INIT]")).unwrap();
+        assert!(caught.started.is_empty(), "{caught:?}");
+        let mut then = exec("sleep");
+        then.received_at = at(20);
+        let started = track.observe(&then).unwrap();
+        assert_eq!(pids(&started), [23]);
+        assert_eq!(started.started[0].command, "sleep");
     }
 
     #[test]

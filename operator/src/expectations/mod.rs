@@ -1,9 +1,11 @@
 //! Telling when what runs is not what should: declared expectations ([`rules`]), configuration
-//! drift across replicas ([`drift`]) and process churn ([`churn`]). All pure: the controller
+//! drift across replicas ([`drift`]) and process churn ([`churn`]), neither judging nor counting
+//! a process the container runtime still sets up ([`bootstrap`]). All pure: the controller
 //! hands in a watch and its pods' latest findings and gets back the status parts, the
 //! `Compliant` and `InSync` conditions, the news to announce as Events and the figures for
 //! the metrics.
 
+pub mod bootstrap;
 pub mod churn;
 pub mod drift;
 pub mod rules;
@@ -192,7 +194,7 @@ fn violations(
         .flat_map(|pod| {
             let received = crate::controller::status::whole_seconds(pod.findings.received_at);
             rules
-                .judge(pod.containers)
+                .judge(pod.containers, pod.findings.received_at)
                 .into_iter()
                 .map(move |breach| violation(&pod.pod, breach, &received))
         })

@@ -6,11 +6,14 @@
 //! per-process rules see the processes the agent listed (`report.maxProcesses`, busiest first).
 
 use glob::Pattern;
+use k8s_openapi::jiff::Timestamp;
 use procwatch_crds::constants::AGENT_CONTAINER_NAME;
 use procwatch_crds::{
     ContainerReport, Expectation, ExpectedFile, ListeningSocket, ProcessInfo, ProcessWatchSpec,
     SeccompMode, SocketProtocol,
 };
+
+use super::bootstrap::in_runtime_bootstrap;
 
 /// Applies to every container the watch reports.
 const ANY_CONTAINER: &str = "*";
@@ -88,7 +91,8 @@ impl Rules {
 
     /// Everything in `containers` (one pod's, as the watch reports them) that breaks a rule,
     /// sorted.
-    pub fn judge(&self, containers: &[ContainerReport]) -> Vec<Breach> {
+    /// Judges the containers of a report received at `received_at`.
+    pub fn judge(&self, containers: &[ContainerReport], received_at: Timestamp) -> Vec<Breach> {
         let mut breaches: Vec<Breach> = containers
             .iter()
             .filter(|c| !c.name.is_empty() && c.name != AGENT_CONTAINER_NAME)
@@ -98,7 +102,7 @@ impl Rules {
                     .filter(|rule| {
                         rule.container == ANY_CONTAINER || rule.container == container.name
                     })
-                    .flat_map(move |rule| rule.judge(container))
+                    .flat_map(move |rule| rule.judge(container, received_at))
             })
             .collect();
         breaches.sort();
@@ -245,7 +249,7 @@ fn named(process: &ProcessInfo) -> String {
 }
 
 impl Compiled {
-    fn judge(&self, container: &ContainerReport) -> Vec<Breach> {
+    fn judge(&self, container: &ContainerReport, received_at: Timestamp) -> Vec<Breach> {
         let mut breaches = Vec::new();
         let whole = |rule: &'static str, message: String| Breach {
             container: container.name.clone(),
@@ -254,7 +258,11 @@ impl Compiled {
             command: None,
             message,
         };
-        for process in &container.processes {
+        let settled = container
+            .processes
+            .iter()
+            .filter(|p| !in_runtime_bootstrap(p, received_at));
+        for process in settled {
             let mut breach = |rule: &'static str, what: String| {
                 breaches.push(Breach {
                     container: container.name.clone(),
@@ -422,13 +430,40 @@ mod tests {
         }
     }
 
+    /// When the reports the tests judge were received.
+    fn received() -> Timestamp {
+        Timestamp::from_second(1_700_000_000).unwrap()
+    }
+
     fn judged(rule: Expectation, containers: &[ContainerReport]) -> Vec<(&'static str, String)> {
         Rules::compile(&spec(vec![rule]))
             .unwrap()
-            .judge(containers)
+            .judge(containers, received())
             .into_iter()
             .map(|b| (b.rule, b.message))
             .collect()
+    }
+
+    #[test]
+    fn a_process_runc_still_sets_up_is_judged_once_it_runs_its_command() {
+        let started = |seconds_before: i64| {
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                Timestamp::from_second(received().as_second() - seconds_before).unwrap(),
+            ))
+        };
+        let exec = |seconds_before| ProcessInfo {
+            started_at: started(seconds_before),
+            ..process(23, "runc:[2:INIT]", 0)
+        };
+        let rule = Expectation {
+            commands: Some(vec!["nginx".into()]),
+            non_root_except: Some(vec![]),
+            ..rule("nginx")
+        };
+        let container = |p| nginx(vec![process(1, "nginx", 101), p]);
+        assert_eq!(judged(rule.clone(), &[container(exec(1))]), []);
+        // Named so for longer than runc takes: judged like any other process.
+        assert_eq!(judged(rule, &[container(exec(60))]).len(), 2);
     }
 
     #[test]
